@@ -1,0 +1,129 @@
+"""Read and check the cohort sheets of DESIGN.md §3.
+
+Every problem raises :class:`PathomixInputError` naming the sheet, the row id and the fix.
+Relative ``path`` entries in slides.tsv are resolved against the sheet's own folder, so a
+cohort folder can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pathomix.io.errors import PathomixInputError
+from pathomix.io.tasks import who2021_diagnosis, who2021_grade
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("he", "mif")
+CLINICAL_VOCAB = {
+    "idh": ("mut", "wt"),
+    "codel_1p19q": ("codel", "non-codel"),
+    "cdkn2a": ("homdel", "wt"),
+}
+
+
+def _read_table(path: str | Path, what: str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise PathomixInputError(f"{what} {path} does not exist; check the `{what}` key in your config")
+    sep = "," if path.suffix == ".csv" else "\t"
+    return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=True).rename(columns=str.strip)
+
+
+def _require(df: pd.DataFrame, cols: tuple[str, ...], path: Path, what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise PathomixInputError(
+            f"{what} {path} lacks column(s) {missing}; it has {list(df.columns)}. "
+            f"Add them (see README 'Your own cohort')."
+        )
+
+
+def read_slides(path: str | Path, check_files: bool = True) -> pd.DataFrame:
+    """slides.tsv → DataFrame indexed by slide_id with absolute ``path`` and float ``mpp``."""
+    path = Path(path)
+    df = _read_table(path, "slides")
+    _require(df, ("slide_id", "patient_id", "path", "modality"), path, "slides sheet")
+    dup = df.slide_id[df.slide_id.duplicated()].unique()
+    if len(dup):
+        raise PathomixInputError(f"slides sheet {path}: duplicate slide_id(s) {list(dup[:5])}; ids must be unique")
+    bad = df[~df.modality.isin(MODALITIES)]
+    if len(bad):
+        row = bad.iloc[0]
+        raise PathomixInputError(
+            f"slides sheet {path}: slide {row.slide_id} has modality {row.modality!r}; "
+            f"allowed: {list(MODALITIES)}"
+        )
+    df["path"] = [str(p if Path(p).is_absolute() else (path.parent / p).resolve()) for p in df.path]
+    if check_files:
+        for row in df.itertuples():
+            if not Path(row.path).exists():
+                raise PathomixInputError(
+                    f"slides sheet {path}: slide {row.slide_id} (patient {row.patient_id}) points at "
+                    f"{row.path}, which does not exist; fix the `path` column"
+                )
+    df["mpp"] = pd.to_numeric(df["mpp"], errors="raise") if "mpp" in df.columns else np.nan
+    if "cohort" not in df.columns:
+        df["cohort"] = "main"
+    return df.set_index("slide_id", drop=False)
+
+
+def read_clinical(path: str | Path) -> pd.DataFrame:
+    """clinical.tsv → DataFrame indexed by patient_id with derived ``diagnosis`` and WHO grade."""
+    path = Path(path)
+    df = _read_table(path, "clinical")
+    _require(df, ("patient_id",), path, "clinical sheet")
+    dup = df.patient_id[df.patient_id.duplicated()].unique()
+    if len(dup):
+        raise PathomixInputError(f"clinical sheet {path}: duplicate patient_id(s) {list(dup[:5])}")
+    for col, vocab in CLINICAL_VOCAB.items():
+        if col not in df.columns:
+            df[col] = np.nan
+            continue
+        bad = df[df[col].notna() & ~df[col].isin(vocab)]
+        if len(bad):
+            row = bad.iloc[0]
+            raise PathomixInputError(
+                f"clinical sheet {path}: patient {row.patient_id} has {col}={row[col]!r}; "
+                f"allowed values: {list(vocab)} (or leave empty for unknown)"
+            )
+    for col in ("age", "grade", "survival_months", "event"):
+        df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else np.nan
+    bad = df[df.event.notna() & ~df.event.isin([0, 1])]
+    if len(bad):
+        raise PathomixInputError(
+            f"clinical sheet {path}: patient {bad.iloc[0].patient_id} has event={bad.iloc[0].event}; "
+            "use 1 = death observed, 0 = censored"
+        )
+    df["diagnosis"] = [who2021_diagnosis(i, c) for i, c in zip(df.idh, df.codel_1p19q, strict=True)]
+    df["grade"] = [who2021_grade(d, k, g) for d, k, g in zip(df.diagnosis, df.cdkn2a, df.grade, strict=True)]
+    return df.set_index("patient_id", drop=False)
+
+
+def read_genes(path: str | Path) -> pd.DataFrame:
+    """Gene table (parquet or csv/tsv; rows = patients) → float DataFrame indexed by patient_id."""
+    path = Path(path)
+    if not path.exists():
+        raise PathomixInputError(f"gene table {path} does not exist; check the `genes` key in your config")
+    if path.suffix == ".parquet":
+        df = pd.read_parquet(path)
+    else:
+        df = pd.read_csv(path, sep="\t" if path.suffix in (".tsv", ".txt") else ",")
+    if "patient_id" not in df.columns:
+        raise PathomixInputError(f"gene table {path} has no `patient_id` column; rows must be patients")
+    df["patient_id"] = df.patient_id.astype(str)
+    dup = df.patient_id[df.patient_id.duplicated()].unique()
+    if len(dup):
+        raise PathomixInputError(
+            f"gene table {path}: duplicate patient_id(s) {list(dup[:5])}; keep one row per patient"
+        )
+    df = df.set_index("patient_id")
+    values = df.apply(pd.to_numeric, errors="coerce")
+    bad_cols = [c for c in values.columns if values[c].isna().all() and df[c].notna().any()]
+    if bad_cols:
+        raise PathomixInputError(f"gene table {path}: non-numeric gene column(s) {bad_cols[:5]}")
+    return values.astype(np.float32)
