@@ -1,0 +1,1 @@
+"""Evaluation stage: predictions of every model × task × fold → metrics table and figures."""

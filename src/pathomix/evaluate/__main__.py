@@ -1,0 +1,5 @@
+import sys
+
+from pathomix.evaluate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Feature extraction stage: tiles → encoder → CLAM/TRIDENT-compatible h5 feature stores."""

@@ -1,0 +1,5 @@
+import sys
+
+from pathomix.features.cli import main
+
+sys.exit(main())

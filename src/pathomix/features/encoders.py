@@ -1,0 +1,128 @@
+"""Encoder registry: one name → one builder (TRIDENT's encoder_factory, without the bare excepts).
+
+Each builder returns an ``nn.Module`` mapping a float batch (B, 3, S, S), already
+normalised, to (B, D). Weights come only from a local file named in the config; without
+one the encoder runs randomly initialised and says so loudly (``"random-init"`` in stores).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pathomix.io.errors import PathomixInputError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_INIT = "random-init"
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    name: str
+    dim: int
+    input_px: int
+    build: Callable[[], nn.Module]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    description: str = ""
+
+
+class TruncatedResNet(nn.Module):
+    """ResNet through layer3 + global average pooling (CLAM's ``resnet50_trunc``)."""
+
+    def __init__(self, arch: str):
+        super().__init__()
+        import timm  # imported lazily: it is slow, and only extraction needs it
+
+        self.net = timm.create_model(arch, pretrained=False, num_classes=0)
+        self.net.layer4 = nn.Identity()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        x = n.maxpool(n.act1(n.bn1(n.conv1(x))))
+        x = n.layer3(n.layer2(n.layer1(x)))
+        return self.pool(x).flatten(1)
+
+
+def _vit(arch: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import timm
+
+        return timm.create_model(arch, pretrained=False, num_classes=0)
+
+    return build
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    s.name: s
+    for s in (
+        EncoderSpec("resnet50_trunc", 1024, 224, lambda: TruncatedResNet("resnet50"),
+                    description="ResNet50 through layer3 + avg pool (CLAM default), 1024-d"),
+        EncoderSpec("resnet18_trunc", 256, 224, lambda: TruncatedResNet("resnet18"),
+                    description="ResNet18 through layer3 + avg pool, 256-d; light, for CPU demos"),
+        EncoderSpec("vit_small", 384, 224, _vit("vit_small_patch16_224"),
+                    description="timm ViT-S/16 CLS token, 384-d"),
+        EncoderSpec("vit_tiny", 192, 224, _vit("vit_tiny_patch16_224"),
+                    description="timm ViT-Ti/16 CLS token, 192-d"),
+    )
+}
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_weights(model: nn.Module, name: str, weights: Path) -> None:
+    if not weights.exists():
+        raise PathomixInputError(
+            f"encoder weights {weights} for {name} do not exist; fix `features.weights` in the config "
+            "or set it to null to run randomly initialised"
+        )
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    target = model.net if isinstance(model, TruncatedResNet) else model
+    own = target.state_dict()
+    state = {k.removeprefix("module.").removeprefix("model."): v for k, v in state.items()}
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in usable and not k.startswith("layer4.")]
+    if missing:
+        raise PathomixInputError(
+            f"encoder weights {weights} do not fit {name}: {len(missing)} parameter(s) missing or of another "
+            f"shape, e.g. {missing[:3]}; give a state_dict of the matching timm architecture"
+        )
+    target.load_state_dict(usable, strict=False)
+
+
+def build_encoder(name: str, weights: str | Path | None) -> tuple[nn.Module, EncoderSpec, str]:
+    """→ (model in eval mode, spec, weights sha256 or ``"random-init"``)."""
+    if name not in ENCODERS:
+        raise PathomixInputError(f"unknown encoder {name!r}; registered encoders: {sorted(ENCODERS)}")
+    spec = ENCODERS[name]
+    torch.manual_seed(0)  # random-init encoders are at least the same encoder on every run
+    model = spec.build()
+    if weights:
+        _load_weights(model, name, Path(weights))
+        digest = sha256_file(weights)
+        log.info("encoder %s: loaded weights %s (sha256 %s…)", name, weights, digest[:12])
+    else:
+        digest = RANDOM_INIT
+        log.warning(
+            "!!! encoder %s is RANDOMLY INITIALISED: no `features.weights` file was given. Features carry "
+            "colour/texture statistics only; results are not comparable to a pretrained encoder. !!!", name
+        )
+    return model.eval(), spec, digest

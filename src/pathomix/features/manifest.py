@@ -1,0 +1,58 @@
+"""``python -m pathomix.features.manifest``: one row per (slide, magnification) feature store.
+
+Columns: slide_id, patient_id, modality, mag, n_tiles, dim, path (absolute), sha256, encoder,
+encoder_weights_sha256. (DESIGN §4 says "one row per slide"; with several magnifications a
+row is a slide at one magnification, told apart by ``mag``.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import h5py
+import pandas as pd
+
+from pathomix.features.encoders import sha256_file
+from pathomix.io.atomic import write_parquet
+from pathomix.io.sheets import read_slides
+from pathomix.logs import setup_logging
+
+log = logging.getLogger("pathomix.features.manifest")
+
+
+def manifest_row(store: Path, slide: pd.Series, mag: str) -> dict:
+    with h5py.File(store, "r") as h:
+        feats = h["features"]
+        row = {
+            "slide_id": slide.slide_id, "patient_id": slide.patient_id, "modality": slide.modality,
+            "cohort": slide.cohort, "mag": mag, "n_tiles": int(feats.shape[0]), "dim": int(feats.shape[-1]),
+            "n_channels": int(feats.shape[1]) if feats.ndim == 3 else 0,
+            "encoder": str(feats.attrs["encoder"]),
+            "encoder_weights_sha256": str(feats.attrs["encoder_weights_sha256"]),
+        }
+    row.update(path=str(store.resolve()), sha256=sha256_file(store))
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pathomix.features.manifest", description=__doc__)
+    p.add_argument("--slides", required=True)
+    p.add_argument("--stores", nargs="+", required=True, help="feature stores: .../{mag}/{slide_id}.h5")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    setup_logging()
+    slides = read_slides(args.slides, check_files=False)
+    rows = []
+    for store in map(Path, args.stores):
+        rows.append(manifest_row(store, slides.loc[store.name.removesuffix(".h5")], store.parent.name))
+    df = pd.DataFrame(rows)
+    write_parquet(df, args.out)
+    log.info("manifest %s: %d stores, %d slides, %d tiles", args.out, len(df), df.slide_id.nunique(),
+             int(df.n_tiles.sum()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

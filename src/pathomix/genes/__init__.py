@@ -1,0 +1,1 @@
+"""Gene stage: gene table → log transform → top-variance genes → tumour/TME subspaces."""

@@ -1,0 +1,5 @@
+import sys
+
+from pathomix.genes.hvg import main
+
+sys.exit(main())

@@ -1,0 +1,270 @@
+"""One reader interface for H&E whole-slide images (openslide) and mIF images (tifffile).
+
+Coordinates are level-0 pixels ``(x, y)`` of the top-left corner; sizes say which level
+they are in. H&E regions are ``(h, w, 3)`` uint8 RGB (alpha composited on white); mIF
+regions are ``(C, h, w)`` float32 raw values. Every user-facing failure raises
+:class:`PathomixInputError` naming the slide id and the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+import openslide
+from PIL import Image
+
+from pathomix.io.errors import PathomixInputError
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("he", "mif")
+MPP_RANGE = (0.05, 20.0)          # plausible µm/px for microscopy images
+LEVEL_TOLERANCE = 0.01            # best_level accepts levels up to 1 % coarser than asked
+_STRIP_PIXELS = 16_000_000        # thumbnail reads at most this many level pixels at once
+_RESOLUTION_UNIT_UM = {"centimeter": 1e4, "inch": 25_400.0, "3": 1e4, "2": 25_400.0}
+
+
+def checked_mpp(mpp_file: float | None, override: float | None, what: str) -> float:
+    """Return the level-0 µm/px: ``override`` wins, else the file's value if plausible.
+
+    ``what`` names the slide and file for the error message.
+    """
+    if override is not None:
+        if not (math.isfinite(override) and override > 0):
+            raise PathomixInputError(
+                f"{what}: the `mpp` override {override} must be a positive number (µm/px); fix slides.tsv"
+            )
+        return float(override)
+    if mpp_file is None:
+        raise PathomixInputError(
+            f"{what} has no MPP (µm per pixel) in its metadata; add an `mpp` column to slides.tsv"
+        )
+    lo, hi = MPP_RANGE
+    if not lo <= mpp_file <= hi:
+        raise PathomixInputError(
+            f"{what} reports an MPP of {mpp_file:.4g} µm/px, which is implausible for a microscopy "
+            f"image (expected {lo}–{hi}; a value like 352.78 comes from a 72-dpi default resolution "
+            "tag, not a scanner); add an `mpp` column with the true value to slides.tsv"
+        )
+    return float(mpp_file)
+
+
+def mpp_from_resolution(resolution: float | None, unit: str | None) -> float | None:
+    """µm/px from a TIFF XResolution (pixels per unit) and ResolutionUnit name or code."""
+    scale = _RESOLUTION_UNIT_UM.get(str(unit).lower()) if unit is not None else None
+    if not resolution or scale is None or resolution <= 0:
+        return None
+    return scale / float(resolution)
+
+
+def resize_rgb(arr: np.ndarray, size: tuple[int, int], box: tuple[float, ...] | None = None,
+               resample: Image.Resampling = Image.Resampling.BILINEAR) -> np.ndarray:
+    """Resize an (h, w, 3) uint8 image to ``size`` = (w, h); ``box`` is a source crop."""
+    if box is None and (arr.shape[1], arr.shape[0]) == tuple(size):
+        return arr
+    return np.array(Image.fromarray(arr).resize(size, resample, box=box))
+
+
+def resize_chw(arr: np.ndarray, size: tuple[int, int], box: tuple[float, ...] | None = None,
+               resample: Image.Resampling = Image.Resampling.BILINEAR) -> np.ndarray:
+    """Resize a (C, h, w) float32 stack channel by channel to ``size`` = (w, h)."""
+    if box is None and (arr.shape[2], arr.shape[1]) == tuple(size):
+        return arr.astype(np.float32, copy=False)
+    out = [np.asarray(Image.fromarray(np.ascontiguousarray(c, np.float32)).resize(size, resample, box=box))
+           for c in arr]
+    return np.stack(out) if out else np.zeros((0, size[1], size[0]), np.float32)
+
+
+class Slide(ABC):
+    """A slide or mIF image opened for reading; use as a context manager."""
+
+    _row_axis = 0  # axis of image rows in what read_region returns
+
+    def __init__(self, slide_id: str, path: Path, modality: str, mpp: float,
+                 level_dimensions: tuple[tuple[int, int], ...], level_downsamples: tuple[float, ...],
+                 channels: list[str], autofluorescence: list[bool], objective_power: float | None) -> None:
+        self.slide_id = slide_id
+        self.path = path
+        self.modality = modality
+        self.mpp = mpp
+        self.level_dimensions = tuple((int(w), int(h)) for w, h in level_dimensions)
+        self.level_downsamples = tuple(float(d) for d in level_downsamples)
+        self.channels = list(channels)
+        self.autofluorescence = list(autofluorescence)
+        self.objective_power = objective_power if objective_power else 10.0 / mpp
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 (width, height)."""
+        return self.level_dimensions[0]
+
+    @property
+    def label(self) -> str:
+        """``slide ID (path)`` for messages."""
+        return f"slide {self.slide_id} ({self.path})"
+
+    def best_level(self, downsample: float) -> int:
+        """The deepest level whose downsample is <= ``downsample`` (1 % tolerance)."""
+        ok = [i for i, d in enumerate(self.level_downsamples) if d <= downsample * (1 + LEVEL_TOLERANCE)]
+        return max(ok, key=lambda i: self.level_downsamples[i]) if ok else 0
+
+    @abstractmethod
+    def read_region(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
+        """Read ``w`` x ``h`` pixels of ``level`` starting at level-0 ``(x, y)``."""
+
+    @abstractmethod
+    def _resize(self, arr: np.ndarray, size: tuple[int, int], box: tuple[float, ...] | None,
+                resample: Image.Resampling) -> np.ndarray:
+        """Resize a region returned by :meth:`read_region`."""
+
+    def read_tile(self, x: int, y: int, size_level0: int, out_px: int) -> np.ndarray:
+        """A ``size_level0`` square at level-0 ``(x, y)`` read from the best level, resized to ``out_px``."""
+        level = self.best_level(size_level0 / out_px)
+        n = max(1, round(size_level0 / self.level_downsamples[level]))
+        region = self.read_region(x, y, level, n, n)
+        return self._resize(region, (out_px, out_px), None, Image.Resampling.BILINEAR)
+
+    def thumbnail(self, mpp: float) -> np.ndarray:
+        """The whole slide at about ``mpp`` µm/px, read from the best level in row strips."""
+        w0, h0 = self.dimensions
+        factor = max(mpp / self.mpp, 1.0)
+        tw, th = max(1, round(w0 / factor)), max(1, round(h0 / factor))
+        level = self.best_level(factor)
+        lw, lh = self.level_dimensions[level]
+        fy = lh / th
+        rows = max(1, int(_STRIP_PIXELS / max(lw * fy, 1)))
+        strips = []
+        for r0 in range(0, th, rows):
+            r1 = min(th, r0 + rows)
+            y0, y1 = r0 * fy, r1 * fy
+            iy0, iy1 = int(math.floor(y0)), min(lh, int(math.ceil(y1)))
+            region = self.read_region(0, round(iy0 * self.level_downsamples[level]), level, lw, iy1 - iy0)
+            box = (0.0, y0 - iy0, float(lw), min(y1, lh) - iy0)
+            strips.append(self._resize(region, (tw, r1 - r0), box, Image.Resampling.BOX))
+        return np.concatenate(strips, axis=self._row_axis)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the file handle."""
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.slide_id!r}, {self.dimensions[0]}x{self.dimensions[1]}, "
+                f"mpp={self.mpp:.4g}, levels={len(self.level_dimensions)}, channels={len(self.channels)})")
+
+
+class WSISlide(Slide):
+    """An H&E whole-slide image read through openslide."""
+
+    def __init__(self, path: Path, slide_id: str, mpp: float | None = None) -> None:
+        what = f"slide {slide_id} ({path})"
+        self._osr = _open_openslide(path, what)
+        props = self._osr.properties
+        mpp0 = checked_mpp(_wsi_file_mpp(props), mpp, what)
+        power = _float_or_none(props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER))
+        super().__init__(slide_id, path, "he", mpp0, self._osr.level_dimensions,
+                         self._osr.level_downsamples, ["R", "G", "B"], [False] * 3, power)
+
+    def read_region(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
+        """(h, w, 3) uint8 RGB; transparent (outside the slide) pixels come out white."""
+        try:
+            rgba = self._osr.read_region((int(x), int(y)), int(level), (int(w), int(h)))
+        except openslide.OpenSlideError as e:
+            raise PathomixInputError(
+                f"{self.label}: reading a {w}x{h} region at level {level}, level-0 x={x}, y={y} failed "
+                f"({e}); the image data is corrupt there. Re-export or re-copy the slide, or drop it "
+                "from slides.tsv"
+            ) from e
+        return _composite_white(rgba)
+
+    def _resize(self, arr: np.ndarray, size: tuple[int, int], box: tuple[float, ...] | None,
+                resample: Image.Resampling) -> np.ndarray:
+        return resize_rgb(arr, size, box, resample)
+
+    def close(self) -> None:
+        """Close the openslide handle."""
+        self._osr.close()
+
+
+def _composite_white(rgba: Image.Image) -> np.ndarray:
+    """Non-premultiplied RGBA (openslide) → (h, w, 3) uint8 RGB on a white background."""
+    if rgba.getextrema()[3][0] < 255:
+        rgba = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return np.array(rgba.convert("RGB"))
+
+
+def _open_openslide(path: Path, what: str) -> openslide.OpenSlide:
+    try:
+        return openslide.OpenSlide(str(path))
+    except openslide.OpenSlideUnsupportedFormatError as e:
+        raise PathomixInputError(
+            f"{what} is not a whole-slide image that openslide recognises (truncated, not a slide, or "
+            "an unsupported format); check the file is complete, or convert it to a pyramidal TIFF/SVS"
+        ) from e
+    except openslide.OpenSlideError as e:
+        raise PathomixInputError(
+            f"{what} could not be opened by openslide: {e}; the file is corrupt or uses an unsupported "
+            "encoding. Re-export it (e.g. as a JPEG-compressed pyramidal TIFF) or drop it from slides.tsv"
+        ) from e
+
+
+def _float_or_none(value: object) -> float | None:
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) and out > 0 else None
+
+
+def _wsi_file_mpp(props: Mapping[str, str]) -> float | None:
+    """MPP from ``openslide.mpp-x``, else from the TIFF resolution tags."""
+    mpp = _float_or_none(props.get(openslide.PROPERTY_NAME_MPP_X))
+    if mpp is not None:
+        return mpp
+    resolution = _float_or_none(props.get("tiff.XResolution"))
+    return mpp_from_resolution(resolution, props.get("tiff.ResolutionUnit"))
+
+
+def open_slide(path: str | Path, modality: str = "he", mpp: float | None = None,
+               slide_id: str | None = None, channels_sheet: str | Path | None = None) -> Slide:
+    """Open an H&E WSI (``modality="he"``) or an mIF image (``"mif"``: OME-TIFF, multi-page TIFF
+    or a folder of one TIFF per channel).
+
+    ``mpp`` overrides the file's µm/px; ``channels_sheet`` (mIF only) gives marker names and
+    autofluorescence flags. Raises :class:`PathomixInputError` on any unusable input.
+    """
+    path = Path(path)
+    slide_id = slide_id or path.stem
+    if modality not in MODALITIES:
+        raise PathomixInputError(
+            f"slide {slide_id} ({path}): modality {modality!r} is not one of {MODALITIES}; fix slides.tsv"
+        )
+    if mpp is not None and isinstance(mpp, float) and math.isnan(mpp):
+        mpp = None
+    if not path.exists():
+        raise PathomixInputError(
+            f"slide {slide_id}: file {path} does not exist; fix the `path` column in slides.tsv"
+        )
+    if modality == "mif":
+        from pathomix.io.mif import MIFSlide
+
+        return MIFSlide(path, slide_id, mpp=mpp, channels_sheet=channels_sheet)
+    if path.is_dir():
+        raise PathomixInputError(
+            f"slide {slide_id}: {path} is a folder, but H&E slides must be one file; "
+            "set modality `mif` for a folder of channel TIFFs"
+        )
+    if channels_sheet is not None:
+        log.debug("slide %s: channel sheet ignored for H&E", slide_id)
+    return WSISlide(path, slide_id, mpp=mpp)

@@ -1,0 +1,37 @@
+"""Model registry (DESIGN.md §6): one dict maps a model name to its :class:`ModelSpec`.
+
+``MODELS[name].build(dims, task, params)`` returns an ``nn.Module`` following the contract
+in :mod:`pathomix.models.spec`. The training stage, the config schema and the docs read the
+names from here.
+"""
+
+from __future__ import annotations
+
+from pathomix.models import abmil, dmsf, snn
+from pathomix.models.spec import GENE_INPUTS, OUTPUT_KEYS, ModelParams, ModelSpec, wsi_key
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("abmil", abmil.build, needs_wsi=True, needs_genes=False, mags=("20x",),
+                  description="gated-attention MIL on 20x H&E features"),
+        ModelSpec("snn", snn.build, needs_wsi=False, needs_genes=True,
+                  description="self-normalising network on all HVG genes"),
+        ModelSpec("dmsf_teacher", dmsf.build_teacher, needs_wsi=True, needs_genes=True, mags=dmsf.MAGS,
+                  description="DMSF teacher: tumour/TME gene tokens select patches at 20x and 10x"),
+        ModelSpec("dmsf_student", dmsf.build_student, needs_wsi=True, needs_genes=False, mags=dmsf.MAGS,
+                  teacher="dmsf_teacher",
+                  description="DMSF WSI-only student distilled from dmsf_teacher"),
+    )
+}
+
+
+def get_model(name: str) -> ModelSpec:
+    """The registered spec of ``name``; a KeyError lists the known names."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known models: {sorted(MODELS)}") from None
+
+
+__all__ = ["GENE_INPUTS", "MODELS", "OUTPUT_KEYS", "ModelParams", "ModelSpec", "get_model", "wsi_key"]

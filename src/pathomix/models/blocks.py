@@ -1,0 +1,102 @@
+"""Reusable model blocks: gated attention pooling, SNN blocks, heads, cross-attention.
+
+Every MIL model in the registry is assembled from these, never from copies of them
+(STYLE.md "small composable model blocks"). Tensors carry a leading batch dimension ``B``;
+bags are ``(B, N, D)`` with ``N`` tiles.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class PatchEncoder(nn.Sequential):
+    """Per-tile embedding ``Linear(D → hidden) + ReLU + Dropout`` (CLAM's ``fc`` stem)."""
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float) -> None:
+        super().__init__(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+
+
+class GatedAttention(nn.Module):
+    """Gated attention pooling (the idea of CLAM's ``Attn_Net_Gated``, Ilse et al. 2018).
+
+    logit_i = w · (tanh(V h_i) ⊙ sigmoid(U h_i)); weights = softmax over the tiles of a bag.
+    ``forward`` returns ``(pooled (B, D), weights (B, N))``. Permutation-equivariant in the
+    weights and permutation-invariant in the pooled vector.
+    """
+
+    def __init__(self, dim: int, attn_dim: int | None = None, dropout: float = 0.0) -> None:
+        super().__init__()
+        attn_dim = attn_dim or dim
+        self.tanh_branch = nn.Sequential(nn.Linear(dim, attn_dim), nn.Tanh(), nn.Dropout(dropout))
+        self.sigmoid_branch = nn.Sequential(nn.Linear(dim, attn_dim), nn.Sigmoid(), nn.Dropout(dropout))
+        self.score = nn.Linear(attn_dim, 1)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.score(self.tanh_branch(h) * self.sigmoid_branch(h)).squeeze(-1)  # (B, N)
+        weights = torch.softmax(logits, dim=-1)
+        pooled = torch.einsum("bn,bnd->bd", weights, h)
+        return pooled, weights
+
+
+class SNNBlock(nn.Sequential):
+    """Self-normalising block: ``Linear + SELU + AlphaDropout`` (Klambauer et al. 2017)."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float) -> None:
+        super().__init__(nn.Linear(in_dim, out_dim), nn.SELU(), nn.AlphaDropout(dropout))
+        # LeCun-normal init keeps activations self-normalising
+        nn.init.normal_(self[0].weight, std=1.0 / math.sqrt(in_dim))
+        nn.init.zeros_(self[0].bias)
+
+
+class SNNEncoder(nn.Sequential):
+    """A stack of :class:`SNNBlock` (``n_blocks`` of width ``hidden``): genes → token."""
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float, n_blocks: int = 2) -> None:
+        dims = [in_dim] + [hidden] * n_blocks
+        super().__init__(*(SNNBlock(a, b, dropout) for a, b in zip(dims[:-1], dims[1:], strict=True)))
+
+
+class ProjectionHead(nn.Sequential):
+    """``Linear(in → hidden) + ReLU + Dropout + Linear(hidden → out)``; ``hidden=0`` is linear."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 0, dropout: float = 0.0) -> None:
+        if hidden:
+            super().__init__(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout),
+                             nn.Linear(hidden, out_dim))
+        else:
+            super().__init__(nn.Linear(in_dim, out_dim))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention from query tokens ``(B, Q, H)`` to patch tokens ``(B, N, H)``.
+
+    Returns ``(out (B, Q, H), weights (B, Q, N))``; weights are softmax over the patches,
+    averaged over heads (for heatmaps). A residual + LayerNorm keeps the query's content.
+    """
+
+    def __init__(self, dim: int, n_heads: int = 1, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by {n_heads} attention heads")
+        self.n_heads = n_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, h, n, d/h)
+
+    def forward(self, query: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k, v = self._split(self.q(query)), self._split(self.k(patches)), self._split(self.v(patches))
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, h, Q, N)
+        weights = torch.softmax(scores, dim=-1)
+        ctx = (self.drop(weights) @ v).transpose(1, 2).reshape(query.shape)  # (B, Q, H)
+        return self.norm(query + self.out(ctx)), weights.mean(dim=1)

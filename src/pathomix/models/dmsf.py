@@ -1,0 +1,122 @@
+"""DMSF teacher and student (Disentangled Multi-modal Selective Fusion, arXiv 2508.16479).
+
+Teacher (WSI + genes): the genes of each subspace (tumour, TME) are encoded by their own
+SNN into a subspace token; at each magnification that token cross-attends to the patch
+tokens, i.e. selects the patches that its gene subspace explains. The per-magnification
+tumour and TME representations are averaged over the magnifications present and laid out
+as ``features = [tumour, tme]`` (B, 2·hidden); the head sees ``[features, gene tokens]``.
+Auxiliary terms (``ModelParams.aux_losses``, e.g. IGC) act on the per-magnification
+representations.
+
+Student (WSI only): learned tumour and TME query tokens cross-attend to the patches with the
+same :class:`SubspaceSelector`, so its ``features`` have the teacher's layout and can be
+distilled from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from pathomix.io.errors import PathomixInputError
+from pathomix.io.tasks import Task
+from pathomix.models.auxiliary import aux_losses
+from pathomix.models.blocks import CrossAttention, PatchEncoder, ProjectionHead, SNNEncoder
+from pathomix.models.spec import ModelParams, wsi_key
+
+SUBSPACES = ("tumour", "tme")
+PerSubspace = dict[str, dict[str, torch.Tensor]]  # subspace → mag → tensor
+MAGS = ("20x", "10x")  # the first is required, the second used when present
+
+
+def _module_key(*parts: str) -> str:
+    return "_".join(parts).replace(".", "p")  # ModuleDict keys may not contain dots
+
+
+class SubspaceSelector(nn.Module):
+    """Per magnification a patch encoder; per (subspace, magnification) a cross-attention
+    from the subspace query token to that magnification's patch tokens."""
+
+    def __init__(self, in_dim: int, mags: Sequence[str], params: ModelParams) -> None:
+        super().__init__()
+        self.mags = tuple(mags)
+        self.patch = nn.ModuleDict({_module_key(m): PatchEncoder(in_dim, params.hidden, params.dropout)
+                                    for m in self.mags})
+        self.attend = nn.ModuleDict({
+            _module_key(s, m): CrossAttention(params.hidden, params.attn_heads, params.dropout)
+            for s in SUBSPACES for m in self.mags
+        })
+
+    def forward(self, queries: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor]
+                ) -> tuple[torch.Tensor, PerSubspace, PerSubspace]:
+        """``queries``: subspace → (B, H). Returns (features (B, 2H), reps, attention) where
+        reps[subspace][mag] is (B, H) and attention[subspace][mag] is (B, N)."""
+        reps: dict[str, dict[str, torch.Tensor]] = {s: {} for s in SUBSPACES}
+        attention: dict[str, dict[str, torch.Tensor]] = {s: {} for s in SUBSPACES}
+        for mag in self.mags:
+            bag = inputs.get(wsi_key(mag))
+            if bag is None or bag.shape[1] == 0:
+                continue
+            patches = self.patch[_module_key(mag)](bag)
+            for s in SUBSPACES:
+                out, weights = self.attend[_module_key(s, mag)](queries[s].unsqueeze(1), patches)
+                reps[s][mag] = out[:, 0]
+                attention[s][mag] = weights[:, 0]
+        if not reps[SUBSPACES[0]]:
+            raise ValueError(f"no H&E tiles at any of {self.mags} in this bag")
+        features = torch.cat([torch.stack(list(reps[s].values())).mean(dim=0) for s in SUBSPACES], dim=-1)
+        return features, reps, attention
+
+
+class DMSFTeacher(nn.Module):
+    """Multimodal teacher: SNN subspace tokens select patches at each magnification."""
+
+    def __init__(self, dims: Mapping[str, Any], n_outputs: int, params: ModelParams,
+                 mags: Sequence[str] = MAGS) -> None:
+        super().__init__()
+        h = params.hidden
+        empty = [s for s in SUBSPACES if not int(dims.get(f"genes_{s}", 0))]
+        if empty:
+            raise PathomixInputError(f"DMSF teacher: gene subspace(s) {empty} have no HVG genes; check "
+                             "genes/subspaces.parquet and the gene sets (genes_params.gene_sets)")
+        self.gene_encoders = nn.ModuleDict({s: SNNEncoder(int(dims[f"genes_{s}"]), h, params.dropout)
+                                            for s in SUBSPACES})
+        self.selector = SubspaceSelector(int(dims["wsi"]), mags, params)
+        self.head = ProjectionHead(2 * h + len(SUBSPACES) * h, n_outputs, hidden=h, dropout=params.dropout)
+        self.aux_weights = dict(params.aux_losses)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        tokens = {s: self.gene_encoders[s](inputs[f"genes_{s}"]) for s in SUBSPACES}
+        features, reps, attention = self.selector(tokens, inputs)
+        logits = self.head(torch.cat([features, *tokens.values()], dim=-1))
+        return {"logits": logits, "features": features, "attention": attention,
+                "aux": aux_losses(reps, self.aux_weights)}
+
+
+class DMSFStudent(nn.Module):
+    """WSI-only student: learned subspace queries, same selector and feature layout."""
+
+    def __init__(self, dims: Mapping[str, Any], n_outputs: int, params: ModelParams,
+                 mags: Sequence[str] = MAGS) -> None:
+        super().__init__()
+        h = params.hidden
+        self.queries = nn.Parameter(torch.randn(len(SUBSPACES), h))
+        self.selector = SubspaceSelector(int(dims["wsi"]), mags, params)
+        self.head = ProjectionHead(2 * h, n_outputs, hidden=h, dropout=params.dropout)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        batch = next(v.shape[0] for k, v in inputs.items() if k.startswith("wsi_"))
+        queries = {s: self.queries[i].expand(batch, -1) for i, s in enumerate(SUBSPACES)}
+        features, _, attention = self.selector(queries, inputs)
+        return {"logits": self.head(features), "features": features, "attention": attention, "aux": {}}
+
+
+def build_teacher(dims: Mapping[str, Any], task: Task, params: ModelParams) -> nn.Module:
+    return DMSFTeacher(dims, task.n_outputs, params)
+
+
+def build_student(dims: Mapping[str, Any], task: Task, params: ModelParams) -> nn.Module:
+    return DMSFStudent(dims, task.n_outputs, params)

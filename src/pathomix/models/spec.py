@@ -1,0 +1,70 @@
+"""The model contract shared by every registered model.
+
+A model is built by ``build(dims, task, params)`` and called as ``model(inputs)`` where
+``inputs`` maps input names to tensors with a leading batch dimension:
+
+- ``wsi_20x``, ``wsi_10x``, ... : H&E patch features ``(B, N, D)`` of the patient's bag at
+  that magnification (key built by :func:`wsi_key`; absent when the bag is empty there);
+- ``genes`` ``(B, G)``: all standardised HVG genes; ``genes_tumour`` / ``genes_tme``: the
+  columns of the tumour and TME subspaces.
+
+It returns a dict (:data:`OUTPUT_KEYS`): ``logits`` ``(B, task.n_outputs)``, ``features``
+``(B, F)`` (the representation before the head; the distillation target), ``attention``
+``{head: {mag: (B, N)}}`` (empty for non-MIL models) and ``aux`` ``{name: weighted loss}``
+(auxiliary training terms, already multiplied by their weights; empty when none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from pathomix.io.tasks import Task
+
+OUTPUT_KEYS = ("logits", "features", "attention", "aux")
+GENE_INPUTS = ("genes", "genes_tumour", "genes_tme")
+
+
+def wsi_key(mag: str) -> str:
+    """Input name of the H&E bag at magnification ``mag`` (e.g. ``wsi_20x``)."""
+    return f"wsi_{mag}"
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Architecture parameters (the model part of the config's ``train:`` subtree).
+
+    ``aux_losses`` maps an auxiliary loss name (see :mod:`pathomix.models.auxiliary`) to its weight;
+    a model computes the terms it supports and ignores the others.
+    """
+
+    hidden: int = 128
+    dropout: float = 0.25
+    attn_heads: int = 1
+    aux_losses: Mapping[str, float] = field(default_factory=lambda: {"igc": 0.1})
+
+
+Builder = Callable[[Mapping[str, Any], Task, ModelParams], nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registry entry: how to build a model and which inputs it needs.
+
+    ``dims`` (passed to ``build``) holds ``wsi`` (feature size D) and the sizes of the
+    :data:`GENE_INPUTS` it uses; all plain ints so that checkpoints load with
+    ``weights_only=True``. ``mags`` lists the magnifications used; the first is required
+    (a patient without tiles there is skipped), the others are used when present.
+    ``teacher`` names the registered model it is distilled from, or None.
+    """
+
+    name: str
+    build: Builder
+    needs_wsi: bool
+    needs_genes: bool
+    mags: tuple[str, ...] = ()
+    teacher: str | None = None
+    description: str = ""

@@ -1,0 +1,1 @@
+"""Patient-level k-fold splits (train / val / test per fold)."""

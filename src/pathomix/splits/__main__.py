@@ -1,0 +1,5 @@
+import sys
+
+from pathomix.splits.folds import main
+
+sys.exit(main())

@@ -1,0 +1,99 @@
+"""``python -m pathomix.splits``: patient-level stratified k-fold → splits/folds.parquet.
+
+Every fold k has one row per patient: split = test (the k-th fold), val (a stratified
+``val_fraction`` of the rest, for early stopping) or train. The unit is the patient, so
+slides of one patient never straddle train and test; :func:`check_folds` asserts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from pathomix.io.atomic import write_parquet
+from pathomix.io.errors import PathomixInputError
+from pathomix.io.sheets import read_clinical
+from pathomix.logs import setup_logging
+
+log = logging.getLogger("pathomix.splits")
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    n_folds: int = 5
+    val_fraction: float = 0.2
+    stratify: str = "diagnosis"
+    seed: int = 0
+
+
+def _strata(clinical: pd.DataFrame, column: str, n_folds: int) -> np.ndarray:
+    if column not in clinical.columns:
+        raise PathomixInputError(f"splits.stratify={column!r} is not a clinical column; "
+                                 f"use one of {sorted(clinical.columns)}")
+    s = clinical[column].astype(str).where(clinical[column].notna(), "unknown")
+    counts = s.value_counts()
+    rare = counts[counts < n_folds].index
+    if len(rare):
+        log.warning("strata %s have fewer than %d patients; pooled into 'rare'", list(rare), n_folds)
+        s = s.where(~s.isin(rare), "rare")
+    return s.to_numpy()
+
+
+def _stratifiable(strata: np.ndarray, fraction: float) -> np.ndarray | None:
+    """The strata when a stratified hold-out of ``fraction`` is possible, else None (random)."""
+    _, counts = np.unique(strata, return_counts=True)
+    n_val = int(np.ceil(fraction * len(strata)))
+    ok = counts.min() >= 2 and len(counts) <= min(n_val, len(strata) - n_val)
+    return strata if ok else None
+
+
+def make_folds(patients: pd.Index, strata: np.ndarray, p: SplitParams) -> pd.DataFrame:
+    if len(patients) < p.n_folds:
+        raise PathomixInputError(f"{len(patients)} patients cannot make {p.n_folds} folds; "
+                                 "lower splits.n_folds")
+    skf = StratifiedKFold(n_splits=p.n_folds, shuffle=True, random_state=p.seed)
+    rows = []
+    for k, (rest, test) in enumerate(skf.split(np.zeros(len(patients)), strata)):
+        train, val = train_test_split(rest, test_size=p.val_fraction, random_state=p.seed + k,
+                                      stratify=_stratifiable(strata[rest], p.val_fraction))
+        for idx, split in ((train, "train"), (val, "val"), (test, "test")):
+            rows += [(patients[i], k, split) for i in idx]
+    df = pd.DataFrame(rows, columns=["patient_id", "fold", "split"]).sort_values(["fold", "patient_id"])
+    check_folds(df)
+    return df.reset_index(drop=True)
+
+
+def check_folds(df: pd.DataFrame) -> None:
+    """Assert the patient-level contract: each patient is in exactly one test fold, one row per fold."""
+    per_fold = df.groupby(["fold", "patient_id"]).size()
+    if (per_fold != 1).any():
+        raise AssertionError(f"patients with several rows in one fold: {list(per_fold[per_fold > 1].index[:5])}")
+    test_folds = df[df.split == "test"].groupby("patient_id").fold.nunique()
+    if (test_folds != 1).any() or set(test_folds.index) != set(df.patient_id):
+        raise AssertionError("a patient is in more than one test fold, or in none")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pathomix.splits", description=__doc__)
+    ap.add_argument("--clinical", required=True)
+    ap.add_argument("--params", default="{}", help="JSON of the config's `splits:` subtree")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    setup_logging()
+    p = SplitParams(**json.loads(args.params))
+    try:
+        clinical = read_clinical(args.clinical)
+        df = make_folds(clinical.index, _strata(clinical, p.stratify, p.n_folds), p)
+    except PathomixInputError as err:
+        log.error("%s", err)
+        return 1
+    write_parquet(df, args.out)
+    log.info("%d patients in %d folds: %s", clinical.shape[0], p.n_folds,
+             df[df.fold == 0].split.value_counts().to_dict())
+    return 0

@@ -1,0 +1,79 @@
+"""Tile grid in level-0 pixels, filtered by the tissue fraction of each tile's footprint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pathomix.io.errors import PathomixInputError
+
+MAX_UPSAMPLE = 0.9   # the target mpp may be at most 10 % finer than the slide's
+
+
+@dataclass(frozen=True)
+class GridGeometry:
+    """Tile size and step in level-0 pixels for one slide and target mpp."""
+
+    patch_size_level0: int
+    step_level0: int
+
+    @classmethod
+    def for_slide(cls, slide_mpp: float, target_mpp: float, tile_px: int, overlap_px: int,
+                  what: str = "slide") -> GridGeometry:
+        """``patch_size_level0 = round(tile_px * target_mpp / slide_mpp)``; refuses upsampling."""
+        if target_mpp < MAX_UPSAMPLE * slide_mpp:
+            raise PathomixInputError(
+                f"{what} has {slide_mpp:.4g} µm/px at level 0, but the target is {target_mpp:.4g} µm/px "
+                f"({10 / target_mpp:g}x); pathomix does not upsample by more than 10 %. Tile it at a coarser "
+                "magnification (tiling.magnifications / mif_magnifications), or fix its `mpp` in slides.tsv"
+            )
+        ratio = target_mpp / slide_mpp
+        size = max(1, round(tile_px * ratio))
+        return cls(size, max(1, size - round(overlap_px * ratio)))
+
+    def positions(self, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-left x and y positions of tiles that lie fully inside a ``width`` x ``height`` slide."""
+        xs = np.arange(0, width - self.patch_size_level0 + 1, self.step_level0, dtype=np.int64)
+        ys = np.arange(0, height - self.patch_size_level0 + 1, self.step_level0, dtype=np.int64)
+        return xs, ys
+
+
+def _span(starts: np.ndarray, size: int, scale: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mask-pixel [lo, hi) spans of level-0 intervals [start, start + size)."""
+    lo = np.clip(np.floor(starts * scale + 0.5).astype(np.int64), 0, max(n - 1, 0))
+    hi = np.clip(np.floor((starts + size) * scale + 0.5).astype(np.int64), 0, n)
+    return lo, np.maximum(hi, np.minimum(lo + 1, n))
+
+
+def tissue_fractions(mask: np.ndarray, dimensions: tuple[int, int], xs: np.ndarray, ys: np.ndarray,
+                     size: int) -> np.ndarray:
+    """(len(ys), len(xs)) tissue fraction of each tile footprint, via an integral image."""
+    mh, mw = mask.shape
+    width, height = dimensions
+    integral = np.zeros((mh + 1, mw + 1), np.int64)
+    integral[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+    x0, x1 = _span(xs, size, mw / width, mw)
+    y0, y1 = _span(ys, size, mh / height, mh)
+    y0, y1 = y0[:, None], y1[:, None]
+    total = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    area = np.maximum((y1 - y0) * (x1 - x0), 1)
+    return total / area
+
+
+def tile_coords(mask: np.ndarray, dimensions: tuple[int, int], geometry: GridGeometry,
+                min_tissue_fraction: float) -> np.ndarray:
+    """int64 (N, 2) level-0 top-left (x, y) of tiles on tissue, sorted row-major (y, then x)."""
+    xs, ys = geometry.positions(*dimensions)
+    if not len(xs) or not len(ys) or not mask.size:
+        return np.zeros((0, 2), np.int64)
+    frac = tissue_fractions(mask, dimensions, xs, ys, geometry.patch_size_level0)
+    iy, ix = np.nonzero(frac >= min_tissue_fraction - 1e-9)
+    return np.stack([xs[ix], ys[iy]], axis=1).astype(np.int64).reshape(-1, 2)
+
+
+def n_positions(dimensions: tuple[int, int], geometry: GridGeometry) -> int:
+    """How many grid positions fit in the slide (before the tissue filter)."""
+    xs, ys = geometry.positions(*dimensions)
+    return len(xs) * len(ys)
+

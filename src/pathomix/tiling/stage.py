@@ -1,0 +1,155 @@
+"""The tiling stage: one slide → coords store (DESIGN.md §5) + QC PNG.
+
+``python -m pathomix.tiling --slide-id ID --path PATH --modality he|mif --mag 20x
+--target-mpp 0.5 [--mpp F] [--channels-sheet TSV] --params JSON --out OUT.h5 --qc QC.png``
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pathomix.io.errors import PathomixInputError
+from pathomix.io.h5store import write_coords
+from pathomix.io.slide import MODALITIES, Slide, open_slide
+from pathomix.tiling.grid import GridGeometry, n_positions, tile_coords
+from pathomix.tiling.params import TilingParams
+from pathomix.tiling.qc import write_qc
+from pathomix.tiling.tissue import mif_signal, tissue_mask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TilingResult:
+    """Coordinates, store attributes and the mask they came from."""
+
+    coords: np.ndarray                 # int64 (N, 2) level-0 top-left (x, y), row-major
+    attrs: dict[str, Any]              # every COORD_ATTRS name (+ channels for mIF)
+    thumbnail: np.ndarray              # (h, w, 3) uint8 for H&E, (C, h, w) float32 for mIF
+    mask: np.ndarray                   # bool (h, w) tissue mask of the thumbnail
+    scale: tuple[float, float]         # thumbnail px per level-0 px, (x, y)
+    n_positions: int                   # grid positions before the tissue filter
+
+    @property
+    def patch_level(self) -> int:
+        return int(self.attrs["patch_level"])
+
+
+def coord_attrs(slide: Slide, geometry: GridGeometry, target_mpp: float, params: TilingParams,
+                mag: str | None) -> dict[str, Any]:
+    """The attributes of DESIGN.md §5 (TRIDENT, CLAM and ours) for one slide."""
+    level = slide.best_level(geometry.patch_size_level0 / params.tile_px)
+    attrs: dict[str, Any] = {
+        "patch_size": int(params.tile_px),
+        "patch_size_level0": int(geometry.patch_size_level0),
+        "level0_magnification": float(slide.objective_power or 10.0 / slide.mpp),
+        "target_magnification": float(10.0 / target_mpp),
+        "overlap": int(params.overlap_px),
+        "name": slide.slide_id,
+        "level0_width": int(slide.dimensions[0]),
+        "level0_height": int(slide.dimensions[1]),
+        "patch_level": int(level),
+        "downsample": float(slide.level_downsamples[level]),
+        "target_mpp": float(target_mpp),
+        "level0_mpp": float(slide.mpp),
+        "slide_id": slide.slide_id,
+        "modality": slide.modality,
+    }
+    if mag:
+        attrs["mag"] = str(mag)
+    if slide.modality == "mif":
+        attrs["channels"] = list(slide.channels)
+        attrs["autofluorescence"] = np.asarray(slide.autofluorescence, dtype=np.int64)
+    return attrs
+
+
+def tile_slide(slide: Slide, target_mpp: float, params: TilingParams, mag: str | None = None) -> TilingResult:
+    """Tissue mask → tile grid for one open slide. Logs a WARNING when no tile is kept."""
+    geometry = GridGeometry.for_slide(slide.mpp, target_mpp, params.tile_px, params.overlap_px, slide.label)
+    thumb = slide.thumbnail(params.mask_mpp)
+    h, w = thumb.shape[:2] if slide.modality == "he" else thumb.shape[1:]
+    width, height = slide.dimensions
+    scale = (w / width, h / height)
+    mask_mpp = slide.mpp * (width / w + height / h) / 2
+    mask = tissue_mask(thumb, slide.modality, mask_mpp, params.min_region_um2, slide.autofluorescence)
+    coords = tile_coords(mask, slide.dimensions, geometry, params.min_tissue_fraction)
+    n_pos = n_positions(slide.dimensions, geometry)
+    if n_pos == 0:
+        log.warning("%s: %dx%d px is smaller than one tile (%d level-0 px = %d px at %.3g µm/px); "
+                    "writing an empty tile store", slide.label, width, height,
+                    geometry.patch_size_level0, params.tile_px, target_mpp)
+    elif len(coords) == 0:
+        log.warning("%s: no tile has >= %.0f%% tissue (mask at %.3g µm/px covers %.1f%% of the slide); "
+                    "writing an empty tile store. If the slide has tissue, check its mpp and "
+                    "`tiling.min_tissue_fraction`", slide.label, 100 * params.min_tissue_fraction,
+                    mask_mpp, 100 * mask.mean() if mask.size else 0.0)
+    attrs = coord_attrs(slide, geometry, target_mpp, params, mag)
+    return TilingResult(coords, attrs, thumb, mask, scale, n_pos)
+
+
+def _qc_image(slide: Slide, result: TilingResult) -> np.ndarray:
+    if slide.modality == "he":
+        return result.thumbnail
+    return mif_signal(result.thumbnail, slide.autofluorescence)
+
+
+def write_outputs(slide: Slide, result: TilingResult, out: str | Path, qc: str | Path) -> None:
+    """Write the QC PNG, then the coords store (both atomically)."""
+    a = result.attrs
+    title = (f"{slide.slide_id} · {a.get('mag', '')} · {len(result.coords)} tiles · "
+             f"{slide.mpp:.3f} → {a['target_mpp']:g} µm/px · level {a['patch_level']}")
+    write_qc(qc, _qc_image(slide, result), result.mask, result.coords, a["patch_size_level0"],
+             result.scale, title)
+    write_coords(out, result.coords, a)
+
+
+def _optional_float(text: str) -> float | None:
+    """``--mpp`` value: empty, ``none`` or ``nan`` mean "use the file's"."""
+    if text.strip().lower() in ("", "none", "null", "nan", "na"):
+        return None
+    value = float(text)
+    return None if math.isnan(value) else value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line the Snakemake rule calls."""
+    p = argparse.ArgumentParser(prog="python -m pathomix.tiling", description=__doc__.split("\n")[0])
+    p.add_argument("--slide-id", required=True)
+    p.add_argument("--path", required=True, type=Path, help="slide file (or folder of mIF channel TIFFs)")
+    p.add_argument("--modality", required=True, choices=MODALITIES)
+    p.add_argument("--mag", required=True, help="magnification name, e.g. 20x")
+    p.add_argument("--target-mpp", required=True, type=float, help="µm/px of the tiles")
+    p.add_argument("--mpp", type=_optional_float, default=None, help="level-0 µm/px override")
+    p.add_argument("--channels-sheet", type=Path, default=None, help="mIF channel sheet (TSV)")
+    p.add_argument("--params", default="{}", help="JSON of the config's `tiling:` section")
+    p.add_argument("--out", required=True, type=Path, help="coords store (.h5)")
+    p.add_argument("--qc", required=True, type=Path, help="QC image (.png)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Tile one slide; 0 on success. Input problems are logged at ERROR and re-raised."""
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        params = TilingParams.from_json(args.params)
+        sheet = args.channels_sheet if args.modality == "mif" else None
+        with open_slide(args.path, args.modality, mpp=args.mpp, slide_id=args.slide_id,
+                        channels_sheet=sheet) as slide:
+            result = tile_slide(slide, args.target_mpp, params, args.mag)
+            write_outputs(slide, result, args.out, args.qc)
+    except PathomixInputError as e:
+        log.error("%s", e)
+        raise
+    log.info("slide %s: mpp %.4g, %s at %.3g µm/px, level %d (downsample %.3g), %d of %d tiles kept, %.2f s",
+             args.slide_id, slide.mpp, args.mag, args.target_mpp, result.patch_level,
+             result.attrs["downsample"], len(result.coords), result.n_positions, time.perf_counter() - start)
+    return 0

@@ -1,0 +1,5 @@
+"""``python -m pathomix.train``."""
+
+from pathomix.train.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""``python -m pathomix.train``: train one model on one task and fold, predict val and test.
+
+Example (what the Snakemake rule runs)::
+
+    python -m pathomix.train --model dmsf_student --task diagnosis --fold 0 \\
+        --clinical clinical.tsv --folds results/splits/folds.parquet \\
+        --manifest results/features/resnet50_trunc/manifest.parquet \\
+        --hvg results/genes/hvg.parquet --subspaces results/genes/subspaces.parquet \\
+        --teacher-checkpoint results/models/dmsf_teacher/diagnosis/fold0/checkpoint.pt \\
+        --params '{"epochs": 40, ...}' --threads 1 --out results/models/dmsf_student/diagnosis/fold0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pathomix.io.errors import PathomixInputError
+from pathomix.io.tasks import TASKS, get_task
+from pathomix.models import GENE_INPUTS, MODELS, ModelSpec, get_model, wsi_key
+from pathomix.train.data import Needs, Sources, load_cohort
+from pathomix.train.distill import distill_term, load_checkpoint, load_teacher, teacher_targets
+from pathomix.train.loop import evaluate, fit
+from pathomix.train.objectives import make_objective
+from pathomix.train.outputs import checkpoint_dict, predictions_frame, write_outputs
+from pathomix.train.params import TrainParams, resolve_device
+
+log = logging.getLogger("pathomix.train")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m pathomix.train", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, choices=sorted(MODELS))
+    ap.add_argument("--task", required=True, choices=sorted(TASKS))
+    ap.add_argument("--fold", required=True, type=int)
+    ap.add_argument("--clinical", required=True, type=Path)
+    ap.add_argument("--folds", required=True, type=Path, help="splits/folds.parquet")
+    ap.add_argument("--manifest", type=Path, help="features/{encoder}/manifest.parquet (WSI models)")
+    ap.add_argument("--hvg", type=Path, help="genes/hvg.parquet (gene models and distilled students)")
+    ap.add_argument("--subspaces", type=Path, help="genes/subspaces.parquet")
+    ap.add_argument("--teacher-checkpoint", type=Path, help="checkpoint.pt of the teacher (same task, fold)")
+    ap.add_argument("--params", default="{}", help="JSON of the config's train: subtree, or @file.json")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--out", required=True, type=Path, help="output folder models/{model}/{task}/fold{k}")
+    ap.add_argument("--log-level", default="INFO")
+    return ap.parse_args(argv)
+
+
+def read_params(raw: str) -> TrainParams:
+    text = Path(raw[1:]).read_text() if raw.startswith("@") else raw
+    try:
+        return TrainParams.from_mapping(json.loads(text))
+    except json.JSONDecodeError as err:
+        raise PathomixInputError(f"--params is not valid JSON ({err}): {text[:200]!r}") from None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch; deterministic torch kernels where they exist."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _needs(spec: ModelSpec, teacher: ModelSpec | None) -> Needs:
+    specs = [spec] + ([teacher] if teacher else [])
+    mags = tuple(dict.fromkeys(m for s in specs for m in s.mags))
+    return Needs(mags=mags, load_wsi=any(s.needs_wsi for s in specs),
+                 load_genes=any(s.needs_genes for s in specs),
+                 require_wsi=spec.needs_wsi, require_genes=spec.needs_genes)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Train, predict and write the outputs; returns a summary (for logs and tests)."""
+    t_start = time.perf_counter()
+    params = read_params(args.params)
+    torch.set_num_threads(max(1, args.threads))
+    seed_everything(params.seed)
+    device = resolve_device(params.device)
+    spec, task = get_model(args.model), get_task(args.task)
+    teacher_spec = get_model(spec.teacher) if spec.teacher else None
+    teacher_ckpt = None
+    if teacher_spec is not None:
+        if args.teacher_checkpoint is None:
+            raise PathomixInputError(
+                f"{spec.name} is distilled from {teacher_spec.name}; pass --teacher-checkpoint "
+                f"(models/{teacher_spec.name}/{task.name}/fold{args.fold}/checkpoint.pt)")
+        teacher_ckpt = load_checkpoint(args.teacher_checkpoint)
+    src = Sources(args.clinical, args.folds, args.manifest, args.hvg, args.subspaces)
+    cohort = load_cohort(src, task, args.fold, _needs(spec, teacher_spec),
+                         gene_stats=teacher_ckpt["gene_stats"] if teacher_ckpt else None)
+    log.info("model %s, task %s, fold %d on %s, dims %s", spec.name, task.name, args.fold, device,
+             cohort.dims)
+
+    train, val, test = (cohort.split(s) for s in ("train", "val", "test"))
+    model = spec.build(cohort.dims, task, params.model).to(device)
+    objective = make_objective(task, [p.target for p in train], device)
+    extra = None
+    if teacher_spec is not None and teacher_ckpt is not None:
+        if teacher_ckpt["dims"].get("wsi") != cohort.dims.get("wsi"):
+            raise PathomixInputError(f"teacher was trained on {teacher_ckpt['dims'].get('wsi')}-d features, "
+                                     f"these are {cohort.dims.get('wsi')}-d; use the same encoder")
+        teacher = load_teacher(teacher_ckpt, teacher_spec.name, task, args.fold, device)
+        needed = ([wsi_key(teacher_spec.mags[0])] if teacher_spec.needs_wsi else []) + (
+            list(GENE_INPUTS) if teacher_spec.needs_genes else [])
+        extra = distill_term(teacher_targets(teacher, train, needed, device), params.distill)
+
+    result = fit(model, train, val, objective, params, device, extra)
+    _, pred_val, _ = evaluate(model, val, objective, device)
+    _, pred_test, attention = evaluate(model, test, objective, device, attention=spec.needs_wsi)
+    predictions = predictions_frame(pd.concat([pred_val, pred_test], ignore_index=True), args.fold,
+                                    spec.name, task.name)
+    meta = {"model": spec.name, "task": task.name, "fold": args.fold, "dims": dict(cohort.dims),
+            "params": params.to_dict(), "gene_stats": cohort.gene_stats, "bin_edges": cohort.bin_edges,
+            "classes": list(task.classes), "best_epoch": result.best_epoch}
+    write_outputs(args.out, checkpoint_dict(model, meta), result.history, predictions,
+                  attention if spec.needs_wsi else None)
+    summary = {"seconds": time.perf_counter() - t_start, "best_epoch": result.best_epoch,
+               f"test_{objective.metric_name}": objective.metric(pred_test), "n_train": len(train),
+               "n_val": len(val), "n_test": len(test)}
+    log.info("%s/%s/fold%d done in %.2f s: %s", spec.name, task.name, args.fold, summary["seconds"], summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns 0 on success, 2 on a user-input error (message logged)."""
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except PathomixInputError as err:
+        log.error("%s", err)
+        return 2
+    return 0

@@ -1,0 +1,174 @@
+"""Assemble one fold's cohort: splits, labels/targets, bags and standardised genes.
+
+Patients used = those of the fold table with a label for the task AND the inputs the model
+needs; every drop is logged at WARNING with its reason. Survival bin edges and gene
+statistics come from the fold's training patients only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pathomix.io.errors import PathomixInputError
+from pathomix.io.sheets import read_clinical
+from pathomix.io.tasks import Task, discretise, survival_bins
+from pathomix.models import wsi_key
+from pathomix.train.bags import Bag, load_bags, read_manifest
+from pathomix.train.genes import fit_gene_stats, gene_dims, gene_inputs, read_hvg
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Input files of a training job (None where the model does not need them)."""
+
+    clinical: Path
+    folds: Path
+    manifest: Path | None = None
+    hvg: Path | None = None
+    subspaces: Path | None = None
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Which inputs to load (``load_*``) and which a patient must have (``require_*``)."""
+
+    mags: tuple[str, ...] = ()
+    load_wsi: bool = False
+    load_genes: bool = False
+    require_wsi: bool = False
+    require_genes: bool = False
+
+
+@dataclass
+class Patient:
+    patient_id: str
+    split: str
+    target: dict[str, float]
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # unbatched, CPU
+    bags: dict[str, Bag] = field(default_factory=dict)  # mag → bag (tile provenance)
+
+
+@dataclass
+class Cohort:
+    patients: list[Patient]
+    dims: dict[str, int]
+    gene_stats: dict[str, Any] | None
+    bin_edges: list[float] | None
+
+    def split(self, name: str) -> list[Patient]:
+        return [p for p in self.patients if p.split == name]
+
+
+def read_fold(path: Path, fold: int) -> pd.Series:
+    """patient_id → split for ``fold``; asserts one row per patient."""
+    df = pd.read_parquet(path)
+    if not {"patient_id", "fold", "split"} <= set(df.columns):
+        raise PathomixInputError(f"{path} needs columns patient_id, fold, split; it has {list(df.columns)}")
+    df = df[df.fold.astype(int) == fold].assign(patient_id=lambda d: d.patient_id.astype(str))
+    if df.empty:
+        known = sorted(pd.read_parquet(path).fold.unique())
+        raise PathomixInputError(f"{path} has no rows for fold {fold}; folds: {known}")
+    dup = df.patient_id[df.patient_id.duplicated()].unique()
+    if len(dup):
+        raise PathomixInputError(f"{path}: patient(s) {list(dup[:5])} appear twice in fold {fold}")
+    bad = sorted(set(df.split) - set(SPLITS))
+    if bad:
+        raise PathomixInputError(f"{path}: unknown split value(s) {bad}; allowed {list(SPLITS)}")
+    return df.set_index("patient_id").split.sort_index()
+
+
+def _drop(keep: list[str], ok: Callable[[str], bool], why: str) -> list[str]:
+    kept = [p for p in keep if ok(p)]
+    if len(kept) < len(keep):
+        dropped = [p for p in keep if p not in set(kept)]
+        log.warning("%d patients %s; skipped (e.g. %s)", len(dropped), why, dropped[:3])
+    return kept
+
+
+def _classification_targets(clin: pd.DataFrame, label: pd.Series, pids: Sequence[str],
+                            train: Sequence[str]) -> tuple[dict[str, dict[str, float]], None]:
+    return {p: {"y": int(label[p])} for p in pids}, None
+
+
+def _survival_targets(clin: pd.DataFrame, label: pd.Series, pids: Sequence[str],
+                      train: Sequence[str]) -> tuple[dict[str, dict[str, float]], list[float]]:
+    edges = survival_bins(clin.loc[list(train), "survival_months"].to_numpy(float),
+                          clin.loc[list(train), "event"].to_numpy(float))
+    bins = discretise(clin.loc[list(pids), "survival_months"].to_numpy(float), edges)
+    targets = {p: {"time": float(clin.at[p, "survival_months"]), "event": int(clin.at[p, "event"]),
+                   "bin": int(b)} for p, b in zip(pids, bins, strict=True)}
+    log.info("survival bin edges from %d training patients: %s", len(train), np.round(edges, 2).tolist())
+    return targets, [float(e) for e in edges]
+
+
+TARGETS = {"classification": _classification_targets, "survival": _survival_targets}
+
+
+def load_cohort(src: Sources, task: Task, fold: int, needs: Needs,
+                gene_stats: Mapping[str, Any] | None = None) -> Cohort:
+    """Load everything one training job needs into memory (features loaded once).
+
+    ``gene_stats`` (e.g. a teacher's) replaces statistics fitted on this fold's training set.
+    """
+    split = read_fold(src.folds, fold)
+    clin = read_clinical(src.clinical)
+    label = task.label(clin)
+    pids = _drop(list(split.index), lambda p: p in clin.index,
+                 "of the fold table are not in the clinical sheet")
+    pids = _drop(pids, lambda p: pd.notna(label.get(p)), f"have no {task.name} label")
+
+    bags: dict[str, dict[str, Bag]] = {}
+    dims: dict[str, int] = {}
+    if needs.load_wsi:
+        if src.manifest is None:
+            raise PathomixInputError("this model needs H&E features; pass --manifest")
+        manifest = read_manifest(src.manifest, needs.mags)
+        bags, dim = load_bags(manifest, pids)
+        if dim is None:
+            raise PathomixInputError(f"no H&E tiles at {list(needs.mags)} for any patient in {src.manifest}")
+        dims["wsi"] = dim
+        if needs.require_wsi:
+            main = needs.mags[0]
+            with_slides = set(manifest.patient_id[manifest.mag == main])
+            pids = _drop(pids, lambda p: p in with_slides, f"have no H&E features at {main}")
+            pids = _drop(pids, lambda p: main in bags.get(p, {}),
+                         f"have H&E slides at {main} whose feature stores all have 0 tiles")
+
+    genes: dict[str, dict[str, torch.Tensor]] = {}
+    stats: dict[str, Any] | None = None
+    if needs.load_genes:
+        if src.hvg is None or src.subspaces is None:
+            raise PathomixInputError("this model needs gene expression; pass --hvg and --subspaces")
+        hvg, subspace = read_hvg(src.hvg, src.subspaces)
+        if needs.require_genes:
+            with_genes = set(hvg.dropna(axis=0, how="any").index)
+            pids = _drop(pids, lambda p: p in with_genes, "have no (complete) gene expression")
+        train = [p for p in pids if split[p] == "train"]
+        stats = dict(gene_stats) if gene_stats is not None else fit_gene_stats(hvg, subspace, train)
+        genes = gene_inputs(hvg, stats)
+        dims.update(gene_dims(stats))
+
+    train = [p for p in pids if split[p] == "train"]
+    if not train:
+        raise PathomixInputError(f"fold {fold}: no training patient has a {task.name} label and the inputs "
+                                 "this model needs")
+    targets, edges = TARGETS[task.kind](clin, label, pids, train)
+    patients = []
+    for p in pids:
+        inputs = {wsi_key(m): b.features for m, b in bags.get(p, {}).items()} | genes.get(p, {})
+        patients.append(Patient(p, str(split[p]), targets[p], inputs, bags.get(p, {})))
+    counts = {s: sum(q.split == s for q in patients) for s in SPLITS}
+    log.info("fold %d, task %s: %d patients used (%s)", fold, task.name, len(patients), counts)
+    return Cohort(patients, dims, stats, edges)

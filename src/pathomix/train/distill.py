@@ -1,0 +1,81 @@
+"""Distillation from a frozen teacher checkpoint of the same task and fold.
+
+The teacher's outputs (logits, features) are computed once, with every tile, for the
+training patients that have the teacher's inputs; the student's loss then adds
+``kl_weight · KL(T) + feature_weight · MSE(features)`` for those patients.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pathomix.io.errors import PathomixInputError
+from pathomix.io.tasks import Task
+from pathomix.models import MODELS
+from pathomix.train.data import Patient
+from pathomix.train.loop import ExtraLoss, batch_inputs
+from pathomix.train.losses import distillation_loss
+from pathomix.train.params import DistillParams, TrainParams
+
+log = logging.getLogger(__name__)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A pathomix checkpoint, loaded with ``weights_only=True``."""
+    path = Path(path)
+    if not path.exists():
+        raise PathomixInputError(f"checkpoint {path} does not exist; train the teacher first")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_teacher(ckpt: Mapping[str, Any], expected: str, task: Task, fold: int, device: torch.device
+                 ) -> nn.Module:
+    """Rebuild a frozen teacher from ``ckpt``, checking it is ``expected`` for this task and fold."""
+    found = (ckpt.get("model"), ckpt.get("task"), ckpt.get("fold"))
+    if found != (expected, task.name, fold):
+        raise PathomixInputError(
+            f"teacher checkpoint is model={found[0]} task={found[1]} fold={found[2]}; "
+            f"this job needs model={expected} task={task.name} fold={fold}")
+    model_params = TrainParams.from_mapping(ckpt["params"]).model
+    teacher = MODELS[expected].build(ckpt["dims"], task, model_params)
+    teacher.load_state_dict(ckpt["model_state"])
+    teacher.to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+@torch.no_grad()
+def teacher_targets(teacher: nn.Module, patients: Sequence[Patient], needed: Sequence[str],
+                    device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
+    """Frozen-teacher logits and features for every patient that has all ``needed`` inputs."""
+    out = {}
+    for p in patients:
+        if all(k in p.inputs for k in needed):
+            res = teacher(batch_inputs(p, device))
+            out[p.patient_id] = {"logits": res["logits"].detach(), "features": res["features"].detach()}
+    log.info("teacher targets for %d of %d training patients (others: task loss only)",
+             len(out), len(patients))
+    return out
+
+
+def distill_term(targets: Mapping[str, dict[str, torch.Tensor]], params: DistillParams) -> ExtraLoss:
+    """The extra loss of the training loop: distillation for patients with a teacher target."""
+
+    def term(patient: Patient, outputs: dict[str, Any]) -> torch.Tensor | None:
+        target = targets.get(patient.patient_id)
+        if target is None:
+            return None
+        if outputs["features"].shape != target["features"].shape:
+            raise PathomixInputError(
+                f"student features {tuple(outputs['features'].shape)} do not match the teacher's "
+                f"{tuple(target['features'].shape)}; train both with the same `hidden`")
+        return distillation_loss(outputs, target, params.temperature, params.kl_weight, params.feature_weight)
+
+    return term

@@ -1,0 +1,92 @@
+"""Per task kind (classification, survival): loss, prediction columns and validation metric.
+
+One registry (:data:`OBJECTIVES`) keyed by ``Task.kind``; the training loop never branches
+on the kind itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from lifelines.utils import concordance_index
+
+from pathomix.io.tasks import Task
+from pathomix.train.losses import class_weights, cross_entropy, survival_nll, survival_risk
+
+log = logging.getLogger(__name__)
+
+Target = Mapping[str, float]  # classification: {y}; survival: {time, event, bin}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """``loss(logits, target)``; ``rows(logits, target)`` → prediction columns of one patient;
+    ``metric(predictions)`` → validation metric (``metric_name``)."""
+
+    loss: Callable[[torch.Tensor, Target], torch.Tensor]
+    rows: Callable[[torch.Tensor, Target], dict[str, Any]]
+    metric: Callable[[pd.DataFrame], float]
+    metric_name: str
+    columns: tuple[str, ...]  # the prediction columns ``rows`` returns, in order
+
+
+def _classification(task: Task, train_targets: Sequence[Target], device: torch.device) -> Objective:
+    labels = np.array([t["y"] for t in train_targets], int)
+    weight = class_weights(labels, len(task.classes)).to(device)
+    log.info("class weights from %d training labels: %s", len(labels),
+             dict(zip(task.classes, np.round(weight.cpu().numpy(), 3).tolist(), strict=True)))
+
+    def loss(logits: torch.Tensor, target: Target) -> torch.Tensor:
+        return cross_entropy(logits, torch.tensor([int(target["y"])], device=logits.device), weight)
+
+    def rows(logits: torch.Tensor, target: Target) -> dict[str, Any]:
+        prob = torch.softmax(logits.float(), dim=-1)[0].cpu().numpy()
+        out: dict[str, Any] = {"y_true": int(target["y"]), "y_pred": int(prob.argmax())}
+        out.update({f"prob_{c}": float(p) for c, p in zip(task.classes, prob, strict=True)})
+        return out
+
+    def accuracy(pred: pd.DataFrame) -> float:
+        return float((pred.y_true == pred.y_pred).mean()) if len(pred) else float("nan")
+
+    columns = ("y_true", "y_pred", *(f"prob_{c}" for c in task.classes))
+    return Objective(loss, rows, accuracy, "accuracy", columns)
+
+
+def _survival(task: Task, train_targets: Sequence[Target], device: torch.device) -> Objective:
+    def loss(logits: torch.Tensor, target: Target) -> torch.Tensor:
+        b = torch.tensor([int(target["bin"])], device=logits.device)
+        e = torch.tensor([float(target["event"])], device=logits.device)
+        return survival_nll(logits, b, e)
+
+    def rows(logits: torch.Tensor, target: Target) -> dict[str, Any]:
+        return {"time": float(target["time"]), "event": int(target["event"]),
+                "risk": float(survival_risk(logits.float())[0]), "bin": int(target["bin"])}
+
+    return Objective(loss, rows, c_index, "c_index", ("time", "event", "risk", "bin"))
+
+
+def c_index(pred: pd.DataFrame) -> float:
+    """Harrell's C of ``risk`` (higher = worse) against (time, event); NaN without comparable pairs."""
+    if len(pred) < 2 or not pred.event.any():
+        return float("nan")
+    try:
+        return float(concordance_index(pred.time, -pred.risk, pred.event))
+    except ZeroDivisionError:  # lifelines: no admissible pairs
+        return float("nan")
+
+
+OBJECTIVES: dict[str, Callable[[Task, Sequence[Target], torch.device], Objective]] = {
+    "classification": _classification,
+    "survival": _survival,
+}
+
+
+def make_objective(task: Task, train_targets: Sequence[Target], device: torch.device) -> Objective:
+    """The objective of ``task.kind``, fitted to the training targets (class weights)."""
+    return OBJECTIVES[task.kind](task, train_targets, device)

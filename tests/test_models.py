@@ -1,0 +1,154 @@
+"""Model registry, blocks and losses (unit tests, CPU, no files)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pathomix.io.errors import PathomixInputError
+from pathomix.io.tasks import get_task
+from pathomix.models import MODELS, OUTPUT_KEYS, ModelParams, get_model, wsi_key
+from pathomix.models.auxiliary import aux_losses, igc_mse
+from pathomix.models.blocks import CrossAttention, GatedAttention, SNNEncoder
+from pathomix.train.losses import (
+    class_weights,
+    distill_kl,
+    distillation_loss,
+    survival_nll,
+    survival_risk,
+)
+
+DIMS = {"wsi": 16, "genes": 12, "genes_tumour": 5, "genes_tme": 4}
+PARAMS = ModelParams(hidden=8, dropout=0.0)
+
+
+def _inputs(n20: int = 7, n10: int | None = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = {wsi_key("20x"): torch.randn(1, n20, DIMS["wsi"], generator=g),
+           "genes": torch.randn(1, DIMS["genes"], generator=g)}
+    if n10 is not None:
+        out[wsi_key("10x")] = torch.randn(1, n10, DIMS["wsi"], generator=g)
+    out["genes_tumour"] = out["genes"][:, :5]
+    out["genes_tme"] = out["genes"][:, 5:9]
+    return out
+
+
+def test_registry_lists_the_four_models() -> None:
+    assert {"abmil", "snn", "dmsf_teacher", "dmsf_student"} <= set(MODELS)
+    assert get_model("dmsf_student").teacher == "dmsf_teacher"
+    assert MODELS["abmil"].needs_wsi and not MODELS["abmil"].needs_genes and MODELS["abmil"].mags == ("20x",)
+    assert MODELS["snn"].needs_genes and not MODELS["snn"].needs_wsi
+    assert MODELS["dmsf_teacher"].needs_wsi and MODELS["dmsf_teacher"].needs_genes
+    assert set(MODELS["dmsf_teacher"].mags) == {"10x", "20x"}
+    assert not MODELS["dmsf_student"].needs_genes
+    with pytest.raises(KeyError, match="known models"):
+        get_model("nope")
+
+
+@pytest.mark.parametrize("name", ["abmil", "snn", "dmsf_teacher", "dmsf_student"])
+@pytest.mark.parametrize("task_name", ["diagnosis", "survival"])
+def test_forward_contract(name: str, task_name: str) -> None:
+    task = get_task(task_name)
+    torch.manual_seed(0)
+    model = MODELS[name].build(DIMS, task, PARAMS).eval()
+    out = model(_inputs())
+    assert set(out) == set(OUTPUT_KEYS)
+    assert out["logits"].shape == (1, task.n_outputs)
+    assert out["features"].shape[0] == 1
+    for by_mag in out["attention"].values():
+        for mag, w in by_mag.items():
+            assert w.shape == (1, _inputs()[wsi_key(mag)].shape[1])
+            assert torch.allclose(w.sum(-1), torch.ones(1), atol=1e-5)
+
+
+def test_teacher_and_student_share_feature_layout_and_heads() -> None:
+    task = get_task("diagnosis")
+    teacher = MODELS["dmsf_teacher"].build(DIMS, task, PARAMS).eval()
+    student = MODELS["dmsf_student"].build(DIMS, task, PARAMS).eval()
+    t, s = teacher(_inputs()), student(_inputs())
+    assert t["features"].shape == s["features"].shape == (1, 2 * PARAMS.hidden)
+    assert set(t["attention"]) == set(s["attention"]) == {"tumour", "tme"}
+    assert set(t["attention"]["tumour"]) == {"20x", "10x"}
+    assert "igc" in t["aux"] and t["aux"]["igc"].ndim == 0 and t["aux"]["igc"] >= 0
+    # a bag without 10x tiles still works (IGC needs two magnifications)
+    t20 = teacher(_inputs(n10=None))
+    assert set(t20["attention"]["tme"]) == {"20x"} and "igc" not in t20["aux"]
+    assert torch.isfinite(student(_inputs(n10=0))["logits"]).all()
+
+
+def test_teacher_refuses_empty_subspace() -> None:
+    with pytest.raises(PathomixInputError, match="tme"):
+        MODELS["dmsf_teacher"].build({**DIMS, "genes_tme": 0}, get_task("diagnosis"), PARAMS)
+
+
+def test_gated_attention_sums_to_one_and_is_permutation_equivariant() -> None:
+    torch.manual_seed(0)
+    pool = GatedAttention(8, 4).eval()
+    h = torch.randn(2, 11, 8)
+    pooled, w = pool(h)
+    assert torch.allclose(w.sum(-1), torch.ones(2), atol=1e-6)
+    perm = torch.randperm(11)
+    pooled_p, w_p = pool(h[:, perm])
+    assert torch.allclose(w_p, w[:, perm], atol=1e-6)
+    assert torch.allclose(pooled_p, pooled, atol=1e-5)
+
+
+def test_cross_attention_weights_are_a_distribution_over_patches() -> None:
+    torch.manual_seed(0)
+    attn = CrossAttention(8, n_heads=2).eval()
+    out, w = attn(torch.randn(1, 2, 8), torch.randn(1, 9, 8))
+    assert out.shape == (1, 2, 8) and w.shape == (1, 2, 9)
+    assert torch.allclose(w.sum(-1), torch.ones(1, 2), atol=1e-6)
+
+
+def test_snn_encoder_output_shape() -> None:
+    assert SNNEncoder(12, 8, 0.1, n_blocks=2)(torch.randn(3, 12)).shape == (3, 8)
+
+
+def test_survival_nll_matches_hand_computation() -> None:
+    h = torch.tensor([[0.1, 0.2, 0.3, 0.4]] * 4)
+    logits = torch.log(h / (1 - h))
+    bins = torch.tensor([2, 1, 0, 0])
+    events = torch.tensor([1, 0, 0, 1])
+    # S = [0.9, 0.72, 0.504, 0.3024]
+    expected = [
+        -math.log(0.72) - math.log(0.3),  # event in bin 2: survived bins 0-1, died in 2
+        -math.log(0.72),  # censored in bin 1: survived through bin 1
+        -math.log(0.9),  # censored in bin 0
+        -math.log(0.1),  # event in bin 0
+    ]
+    assert survival_nll(logits, bins, events).item() == pytest.approx(sum(expected) / 4, rel=1e-5)
+    one = survival_nll(logits[:1], bins[:1], events[:1]).item()
+    assert one == pytest.approx(expected[0], rel=1e-5)
+    assert survival_risk(logits)[0].item() == pytest.approx(-(0.9 + 0.72 + 0.504 + 0.3024), rel=1e-5)
+
+
+def test_higher_hazard_is_higher_risk() -> None:
+    low, high = torch.full((1, 4), -2.0), torch.full((1, 4), 2.0)
+    assert survival_risk(high) > survival_risk(low)
+
+
+def test_distillation_loss_is_zero_when_student_equals_teacher() -> None:
+    torch.manual_seed(0)
+    out = {"logits": torch.randn(1, 3), "features": torch.randn(1, 16)}
+    same = {k: v.clone() for k, v in out.items()}
+    assert distillation_loss(out, same, 2.0, 1.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    other = {"logits": torch.randn(1, 3), "features": torch.randn(1, 16)}
+    assert distillation_loss(out, other, 2.0, 1.0, 1.0).item() > 0
+    assert distill_kl(out["logits"], other["logits"], 2.0).item() > 0
+
+
+def test_class_weights_balance_the_classes() -> None:
+    w = class_weights([0, 0, 0, 1], 3)
+    assert w.tolist() == pytest.approx([4 / 9, 4 / 3, 1.0])
+
+
+def test_igc_is_zero_for_identical_magnifications_and_pluggable() -> None:
+    x = torch.randn(1, 8)
+    reps = {"tumour": {"20x": x, "10x": 3 * x}, "tme": {"20x": x}}
+    assert igc_mse(reps).item() == pytest.approx(0.0, abs=1e-7)
+    assert aux_losses(reps, {"igc": 0.0}) == {}
+    with pytest.raises(KeyError, match="known"):
+        aux_losses(reps, {"cgc_typo": 1.0})

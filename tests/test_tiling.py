@@ -1,0 +1,197 @@
+"""The tiling stage (python -m pathomix.tiling) on the real slides of shared/data."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from skimage.color import rgb2hsv
+
+from pathomix.io.errors import PathomixInputError
+from pathomix.io.h5store import COORD_ATTRS, read_coords
+from pathomix.io.slide import open_slide
+from pathomix.tiling import TilingParams, main, tile_slide
+from pathomix.tiling.grid import GridGeometry, tissue_fractions
+from pathomix.tiling.tissue import tissue_mask
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CMU = DATA / "wsi" / "CMU-1-Small-Region.svs"
+MIBI = DATA / "mif" / "mibi" / "fov8_RowNumber0_Depth_Profile0-MassCorrected-Filtered.tiff"
+PARAMS = json.dumps({"tile_px": 256, "overlap_px": 0, "mask_mpp": 8.0, "min_tissue_fraction": 0.5,
+                     "min_region_um2": 20000, "on_bad_tile": "error", "magnifications": {"20x": 0.5}})
+
+
+def need(path: Path) -> Path:
+    """Skip the test when a shared test file is absent."""
+    if not path.exists():
+        pytest.skip(f"shared test data {path} is absent (see shared/data/MANIFEST.md)")
+    return path
+
+
+def run(tmp: Path, slide: Path, slide_id: str, *extra: str, modality: str = "he",
+        params: str = PARAMS, target: str = "0.5") -> tuple[Path, Path]:
+    out, qc = tmp / "tiles" / f"{slide_id}.h5", tmp / "qc" / f"{slide_id}.png"
+    rc = main(["--slide-id", slide_id, "--path", str(slide), "--modality", modality, "--mag", "20x",
+               "--target-mpp", target, "--params", params, "--out", str(out), "--qc", str(qc), *extra])
+    assert rc == 0
+    return out, qc
+
+
+@pytest.fixture(scope="module")
+def cmu_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return run(tmp_path_factory.mktemp("cmu"), need(CMU), "cmu")
+
+
+def test_cmu_store_contract(cmu_store: tuple[Path, Path]) -> None:
+    out, qc = cmu_store
+    with h5py.File(out, "r") as h:
+        assert h["coords"].dtype == np.int64
+    coords, attrs = read_coords(out)
+    assert coords.ndim == 2 and coords.shape[1] == 2 and len(coords) > 10
+    assert set(COORD_ATTRS) <= set(attrs)
+    assert attrs["patch_size"] == 256 and attrs["patch_size_level0"] == 257 and attrs["overlap"] == 0
+    assert attrs["level0_magnification"] == pytest.approx(20.0)
+    assert attrs["target_magnification"] == pytest.approx(20.0) and attrs["target_mpp"] == 0.5
+    assert attrs["level0_mpp"] == pytest.approx(0.499) and attrs["patch_level"] == 0
+    assert attrs["downsample"] == 1.0 and attrs["name"] == attrs["slide_id"] == "cmu"
+    assert (attrs["level0_width"], attrs["level0_height"]) == (2220, 2967)
+    assert (coords >= 0).all() and (coords[:, 0] + 257 <= 2220).all() and (coords[:, 1] + 257 <= 2967).all()
+    assert (coords % 257 == 0).all(), "tiles lie on the grid"
+    order = np.lexsort((coords[:, 0], coords[:, 1]))
+    assert (order == np.arange(len(coords))).all(), "coords are row-major (y, then x)"
+    assert qc.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def _saturation(slide, xy: np.ndarray) -> float:
+    return float(np.mean([rgb2hsv(slide.read_tile(int(x), int(y), 257, 32))[..., 1].mean() for x, y in xy]))
+
+
+def test_cmu_tiles_are_on_tissue(cmu_store: tuple[Path, Path]) -> None:
+    coords, _ = read_coords(cmu_store[0])
+    xs, ys = GridGeometry(257, 257).positions(2220, 2967)
+    grid = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
+    kept = {tuple(c) for c in coords}
+    rejected = np.array([c for c in grid if tuple(c) not in kept])
+    assert len(rejected) > 0
+    with open_slide(CMU) as slide:
+        s_kept, s_rejected = _saturation(slide, coords), _saturation(slide, rejected)
+    assert s_kept > s_rejected + 0.1, (s_kept, s_rejected)
+
+
+def test_cmu_timing() -> None:
+    with open_slide(need(CMU)) as slide:
+        tile_slide(slide, 0.5, TilingParams())            # warm the JPEG decoder
+        start = time.perf_counter()
+        result = tile_slide(slide, 0.5, TilingParams(), "20x")
+        elapsed = time.perf_counter() - start
+    logging.getLogger(__name__).info("tiling CMU-1-Small-Region: %.3f s, %d tiles", elapsed, len(result.coords))
+    assert elapsed < 5.0
+
+
+def test_small_slide_gives_empty_store_and_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        out, qc = run(tmp_path, need(DATA / "openslide-fixtures" / "small.svs"), "tiny")
+    coords, attrs = read_coords(out)
+    assert coords.shape == (0, 2) and coords.dtype == np.int64 and set(COORD_ATTRS) <= set(attrs)
+    assert qc.exists()
+    assert any(r.levelno == logging.WARNING and "tiny" in r.getMessage() and "empty" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_boxes_needs_mpp_override(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    boxes = need(DATA / "openslide-fixtures" / "boxes.tiff")
+    with caplog.at_level(logging.ERROR), pytest.raises(PathomixInputError, match=r"(?i)mpp"):
+        run(tmp_path, boxes, "boxes")
+    assert any(r.levelno == logging.ERROR and "boxes" in r.getMessage() for r in caplog.records)
+    assert not (tmp_path / "tiles" / "boxes.h5").exists()
+    params = json.dumps({"tile_px": 32, "mask_mpp": 2.0, "min_region_um2": 100, "min_tissue_fraction": 0.1})
+    out, _ = run(tmp_path, boxes, "boxes", "--mpp", "0.5", params=params, target="2.0")
+    coords, attrs = read_coords(out)
+    assert attrs["level0_mpp"] == 0.5 and attrs["patch_size_level0"] == 128
+    assert attrs["patch_level"] == 2 and attrs["downsample"] == pytest.approx(4.016, abs=1e-3)
+    assert len(coords) > 0
+
+
+@pytest.mark.parametrize("name", ["wsi/broken.svs", "openslide-fixtures/unopenable.tiff",
+                                  "openslide-fixtures/unreadable.svs", "wsi/missing.svs"])
+def test_bad_slides_fail_clearly_without_output(tmp_path: Path, name: str) -> None:
+    path = DATA / name
+    if name != "wsi/missing.svs":
+        need(path)
+    with pytest.raises(PathomixInputError, match=rf"slide bad.*{Path(name).name}"):
+        run(tmp_path, path, "bad")
+    assert not (tmp_path / "tiles" / "bad.h5").exists()
+
+
+def test_upsampling_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PathomixInputError, match=r"(?s)slide cmu.*0\.499.*0\.25.*upsample"):
+        run(tmp_path, need(CMU), "cmu", target="0.25")
+
+
+def test_mif_tiling(tmp_path: Path) -> None:
+    out, qc = run(tmp_path, need(MIBI), "fov8", modality="mif")
+    coords, attrs = read_coords(out)
+    assert len(coords) > 0 and attrs["patch_size_level0"] == 328 and qc.exists()
+    assert len(attrs["channels"]) == 22 and "CD45" in attrs["channels"]
+    flags = list(attrs["autofluorescence"])
+    assert flags[attrs["channels"].index("Background")] == 1 and sum(flags) == 1
+
+
+def test_mif_folder_with_sheet(tmp_path: Path) -> None:
+    folder = need(DATA / "mif" / "mibi" / "fov8_single_channel")
+    names = sorted(p.stem for p in folder.glob("*.tiff"))
+    sheet = tmp_path / "panel.tsv"
+    sheet.write_text("index\tmarker\tautofluorescence\n" +
+                     "".join(f"{i}\t{n}\t{int(n == 'Background')}\n" for i, n in enumerate(names)))
+    out, _ = run(tmp_path, folder, "fov8dir", "--mpp", "0.390625", "--channels-sheet", str(sheet),
+                 modality="mif")
+    coords, attrs = read_coords(out)
+    assert attrs["channels"] == names and len(coords) > 0
+
+
+def test_params_defaults_equal_config() -> None:
+    config = ROOT / "config.yaml"
+    if not config.exists():
+        pytest.skip("config.yaml is absent")
+    tiling = yaml.safe_load(config.read_text())["tiling"]
+    assert TilingParams.from_mapping(tiling) == TilingParams()
+    with pytest.raises(PathomixInputError, match="overlap_px"):
+        TilingParams(tile_px=64, overlap_px=64)
+    with pytest.raises(PathomixInputError, match="on_bad_tile"):
+        TilingParams.from_json('{"on_bad_tile": "ignore"}')
+    with pytest.raises(PathomixInputError, match="JSON"):
+        TilingParams.from_json("{tile_px: 3")
+
+
+def test_tissue_mask_synthetic() -> None:
+    white = np.full((64, 64, 3), 245, np.uint8)
+    assert not tissue_mask(white, "he", 8.0, 20000).any()
+    noisy = (white + np.random.default_rng(0).integers(0, 6, white.shape)).astype(np.uint8)
+    assert not tissue_mask(noisy, "he", 8.0, 20000).any()
+    blob = white.copy()
+    blob[16:48, 16:48] = (200, 120, 170)
+    mask = tissue_mask(blob, "he", 8.0, 20000)
+    assert mask[20:44, 20:44].all() and not mask[:8].any()
+    stack = np.zeros((2, 64, 64), np.float32)
+    stack[0, 10:40, 10:40] = 100.0                      # a marker
+    stack[1] = 500.0                                    # autofluorescence everywhere
+    mif = tissue_mask(stack, "mif", 8.0, 1000, [False, True])
+    assert mif[15:35, 15:35].all() and not mif[50:].any()
+
+
+def test_tissue_fractions_integral_image() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[:5, :] = True
+    xs, ys = np.array([0, 50]), np.array([0, 25, 50])
+    frac = tissue_fractions(mask, (100, 100), xs, ys, 50)
+    np.testing.assert_allclose(frac, [[1, 1], [0.4, 0.4], [0, 0]])
+    geometry = GridGeometry.for_slide(0.25, 0.5, 256, 32)
+    assert (geometry.patch_size_level0, geometry.step_level0) == (512, 448)

@@ -1,0 +1,86 @@
+# Helpers shared by the rules: sheets, paths, code hashes, per-rule config subtrees.
+import functools
+import hashlib
+import json
+import shlex
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from snakemake.utils import validate
+
+from pathomix import paths as P
+from pathomix.io.sheets import read_slides
+
+RESULTS = config["results_dir"]
+LOGS = f"{RESULTS}/logs"
+BENCH = f"{RESULTS}/benchmarks"
+MAGS = list(config["tiling"]["magnifications"])
+ENCODER = config["features"]["encoder"]
+SRC = Path(workflow.basedir) / "src" / "pathomix"
+# GPU rules claim resources gpu=1 (profiles/default caps it at 1) only where a GPU exists.
+GPU = int(shutil.which("nvidia-smi") is not None and config["features"]["device"] != "cpu")
+
+
+def code_hash(*stages):
+    """sha256 of a stage's source: a param, so editing src/pathomix/<stage> reruns that stage."""
+    h = hashlib.sha256()
+    for stage in stages:
+        for f in sorted((SRC / stage).rglob("*.py")):
+            h.update(f.relative_to(SRC).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def subtree(key, drop=()):
+    """JSON of one config subtree (sorted), minus keys that must not trigger reruns."""
+    return json.dumps({k: v for k, v in config[key].items() if k not in drop}, sort_keys=True)
+
+
+def demo_pending():
+    """True when the sheet is the demo's own and must first be generated (checkpoint)."""
+    demo = config.get("demo", {})
+    sheet = config.get("slides")
+    return bool(demo.get("enabled")) and sheet and Path(sheet).parent == Path(demo.get("dir", ""))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_sheet(path, mtime):
+    df = read_slides(path, check_files=False)
+    validate(df.astype(object).where(df.notna(), None), "../schemas/slides.schema.yaml")
+    return df
+
+
+def slides():
+    """The slide sheet as a DataFrame (empty for a genes-only cohort)."""
+    if not config.get("slides"):
+        return pd.DataFrame(columns=["slide_id", "patient_id", "path", "modality", "mpp", "cohort"])
+    if demo_pending():
+        checkpoints.demo.get()
+    return _read_sheet(config["slides"], Path(config["slides"]).stat().st_mtime)
+
+
+def slide_row(wildcards):
+    return slides().loc[wildcards.slide_id]
+
+
+def feature_stores(wildcards=None):
+    df = slides()
+    return [str(P.features(RESULTS, ENCODER, m, s)) for s in df.slide_id for m in MAGS]
+
+
+def all_targets(wildcards):
+    targets = [P.metrics(RESULTS), f"{RESULTS}/eval/summary.csv"]
+    if config.get("slides"):
+        targets += [str(P.tile_qc(RESULTS, m, s)) for s in slides().slide_id for m in MAGS]
+    return targets
+
+
+# What each model reads (mirrors pathomix.models' registry; tests/test_workflow.py checks they agree).
+MODEL_INPUTS = {
+    "abmil": {"wsi": True, "genes": False, "teacher": None},
+    "snn": {"wsi": False, "genes": True, "teacher": None},
+    "dmsf_teacher": {"wsi": True, "genes": True, "teacher": None},
+    "dmsf_student": {"wsi": True, "genes": False, "teacher": "dmsf_teacher"},
+}

@@ -1,0 +1,46 @@
+# Feature extraction: one job per slide, every magnification, one encoder load.
+
+
+rule extract:
+    input:
+        slide=lambda w: slide_row(w).path,
+        tiles=[str(P.tiles(RESULTS, m, "{slide_id}")) for m in MAGS],
+    output:
+        [str(P.features(RESULTS, ENCODER, m, "{slide_id}")) for m in MAGS],
+    params:
+        modality=lambda w: slide_row(w).modality,
+        mpp=lambda w: "" if pd.isna(slide_row(w).mpp) else f"--mpp {slide_row(w).mpp}",
+        channels=lambda w: (f"--channels-sheet {shlex.quote(config['mif_channels'])}"
+                            if slide_row(w).modality == "mif" and config.get("mif_channels") else ""),
+        cfg=subtree("features"),
+        code=code_hash("features"),
+    log:
+        f"{LOGS}/extract/{{slide_id}}.log",
+    benchmark:
+        f"{BENCH}/extract/{{slide_id}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        gpu=GPU,
+    shell:
+        "python -m pathomix.features --slide-id {wildcards.slide_id:q} --path {input.slide:q} "
+        "--modality {params.modality} {params.mpp} {params.channels} --tiles {input.tiles:q} "
+        "--out {output:q} --params {params.cfg:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule manifest:
+    input:
+        sheet=config["slides"] or [],
+        stores=feature_stores,
+    output:
+        str(P.manifest(RESULTS, ENCODER)),
+    params:
+        code=code_hash("features"),
+    log:
+        f"{LOGS}/manifest.log",
+    benchmark:
+        f"{BENCH}/manifest.tsv"
+    threads: 1
+    shell:
+        "python -m pathomix.features.manifest --slides {input.sheet:q} --stores {input.stores:q} "
+        "--out {output:q} > {log:q} 2>&1"

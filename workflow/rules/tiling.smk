@@ -1,0 +1,31 @@
+# Tiling: one job per slide, every magnification (coords h5 + QC thumbnail per magnification).
+
+
+rule tile:
+    input:
+        slide=lambda w: slide_row(w).path,
+    output:
+        tiles=[str(P.tiles(RESULTS, m, "{slide_id}")) for m in MAGS],
+        qc=[report(str(P.tile_qc(RESULTS, m, "{slide_id}")), category="Tiling QC",
+                   subcategory=m, caption="../report/tiling.rst") for m in MAGS],
+    params:
+        modality=lambda w: slide_row(w).modality,
+        mpp=lambda w: "" if pd.isna(slide_row(w).mpp) else f"--mpp {slide_row(w).mpp}",
+        channels=lambda w: (f"--channels-sheet {shlex.quote(config['mif_channels'])}"
+                            if slide_row(w).modality == "mif" and config.get("mif_channels") else ""),
+        mags=" ".join(MAGS),
+        target_mpp=" ".join(str(v) for v in config["tiling"]["magnifications"].values()),
+        cfg=subtree("tiling", drop=("magnifications",)),
+        code=code_hash("tiling"),
+    log:
+        f"{LOGS}/tile/{{slide_id}}.log",
+    benchmark:
+        f"{BENCH}/tile/{{slide_id}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "python -m pathomix.tiling --slide-id {wildcards.slide_id:q} --path {input.slide:q} "
+        "--modality {params.modality} {params.mpp} {params.channels} --mag {params.mags} "
+        "--target-mpp {params.target_mpp} --params {params.cfg:q} --out {output.tiles:q} "
+        "--qc {output.qc:q} > {log:q} 2>&1"

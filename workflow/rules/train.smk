@@ -1,0 +1,49 @@
+# Training: one job per model × task × fold (a student waits for its teacher of the same fold).
+
+FOLDS = range(config["splits"]["n_folds"])
+
+
+def train_inputs(w):
+    need = MODEL_INPUTS[w.model]
+    inputs = {"clinical": config["clinical"], "folds": str(P.folds(RESULTS))}
+    if need["wsi"]:
+        inputs["manifest"] = str(P.manifest(RESULTS, ENCODER))
+    if need["genes"]:
+        inputs["hvg"], inputs["subspaces"] = str(P.hvg(RESULTS)), str(P.subspaces(RESULTS))
+    if need["teacher"]:
+        inputs["teacher"] = str(P.model_dir(RESULTS, need["teacher"], w.task, w.fold) / "checkpoint.pt")
+    return inputs
+
+
+def optional_flags(input):
+    names = {"manifest": "--manifest", "hvg": "--hvg", "subspaces": "--subspaces",
+             "teacher": "--teacher-checkpoint"}
+    return " ".join(f"{flag} {shlex.quote(input[k])}" for k, flag in names.items() if k in input.keys())
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        checkpoint=str(P.model_dir(RESULTS, "{model}", "{task}", "{fold}") / "checkpoint.pt"),
+        history=str(P.model_dir(RESULTS, "{model}", "{task}", "{fold}") / "history.parquet"),
+        predictions=str(P.model_dir(RESULTS, "{model}", "{task}", "{fold}") / "predictions.parquet"),
+    params:
+        flags=lambda w, input: optional_flags(input),
+        out=lambda w, output: str(Path(output.checkpoint).parent),
+        cfg=subtree("train", drop=("models", "tasks")),
+        code=code_hash("models", "train"),
+    wildcard_constraints:
+        fold=r"\d+",
+    log:
+        f"{LOGS}/train/{{model}}/{{task}}/fold{{fold}}.log",
+    benchmark:
+        f"{BENCH}/train/{{model}}/{{task}}/fold{{fold}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        gpu=GPU,
+    shell:
+        "python -m pathomix.train --model {wildcards.model} --task {wildcards.task} --fold {wildcards.fold} "
+        "--clinical {input.clinical:q} --folds {input.folds:q} {params.flags} --params {params.cfg:q} "
+        "--threads {threads} --out {params.out:q} > {log:q} 2>&1"
