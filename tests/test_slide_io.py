@@ -26,7 +26,8 @@ def need(path: Path) -> Path:
 
 
 def write_sheet(path: Path, markers: list[str], af: list[int]) -> Path:
-    rows = ["index\tmarker\tautofluorescence"] + [f"{i}\t{m}\t{a}" for i, (m, a) in enumerate(zip(markers, af))]
+    rows = ["index\tmarker\tautofluorescence"]
+    rows += [f"{i}\t{m}\t{a}" for i, (m, a) in enumerate(zip(markers, af, strict=True))]
     path.write_text("\n".join(rows) + "\n")
     return path
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pathomix.splits.folds import SplitParams, check_folds, make_folds, main
+from pathomix.splits.folds import SplitParams, check_folds, main, make_folds
 
 
 def _clinical(tmp_path, n=30):

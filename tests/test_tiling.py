@@ -92,8 +92,25 @@ def test_cmu_timing() -> None:
         start = time.perf_counter()
         result = tile_slide(slide, 0.5, TilingParams(), "20x")
         elapsed = time.perf_counter() - start
-    logging.getLogger(__name__).info("tiling CMU-1-Small-Region: %.3f s, %d tiles", elapsed, len(result.coords))
+    logging.getLogger(__name__).info("tiling CMU-1-Small-Region: %.3f s, %d tiles", elapsed,
+                                     len(result.coords))
     assert elapsed < 5.0
+
+
+def test_several_magnifications_in_one_call(tmp_path: Path) -> None:
+    out20, out10 = tmp_path / "20x" / "cmu.h5", tmp_path / "10x" / "cmu.h5"
+    qc20, qc10 = tmp_path / "20x" / "qc" / "cmu.png", tmp_path / "10x" / "qc" / "cmu.png"
+    assert main(["--slide-id", "cmu", "--path", str(need(CMU)), "--modality", "he", "--mag", "20x", "10x",
+                 "--target-mpp", "0.5", "1.0", "--params", PARAMS, "--out", str(out20), str(out10),
+                 "--qc", str(qc20), str(qc10)]) == 0
+    c20, a20 = read_coords(out20)
+    c10, a10 = read_coords(out10)
+    assert a20["patch_size_level0"] == 257 and a10["patch_size_level0"] == 513
+    assert a10["target_magnification"] == pytest.approx(10.0) and a10["patch_size"] == 256
+    assert len(c20) > len(c10) > 0 and qc20.exists() and qc10.exists()
+    with pytest.raises(SystemExit):
+        main(["--slide-id", "cmu", "--path", str(CMU), "--modality", "he", "--mag", "20x", "10x",
+              "--target-mpp", "0.5", "--out", str(out20), "--qc", str(qc20)])
 
 
 def test_small_slide_gives_empty_store_and_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from snakemake.utils import validate
 
+import pathomix
 from pathomix import paths as P
 from pathomix.io.sheets import read_slides
 
@@ -18,7 +19,8 @@ LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 MAGS = list(config["tiling"]["magnifications"])
 ENCODER = config["features"]["encoder"]
-SRC = Path(workflow.basedir) / "src" / "pathomix"
+SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
+SRC = Path(pathomix.__file__).parent  # the package the jobs will import
 # GPU rules claim resources gpu=1 (profiles/default caps it at 1) only where a GPU exists.
 GPU = int(shutil.which("nvidia-smi") is not None and config["features"]["device"] != "cpu")
 
@@ -48,7 +50,7 @@ def demo_pending():
 @functools.lru_cache(maxsize=4)
 def _read_sheet(path, mtime):
     df = read_slides(path, check_files=False)
-    validate(df.astype(object).where(df.notna(), None), "../schemas/slides.schema.yaml")
+    validate(df.astype(object).where(df.notna(), None), SCHEMAS / "slides.schema.yaml")
     return df
 
 

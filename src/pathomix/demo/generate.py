@@ -8,8 +8,12 @@ never leaves a ``slides.tsv`` that points at missing or half-written files.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -19,6 +23,8 @@ from pathomix.demo.shapes import STREAM_HE, STREAM_MIF, noise_bank, rng_for, til
 from pathomix.io.atomic import atomic_path, write_parquet
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 MAIN_SIZE = (1536, 1024)  # W × H of every patient's first H&E slide
 SECOND_SIZE = (768, 768)  # W × H of the second H&E slide of every 6th patient
@@ -56,33 +62,58 @@ def he_specs(patients: pd.DataFrame) -> list[he.SlideSpec]:
     return specs
 
 
-def write_he_slides(out: Path, specs: list[he.SlideSpec], seed: int) -> tuple[list[dict], dict[str, int]]:
-    """Render and write every H&E slide; returns slide-sheet rows and tile counts."""
-    rows, tiles = [], {"he_tiles_20x": 0, "he_tiles_10x": 0}
-    for k, spec in enumerate(specs):
-        img, mask = he.render_he(spec, rng_for(seed, STREAM_HE, k), noise_bank(seed))
-        rel = f"slides/{spec.slide_id}.tiff"
-        he.write_pyramidal_tiff(out / rel, img)
-        tiles["he_tiles_20x"] += tile_count(mask, TILE_PX)
-        tiles["he_tiles_10x"] += tile_count(mask, 2 * TILE_PX)
-        rows.append({"slide_id": spec.slide_id, "patient_id": spec.patient_id, "path": rel,
-                     "modality": "he", "mpp": ""})
-    return rows, tiles
+def available_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
-def write_mif_images(out: Path, patients: pd.DataFrame, n_mif: int, seed: int) -> tuple[list[dict], int]:
-    """Render and write the mIF images; returns slide-sheet rows and the 20x tile count."""
-    rows, tiles = [], 0
+def run_jobs(fn: Callable[[T], R], items: list[T], jobs: int) -> list[R]:
+    """``[fn(x) for x in items]``, in ``jobs`` processes when ``jobs`` > 1 (order kept).
+
+    Each item carries its own seeded generator key, so the result does not depend on ``jobs``.
+    """
+    if jobs <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    with ProcessPoolExecutor(max_workers=min(jobs, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def he_job(item: tuple[Path, he.SlideSpec, int, int]) -> dict:
+    """Render and write one H&E slide; returns its slide-sheet row and tile counts."""
+    out, spec, seed, k = item
+    img, mask = he.render_he(spec, rng_for(seed, STREAM_HE, k), noise_bank(seed))
+    rel = f"slides/{spec.slide_id}.tiff"
+    he.write_pyramidal_tiff(out / rel, img)
+    log.debug("wrote %s", rel)
+    row = {"slide_id": spec.slide_id, "patient_id": spec.patient_id, "path": rel, "modality": "he", "mpp": ""}
+    return {"row": row, "he_tiles_20x": tile_count(mask, TILE_PX), "he_tiles_10x": tile_count(mask, 2 * TILE_PX)}
+
+
+def mif_job(item: tuple[Path, mif.MifSpec, str, int, int]) -> dict:
+    """Render and write one mIF image; returns its slide-sheet row and 20x tile count."""
+    out, spec, patient_id, seed, k = item
+    data, mask = mif.render_mif(spec, rng_for(seed, STREAM_MIF, k), noise_bank(seed))
+    rel = f"mif/{spec.slide_id}.ome.tiff"
+    mif.write_ome_tiff(out / rel, data)
+    log.debug("wrote %s", rel)
+    row = {"slide_id": spec.slide_id, "patient_id": patient_id, "path": rel, "modality": "mif", "mpp": mif.MIF_MPP}
+    return {"row": row, "mif_tiles_20x": tile_count(mask, TILE_PX)}
+
+
+def write_images(out: Path, patients: pd.DataFrame, n_mif: int, seed: int, jobs: int) -> tuple[list, dict]:
+    """Render and write all H&E slides and mIF images; returns slide rows and tile counts."""
+    he_items = [(out, spec, seed, k) for k, spec in enumerate(he_specs(patients))]
+    mif_items = []
     for k in mif_patients(patients, n_mif):
         p = patients.iloc[k]
         spec = mif.MifSpec(f"{p.patient_id}-MIF", p.diagnosis, float(p.latent_risk))
-        data, mask = mif.render_mif(spec, rng_for(seed, STREAM_MIF, k), noise_bank(seed))
-        rel = f"mif/{spec.slide_id}.ome.tiff"
-        mif.write_ome_tiff(out / rel, data)
-        tiles += tile_count(mask, TILE_PX)
-        rows.append({"slide_id": spec.slide_id, "patient_id": p.patient_id, "path": rel,
-                     "modality": "mif", "mpp": mif.MIF_MPP})
-    return rows, tiles
+        mif_items.append((out, spec, p.patient_id, seed, k))
+    done = run_jobs(he_job, he_items, jobs) + run_jobs(mif_job, mif_items, jobs)
+    tiles = {key: sum(d.get(key, 0) for d in done) for key in ("he_tiles_20x", "he_tiles_10x", "mif_tiles_20x")}
+    return [d["row"] for d in done], tiles
 
 
 def channel_sheet() -> pd.DataFrame:
@@ -108,7 +139,8 @@ slides/*.tiff  pyramidal tiled-JPEG TIFF, RGB, 0.5 um/px (20x) at level 0, facto
                Planted: the class sets colour and texture (astrocytoma: sparse elongated nuclei
                on pink fibrillary stroma; oligodendroglioma: dense round nuclei with clear halos
                on lavender stroma; glioblastoma: very dense dark pleomorphic nuclei, necrosis);
-               the latent risk and the grade raise nuclear density a little.
+               the latent risk and the grade raise nuclear density a little; cellularity
+               varies smoothly within each slide and stain intensity between slides.
                Every {second_every}th patient has a second, smaller slide (-B).
 mif/*.ome.tiff 7-channel CYX uint16 OME-TIFF, 512 x 512 at 0.5 um/px; channels in mif_channels.tsv.
                Planted: Ki67+ and CD68+ fractions rise with latent risk, CD8+ falls; a smooth
@@ -134,8 +166,14 @@ def write_readme(out: Path, seed: int, n_patients: int, programs: dict[str, list
         tmp.write_text(text)
 
 
-def generate_cohort(out: str | Path, seed: int = 0, n_patients: int = 36, n_mif: int = 12) -> dict:
-    """Write the demo cohort into ``out`` and return a summary (counts, tiles, seconds)."""
+def generate_cohort(
+    out: str | Path, seed: int = 0, n_patients: int = 36, n_mif: int = 12, jobs: int = 1
+) -> dict:
+    """Write the demo cohort into ``out`` and return a summary (counts, tiles, seconds).
+
+    ``jobs`` processes render the images (0 = one per CPU, up to 4); the
+    content depends only on the seed and the counts, never on ``jobs``.
+    """
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,20 +183,21 @@ def generate_cohort(out: str | Path, seed: int = 0, n_patients: int = 36, n_mif:
     write_tsv(patients[["patient_id", "diagnosis", "latent_risk"]], out / "truth.tsv")
     genes, programs = cohort.make_genes(patients, seed)
     write_parquet(genes, out / "genes.parquet")
-    he_rows, tiles = write_he_slides(out, he_specs(patients), seed)
-    mif_rows, mif_tiles = write_mif_images(out, patients, n_mif, seed)
+    jobs = jobs if jobs > 0 else min(4, available_cpus())
+    rows, tiles = write_images(out, patients, n_mif, seed, jobs)
     write_tsv(channel_sheet(), out / "mif_channels.tsv")
     write_readme(out, seed, n_patients, programs)
-    write_tsv(pd.DataFrame(he_rows + mif_rows), out / "slides.tsv")  # the marker: last
+    write_tsv(pd.DataFrame(rows), out / "slides.tsv")  # the marker: last
     summary = {
         "out": str(out), "seed": seed, "n_patients": n_patients,
         "classes": patients.diagnosis.value_counts().to_dict(),
-        "n_he_slides": len(he_rows), "n_mif_images": len(mif_rows), "n_genes": genes.shape[1] - 1,
+        "n_he_slides": sum(r["modality"] == "he" for r in rows),
+        "n_mif_images": sum(r["modality"] == "mif" for r in rows), "n_genes": genes.shape[1] - 1,
         "censored_fraction": round(float(1 - patients.event.mean()), 3),
-        **tiles, "mif_tiles_20x": mif_tiles,
+        **tiles,
         "tile_encodings_estimate": tiles["he_tiles_20x"] + tiles["he_tiles_10x"]
-        + mif_tiles * len(mif.CHANNELS),
-        "seconds": round(time.perf_counter() - start, 2),
+        + tiles["mif_tiles_20x"] * len(mif.CHANNELS),
+        "jobs": jobs, "seconds": round(time.perf_counter() - start, 2),
     }
     log.info("demo cohort written: %s", summary)
     return summary

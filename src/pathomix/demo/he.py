@@ -53,11 +53,10 @@ class Style:
 
 
 STYLES: dict[str, Style] = {
-    "astrocytoma": Style(5.0, (6.5, 2.4), 0.15, 1.0, 0.55, 0.04, 0.0, 0.0, 0.45),
-    "oligodendroglioma": Style(13.0, (3.6, 3.3), 0.10, 1.15, 0.30, 0.24, 3.5, 0.0, 0.10),
-    "glioblastoma": Style(22.0, (5.0, 4.0), 0.35, 1.55, 0.78, 0.14, 0.0, 0.2, 0.15),
+    "astrocytoma": Style(5.0, (8.5, 3.2), 0.15, 1.05, 0.55, 0.04, 0.0, 0.0, 0.28),
+    "oligodendroglioma": Style(12.0, (6.0, 5.6), 0.10, 1.2, 0.30, 0.24, 4.0, 0.0, 0.08),
+    "glioblastoma": Style(20.0, (6.5, 5.0), 0.35, 1.55, 0.78, 0.14, 0.0, 0.2, 0.12),
 }
-
 
 @dataclass(frozen=True)
 class SlideSpec:
@@ -77,7 +76,7 @@ def _stroma(
     rng: np.random.Generator, bank: NoiseBank, shape: tuple[int, int], style: Style
 ) -> tuple[np.ndarray, np.ndarray]:
     """Eosin and haematoxylin OD of the tissue background, with coarse and fibrillary texture."""
-    tint = rng.lognormal(0.0, 0.08, size=2).astype(np.float32)
+    tint = rng.lognormal(0.0, 0.12, size=2).astype(np.float32)
     coarse = smooth_noise(rng, shape, 40.0, factor=8)
     texture = 0.15 * coarse + style.fibril * bank.fibre(rng, shape) + 0.06 * bank.normal(rng, shape)
     eosin = (style.bg_eosin * tint[0]) * np.clip(1.0 + texture, 0.2, None)
@@ -101,10 +100,11 @@ def _nuclei(
     density = style.density * np.exp(0.18 * spec.risk) * (1.0 + 0.12 * (spec.grade - 2))
     density *= rng.lognormal(0.0, 0.12)
     n = int(density * viable.sum() / 1e4)
-    cy, cx = sample_points(rng, viable, n)
+    regional = np.exp(0.5 * smooth_noise(rng, viable.shape, 90.0, factor=8))  # heterogeneous cellularity
+    cy, cx = sample_points(rng, viable, n, weights=regional)
     size = rng.lognormal(0.0, style.pleomorphism, n)
-    a = np.clip(style.axes[0] * size * rng.lognormal(0, 0.08, n), 1.5, 11.0)
-    b = np.clip(style.axes[1] * size * rng.lognormal(0, 0.08, n), 1.5, 11.0)
+    a = np.clip(style.axes[0] * size * rng.lognormal(0, 0.08, n), 1.5, 14.0)
+    b = np.clip(style.axes[1] * size * rng.lognormal(0, 0.08, n), 1.5, 14.0)
     theta = rng.uniform(0, np.pi, n)
     load = style.hema * rng.lognormal(0.0, 0.12, n)
     return cy, cx, a.astype(np.float32), b.astype(np.float32), theta.astype(np.float32), load
@@ -118,6 +118,34 @@ def _debris(rng: np.random.Generator, necrotic: np.ndarray, out: np.ndarray) -> 
     stamp_ellipses(out, cy, cx, r, r, np.zeros(n, np.float32), rng.uniform(0.6, 1.2, n))
 
 
+def _add_nuclei(
+    rng: np.random.Generator, bank: NoiseBank, spec: SlideSpec, viable: np.ndarray, necrotic: np.ndarray,
+    eosin: np.ndarray, hema: np.ndarray,
+) -> np.ndarray:
+    """Stamp nuclei (and halos, debris) into the stain maps; returns the new haematoxylin map."""
+    style = STYLES[spec.diagnosis]
+    cy, cx, a, b, theta, load = _nuclei(rng, viable, style, spec)
+    if style.halo > 0:
+        halo = np.zeros(eosin.shape, np.float32)
+        stamp_ellipses(halo, cy, cx, a + style.halo, b + style.halo, theta, np.ones(len(cy), np.float32))
+        eosin *= 1.0 - 0.85 * halo
+        hema *= 1.0 - 0.9 * halo
+    nuc = np.zeros(eosin.shape, np.float32)
+    stamp_ellipses(nuc, cy, cx, a, b, theta, load)
+    _debris(rng, necrotic, nuc)
+    eosin[nuc > 0] *= 0.5
+    return np.maximum(hema, nuc * (1.0 + 0.18 * bank.normal(rng, nuc.shape)))
+
+
+def _to_rgb(rng: np.random.Generator, bank: NoiseBank, eosin: np.ndarray, hema: np.ndarray) -> np.ndarray:
+    """Beer–Lambert: RGB = background · exp(−OD), plus a little sensor noise, as uint8."""
+    rgb = np.empty((*eosin.shape, 3), np.uint8)
+    for c in range(3):
+        chan = BACKGROUND * np.exp(-(eosin * EOSIN_OD[c] + hema * HEMA_OD[c]))
+        rgb[..., c] = np.clip(chan + 2.5 * bank.normal(rng, eosin.shape) + 0.5, 0, 255)
+    return rgb
+
+
 def render_he(spec: SlideSpec, rng: np.random.Generator, bank: NoiseBank) -> tuple[np.ndarray, np.ndarray]:
     """RGB uint8 (H, W, 3) level-0 image and its boolean tissue mask."""
     style = STYLES[spec.diagnosis]
@@ -127,24 +155,10 @@ def render_he(spec: SlideSpec, rng: np.random.Generator, bank: NoiseBank) -> tup
     necrotic = _necrosis(rng, tissue, style.necrosis)
     eosin[necrotic] = 0.42 * (1.0 + 0.1 * bank.normal(rng, (int(necrotic.sum()),)))
     hema[necrotic] = 0.02
-    cy, cx, a, b, theta, load = _nuclei(rng, tissue & ~necrotic, style, spec)
-    if style.halo > 0:
-        halo = np.zeros(shape, np.float32)
-        stamp_ellipses(halo, cy, cx, a + style.halo, b + style.halo, theta, np.ones(len(cy), np.float32))
-        eosin *= 1.0 - 0.85 * halo
-        hema *= 1.0 - 0.9 * halo
-    nuc = np.zeros(shape, np.float32)
-    stamp_ellipses(nuc, cy, cx, a, b, theta, load)
-    _debris(rng, necrotic, nuc)
-    hema = np.maximum(hema, nuc * (1.0 + 0.18 * bank.normal(rng, shape)))
-    eosin[nuc > 0] *= 0.5
+    hema = _add_nuclei(rng, bank, spec, tissue & ~necrotic, necrotic, eosin, hema)
     eosin[~tissue] = 0.0
     hema[~tissue] = 0.0
-    rgb = np.empty((*shape, 3), np.uint8)
-    for c in range(3):
-        chan = BACKGROUND * np.exp(-(eosin * EOSIN_OD[c] + hema * HEMA_OD[c])) + 2.5 * bank.normal(rng, shape)
-        rgb[..., c] = np.clip(chan + 0.5, 0, 255)
-    return rgb, tissue
+    return _to_rgb(rng, bank, eosin, hema), tissue
 
 
 def pyramid(img: np.ndarray, min_size: int = 256) -> list[np.ndarray]:

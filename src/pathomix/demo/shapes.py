@@ -67,7 +67,7 @@ class NoiseBank:
     def __init__(self, seed: int, size: int = 4_800_000, fibre_shape: tuple[int, int] = (1536, 2048)):
         rng = np.random.default_rng(np.random.SeedSequence([seed, 99]))
         self.white = rng.standard_normal(size, dtype=np.float32)
-        fibres = ndi.gaussian_filter(rng.standard_normal(fibre_shape, dtype=np.float32), (0.8, 6.0))
+        fibres = ndi.gaussian_filter(rng.standard_normal(fibre_shape, dtype=np.float32), (0.7, 4.5))
         self.fibres = fibres / float(fibres.std())
 
     def normal(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -100,8 +100,8 @@ def _bump_field(rng: np.random.Generator, shape: tuple[int, int], n_blobs: int, 
     weights = [1.0] if n_blobs == 1 else [1.0, rng.uniform(0.55, 0.8)]
     slots = [(0.5, 0.5)] if n_blobs == 1 else [(0.3, 0.5), (0.72, 0.5)]
     for weight, (fx, fy) in zip(weights, slots, strict=True):
-        cx = (fx + rng.uniform(-0.06, 0.06)) * w
-        cy = (fy + rng.uniform(-0.12, 0.12)) * h
+        cx = (fx + rng.uniform(-0.04, 0.04)) * w
+        cy = (fy + rng.uniform(-0.04, 0.04)) * h
         rx = weight * (w - 2 * margin) / (2.2 * n_blobs) * rng.uniform(0.85, 1.15)
         ry = weight * (h - 2 * margin) / 2.2 * rng.uniform(0.85, 1.15)
         theta = rng.uniform(-0.4, 0.4)
@@ -109,6 +109,14 @@ def _bump_field(rng: np.random.Generator, shape: tuple[int, int], n_blobs: int, 
         v = -(xx - cx) * np.sin(theta) + (yy - cy) * np.cos(theta)
         field += weight * np.exp(-0.5 * ((u / rx) ** 2 + (v / ry) ** 2))
     return field
+
+
+def _taper(shape: tuple[int, int], margin: float, ramp: float) -> np.ndarray:
+    """0 within ``margin`` of the border, rising smoothly to 1 over ``ramp`` pixels."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    dist = np.minimum.reduce([yy, xx, shape[0] - 1 - yy, shape[1] - 1 - xx])
+    t = np.clip((dist - margin) / max(ramp, 1e-6), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
 
 
 def _clean(low: np.ndarray) -> np.ndarray:
@@ -126,7 +134,7 @@ def tissue_mask(
     shape: tuple[int, int],
     coverage: float,
     n_blobs: int = 1,
-    margin: int = 48,
+    margin: int = 32,
     factor: int = 8,
 ) -> np.ndarray:
     """Boolean mask of one or two smooth irregular tissue blobs covering about ``coverage``.
@@ -139,10 +147,8 @@ def tissue_mask(
     h, w = shape
     small = (h // factor, w // factor)
     m = margin / factor
-    field = _bump_field(rng, small, n_blobs, m) + 0.22 * smooth_noise(rng, small, 4.0)
-    yy, xx = np.mgrid[0 : small[0], 0 : small[1]]
-    inside = (yy >= m) & (yy < small[0] - m) & (xx >= m) & (xx < small[1] - m)
-    field[~inside] = field.min() - 1.0
+    field = _bump_field(rng, small, n_blobs, m) + 0.14 * smooth_noise(rng, small, 8.0)
+    field -= 0.4 * (1.0 - _taper(small, m, 0.12 * min(small)))
     threshold = float(np.quantile(field, 1.0 - coverage))
     keep = _clean(field > threshold)
     eps = 1e-3
@@ -189,12 +195,21 @@ def stamp_ellipses(
         np.maximum.at(out, (yy[ok], xx[ok]), vals[ok].astype(out.dtype))
 
 
-def sample_points(rng: np.random.Generator, region: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` random (y, x) positions, float, uniformly inside the boolean ``region``."""
+def sample_points(
+    rng: np.random.Generator, region: np.ndarray, n: int, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random (y, x) positions, float, inside the boolean ``region``.
+
+    Uniform, or with density proportional to the non-negative ``weights`` map when given.
+    """
     idx = np.flatnonzero(region)
     if len(idx) == 0 or n <= 0:
         return np.zeros(0, np.float32), np.zeros(0, np.float32)
-    pick = rng.choice(idx, size=n, replace=True)
+    if weights is None:
+        pick = rng.choice(idx, size=n, replace=True)
+    else:
+        cdf = np.cumsum(weights.ravel()[idx], dtype=np.float64)
+        pick = idx[np.minimum(np.searchsorted(cdf, rng.random(n) * cdf[-1]), len(idx) - 1)]
     y, x = np.divmod(pick, region.shape[1])
     jitter = rng.uniform(-0.5, 0.5, size=(2, n))
     return (y + jitter[0]).astype(np.float32), (x + jitter[1]).astype(np.float32)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pathomix.features.resnet import ResNetTrunk
 from pathomix.io.errors import PathomixInputError
 
 log = logging.getLogger(__name__)
@@ -36,24 +37,6 @@ class EncoderSpec:
     description: str = ""
 
 
-class TruncatedResNet(nn.Module):
-    """ResNet through layer3 + global average pooling (CLAM's ``resnet50_trunc``)."""
-
-    def __init__(self, arch: str):
-        super().__init__()
-        import timm  # imported lazily: it is slow, and only extraction needs it
-
-        self.net = timm.create_model(arch, pretrained=False, num_classes=0)
-        self.net.layer4 = nn.Identity()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.net
-        x = n.maxpool(n.act1(n.bn1(n.conv1(x))))
-        x = n.layer3(n.layer2(n.layer1(x)))
-        return self.pool(x).flatten(1)
-
-
 def _vit(arch: str) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         import timm
@@ -66,9 +49,9 @@ def _vit(arch: str) -> Callable[[], nn.Module]:
 ENCODERS: dict[str, EncoderSpec] = {
     s.name: s
     for s in (
-        EncoderSpec("resnet50_trunc", 1024, 224, lambda: TruncatedResNet("resnet50"),
+        EncoderSpec("resnet50_trunc", 1024, 224, lambda: ResNetTrunk("resnet50"),
                     description="ResNet50 through layer3 + avg pool (CLAM default), 1024-d"),
-        EncoderSpec("resnet18_trunc", 256, 224, lambda: TruncatedResNet("resnet18"),
+        EncoderSpec("resnet18_trunc", 256, 224, lambda: ResNetTrunk("resnet18"),
                     description="ResNet18 through layer3 + avg pool, 256-d; light, for CPU demos"),
         EncoderSpec("vit_small", 384, 224, _vit("vit_small_patch16_224"),
                     description="timm ViT-S/16 CLS token, 384-d"),
@@ -95,17 +78,16 @@ def _load_weights(model: nn.Module, name: str, weights: Path) -> None:
     state = torch.load(weights, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    target = model.net if isinstance(model, TruncatedResNet) else model
-    own = target.state_dict()
+    own = model.state_dict()
     state = {k.removeprefix("module.").removeprefix("model."): v for k, v in state.items()}
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    missing = [k for k in own if k not in usable and not k.startswith("layer4.")]
+    missing = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")]
     if missing:
         raise PathomixInputError(
             f"encoder weights {weights} do not fit {name}: {len(missing)} parameter(s) missing or of another "
             f"shape, e.g. {missing[:3]}; give a state_dict of the matching timm architecture"
         )
-    target.load_state_dict(usable, strict=False)
+    model.load_state_dict(usable, strict=False)  # a trunk ignores the unused head/layer4 keys
 
 
 def build_encoder(name: str, weights: str | Path | None) -> tuple[nn.Module, EncoderSpec, str]:

@@ -75,9 +75,9 @@ def extract_tiles(dataset: TileDataset, model: nn.Module, spec: EncoderSpec, par
     out = np.zeros(shape, np.float32)
     if len(dataset) == 0:
         return out, precision
-    loader = DataLoader(dataset, batch_size=params.batch_size, num_workers=params.num_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=False,
-                        prefetch_factor=4 if params.num_workers else None)
+    workers = params.num_workers if len(dataset) > params.batch_size else 0  # one batch: no fork needed
+    loader = DataLoader(dataset, batch_size=params.batch_size, num_workers=workers,
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
     autocast = (torch.autocast(device.type, dtype=PRECISIONS[precision])
                 if precision != "fp32" else nullcontext())
     start, done = time.perf_counter(), 0

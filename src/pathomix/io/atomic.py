@@ -9,8 +9,18 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -24,9 +34,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    tmp_path.chmod(0o666 & ~_umask())  # mkstemp makes 0600; results should follow the umask
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        tmp_path.replace(path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

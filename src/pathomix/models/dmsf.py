@@ -37,34 +37,37 @@ def _module_key(*parts: str) -> str:
 
 
 class SubspaceSelector(nn.Module):
-    """Per magnification a patch encoder; per (subspace, magnification) a cross-attention
-    from the subspace query token to that magnification's patch tokens."""
+    """Per magnification a patch encoder and a cross-attention in which the subspace query
+    tokens (tumour, TME) attend to that magnification's patch tokens.
+
+    The subspace queries share one attention module per magnification (MCAT's co-attention,
+    where every genomic token queries the same patch keys): each query still selects its own
+    patches, and one batched call is half the cost of one module per (subspace, mag).
+    """
 
     def __init__(self, in_dim: int, mags: Sequence[str], params: ModelParams) -> None:
         super().__init__()
         self.mags = tuple(mags)
         self.patch = nn.ModuleDict({_module_key(m): PatchEncoder(in_dim, params.hidden, params.dropout)
                                     for m in self.mags})
-        self.attend = nn.ModuleDict({
-            _module_key(s, m): CrossAttention(params.hidden, params.attn_heads, params.dropout)
-            for s in SUBSPACES for m in self.mags
-        })
+        self.attend = nn.ModuleDict({_module_key(m): CrossAttention(params.hidden, params.attn_heads,
+                                                                     params.dropout) for m in self.mags})
 
     def forward(self, queries: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor]
                 ) -> tuple[torch.Tensor, PerSubspace, PerSubspace]:
         """``queries``: subspace → (B, H). Returns (features (B, 2H), reps, attention) where
         reps[subspace][mag] is (B, H) and attention[subspace][mag] is (B, N)."""
-        reps: dict[str, dict[str, torch.Tensor]] = {s: {} for s in SUBSPACES}
-        attention: dict[str, dict[str, torch.Tensor]] = {s: {} for s in SUBSPACES}
+        reps: PerSubspace = {s: {} for s in SUBSPACES}
+        attention: PerSubspace = {s: {} for s in SUBSPACES}
+        tokens = torch.stack([queries[s] for s in SUBSPACES], dim=1)  # (B, S, H)
         for mag in self.mags:
             bag = inputs.get(wsi_key(mag))
             if bag is None or bag.shape[1] == 0:
                 continue
-            patches = self.patch[_module_key(mag)](bag)
-            for s in SUBSPACES:
-                out, weights = self.attend[_module_key(s, mag)](queries[s].unsqueeze(1), patches)
-                reps[s][mag] = out[:, 0]
-                attention[s][mag] = weights[:, 0]
+            out, weights = self.attend[_module_key(mag)](tokens, self.patch[_module_key(mag)](bag))
+            for i, s in enumerate(SUBSPACES):
+                reps[s][mag] = out[:, i]
+                attention[s][mag] = weights[:, i]
         if not reps[SUBSPACES[0]]:
             raise ValueError(f"no H&E tiles at any of {self.mags} in this bag")
         features = torch.cat([torch.stack(list(reps[s].values())).mean(dim=0) for s in SUBSPACES], dim=-1)

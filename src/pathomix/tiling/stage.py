@@ -1,7 +1,10 @@
-"""The tiling stage: one slide → coords store (DESIGN.md §5) + QC PNG.
+"""The tiling stage: one slide → one coords store (DESIGN.md §5) + QC PNG per magnification.
 
-``python -m pathomix.tiling --slide-id ID --path PATH --modality he|mif --mag 20x
---target-mpp 0.5 [--mpp F] [--channels-sheet TSV] --params JSON --out OUT.h5 --qc QC.png``
+    python -m pathomix.tiling --slide-id ID --path PATH --modality he|mif --mag 20x [10x ...]
+        --target-mpp 0.5 [1.0 ...] [--mpp F] [--channels-sheet TSV] --params JSON
+        --out OUT20.h5 [OUT10.h5 ...] --qc QC20.png [QC10.png ...]
+
+The tissue mask is computed once per slide and shared by every magnification.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 from pathomix.io.errors import PathomixInputError
 from pathomix.io.h5store import write_coords
 from pathomix.io.slide import MODALITIES, Slide, open_slide
+from pathomix.logs import setup_logging
 from pathomix.tiling.grid import GridGeometry, n_positions, tile_coords
 from pathomix.tiling.params import TilingParams
 from pathomix.tiling.qc import write_qc
@@ -40,6 +44,7 @@ class TilingResult:
 
     @property
     def patch_level(self) -> int:
+        """The level tiles are read from (CLAM's ``patch_level``)."""
         return int(self.attrs["patch_level"])
 
 
@@ -71,28 +76,44 @@ def coord_attrs(slide: Slide, geometry: GridGeometry, target_mpp: float, params:
     return attrs
 
 
-def tile_slide(slide: Slide, target_mpp: float, params: TilingParams, mag: str | None = None) -> TilingResult:
-    """Tissue mask → tile grid for one open slide. Logs a WARNING when no tile is kept."""
-    geometry = GridGeometry.for_slide(slide.mpp, target_mpp, params.tile_px, params.overlap_px, slide.label)
+@dataclass(frozen=True)
+class Tissue:
+    """A slide's thumbnail and tissue mask."""
+
+    thumbnail: np.ndarray              # (h, w, 3) uint8 for H&E, (C, h, w) float32 for mIF
+    mask: np.ndarray                   # bool (h, w)
+    scale: tuple[float, float]         # thumbnail px per level-0 px, (x, y)
+    mpp: float                         # µm/px of the thumbnail
+
+
+def detect_tissue(slide: Slide, params: TilingParams) -> Tissue:
+    """Thumbnail at ``params.mask_mpp`` and its tissue mask."""
     thumb = slide.thumbnail(params.mask_mpp)
     h, w = thumb.shape[:2] if slide.modality == "he" else thumb.shape[1:]
     width, height = slide.dimensions
-    scale = (w / width, h / height)
     mask_mpp = slide.mpp * (width / w + height / h) / 2
     mask = tissue_mask(thumb, slide.modality, mask_mpp, params.min_region_um2, slide.autofluorescence)
-    coords = tile_coords(mask, slide.dimensions, geometry, params.min_tissue_fraction)
+    return Tissue(thumb, mask, (w / width, h / height), mask_mpp)
+
+
+def tile_slide(slide: Slide, target_mpp: float, params: TilingParams, mag: str | None = None,
+               tissue: Tissue | None = None) -> TilingResult:
+    """Tissue mask → tile grid for one open slide. Logs a WARNING when no tile is kept."""
+    geometry = GridGeometry.for_slide(slide.mpp, target_mpp, params.tile_px, params.overlap_px, slide.label)
+    tissue = tissue or detect_tissue(slide, params)
+    coords = tile_coords(tissue.mask, slide.dimensions, geometry, params.min_tissue_fraction)
     n_pos = n_positions(slide.dimensions, geometry)
     if n_pos == 0:
         log.warning("%s: %dx%d px is smaller than one tile (%d level-0 px = %d px at %.3g µm/px); "
-                    "writing an empty tile store", slide.label, width, height,
+                    "writing an empty tile store", slide.label, *slide.dimensions,
                     geometry.patch_size_level0, params.tile_px, target_mpp)
     elif len(coords) == 0:
-        log.warning("%s: no tile has >= %.0f%% tissue (mask at %.3g µm/px covers %.1f%% of the slide); "
-                    "writing an empty tile store. If the slide has tissue, check its mpp and "
-                    "`tiling.min_tissue_fraction`", slide.label, 100 * params.min_tissue_fraction,
-                    mask_mpp, 100 * mask.mean() if mask.size else 0.0)
+        log.warning("%s: no tile at %.3g µm/px has >= %.0f%% tissue (the mask at %.3g µm/px covers %.1f%% "
+                    "of the slide); writing an empty tile store. If the slide has tissue, check its mpp "
+                    "and `tiling.min_tissue_fraction`", slide.label, target_mpp,
+                    100 * params.min_tissue_fraction, tissue.mpp, 100 * tissue.mask.mean())
     attrs = coord_attrs(slide, geometry, target_mpp, params, mag)
-    return TilingResult(coords, attrs, thumb, mask, scale, n_pos)
+    return TilingResult(coords, attrs, tissue.thumbnail, tissue.mask, tissue.scale, n_pos)
 
 
 def _qc_image(slide: Slide, result: TilingResult) -> np.ndarray:
@@ -104,8 +125,8 @@ def _qc_image(slide: Slide, result: TilingResult) -> np.ndarray:
 def write_outputs(slide: Slide, result: TilingResult, out: str | Path, qc: str | Path) -> None:
     """Write the QC PNG, then the coords store (both atomically)."""
     a = result.attrs
-    title = (f"{slide.slide_id} · {a.get('mag', '')} · {len(result.coords)} tiles · "
-             f"{slide.mpp:.3f} → {a['target_mpp']:g} µm/px · level {a['patch_level']}")
+    title = (f"{slide.slide_id} | {a.get('mag', '')} | {len(result.coords)} tiles | slide {slide.mpp:.3f} "
+             f"-> tiles {a['target_mpp']:g} um/px | level {a['patch_level']}")
     write_qc(qc, _qc_image(slide, result), result.mask, result.coords, a["patch_size_level0"],
              result.scale, title)
     write_coords(out, result.coords, a)
@@ -125,31 +146,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slide-id", required=True)
     p.add_argument("--path", required=True, type=Path, help="slide file (or folder of mIF channel TIFFs)")
     p.add_argument("--modality", required=True, choices=MODALITIES)
-    p.add_argument("--mag", required=True, help="magnification name, e.g. 20x")
-    p.add_argument("--target-mpp", required=True, type=float, help="µm/px of the tiles")
+    p.add_argument("--mag", required=True, nargs="+", help="magnification name(s), e.g. 20x 10x")
+    p.add_argument("--target-mpp", required=True, nargs="+", type=float, help="µm/px of the tiles, per --mag")
     p.add_argument("--mpp", type=_optional_float, default=None, help="level-0 µm/px override")
     p.add_argument("--channels-sheet", type=Path, default=None, help="mIF channel sheet (TSV)")
     p.add_argument("--params", default="{}", help="JSON of the config's `tiling:` section")
-    p.add_argument("--out", required=True, type=Path, help="coords store (.h5)")
-    p.add_argument("--qc", required=True, type=Path, help="QC image (.png)")
+    p.add_argument("--out", required=True, nargs="+", type=Path, help="coords store(s) (.h5), per --mag")
+    p.add_argument("--qc", required=True, nargs="+", type=Path, help="QC image(s) (.png), per --mag")
     return p
+
+
+def _jobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[tuple[str, float, Path, Path]]:
+    lengths = {len(args.mag), len(args.target_mpp), len(args.out), len(args.qc)}
+    if len(lengths) != 1:
+        parser.error("--mag, --target-mpp, --out and --qc need the same number of values")
+    return list(zip(args.mag, args.target_mpp, args.out, args.qc, strict=True))
+
+
+def run(slide: Slide, params: TilingParams, jobs: list[tuple[str, float, Path, Path]]) -> None:
+    """Tile one open slide at every (mag, target mpp, out, qc); nothing is written if any target fails."""
+    for _, target, _, _ in jobs:   # refuse impossible targets before writing anything
+        GridGeometry.for_slide(slide.mpp, target, params.tile_px, params.overlap_px, slide.label)
+    tissue = detect_tissue(slide, params)
+    for mag, target, out, qc in jobs:
+        start = time.perf_counter()
+        result = tile_slide(slide, target, params, mag, tissue)
+        write_outputs(slide, result, out, qc)
+        log.info("slide %s: mpp %.4g, %s at %.3g µm/px, level %d (downsample %.3g), %d of %d tiles kept, "
+                 "%.2f s", slide.slide_id, slide.mpp, mag, target, result.patch_level,
+                 result.attrs["downsample"], len(result.coords), result.n_positions,
+                 time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Tile one slide; 0 on success. Input problems are logged at ERROR and re-raised."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    jobs = _jobs(parser, args)
+    setup_logging()
     start = time.perf_counter()
     try:
         params = TilingParams.from_json(args.params)
         sheet = args.channels_sheet if args.modality == "mif" else None
         with open_slide(args.path, args.modality, mpp=args.mpp, slide_id=args.slide_id,
                         channels_sheet=sheet) as slide:
-            result = tile_slide(slide, args.target_mpp, params, args.mag)
-            write_outputs(slide, result, args.out, args.qc)
+            run(slide, params, jobs)
     except PathomixInputError as e:
         log.error("%s", e)
         raise
-    log.info("slide %s: mpp %.4g, %s at %.3g µm/px, level %d (downsample %.3g), %d of %d tiles kept, %.2f s",
-             args.slide_id, slide.mpp, args.mag, args.target_mpp, result.patch_level,
-             result.attrs["downsample"], len(result.coords), result.n_positions, time.perf_counter() - start)
+    log.info("slide %s: tiled at %s in %.2f s", args.slide_id, " ".join(args.mag),
+             time.perf_counter() - start)
     return 0

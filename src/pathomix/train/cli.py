@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -58,20 +59,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def read_params(raw: str) -> TrainParams:
     text = Path(raw[1:]).read_text() if raw.startswith("@") else raw
     try:
-        return TrainParams.from_mapping(json.loads(text))
+        raw = json.loads(text)
     except json.JSONDecodeError as err:
         raise PathomixInputError(f"--params is not valid JSON ({err}): {text[:200]!r}") from None
+    if not isinstance(raw, dict):
+        raise PathomixInputError(f"--params must be a JSON object (the config's train: subtree), got {text[:80]!r}")
+    return TrainParams.from_mapping(raw)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch; deterministic torch kernels where they exist."""
+def seed_everything(seed: int, device: torch.device) -> None:
+    """Seed python, numpy and torch. CPU kernels are deterministic; on CUDA ask for
+    deterministic kernels too (not on CPU: the call imports torch._dynamo, ~3 s)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _needs(spec: ModelSpec, teacher: ModelSpec | None) -> Needs:
+    """Load what the model and its teacher use; require only what the model itself needs."""
     specs = [spec] + ([teacher] if teacher else [])
     mags = tuple(dict.fromkeys(m for s in specs for m in s.mags))
     return Needs(mags=mags, load_wsi=any(s.needs_wsi for s in specs),
@@ -84,8 +92,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
     params = read_params(args.params)
     torch.set_num_threads(max(1, args.threads))
-    seed_everything(params.seed)
     device = resolve_device(params.device)
+    seed_everything(params.seed, device)
     spec, task = get_model(args.model), get_task(args.task)
     teacher_spec = get_model(spec.teacher) if spec.teacher else None
     teacher_ckpt = None
@@ -112,13 +120,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         teacher = load_teacher(teacher_ckpt, teacher_spec.name, task, args.fold, device)
         needed = ([wsi_key(teacher_spec.mags[0])] if teacher_spec.needs_wsi else []) + (
             list(GENE_INPUTS) if teacher_spec.needs_genes else [])
-        extra = distill_term(teacher_targets(teacher, train, needed, device), params.distill)
+        extra = distill_term(teacher_targets(teacher, train, needed, device), params.distill,
+                             objective.log_prob)
 
     result = fit(model, train, val, objective, params, device, extra)
     _, pred_val, _ = evaluate(model, val, objective, device)
     _, pred_test, attention = evaluate(model, test, objective, device, attention=spec.needs_wsi)
-    predictions = predictions_frame(pd.concat([pred_val, pred_test], ignore_index=True), args.fold,
-                                    spec.name, task.name)
+    parts = [f for f in (pred_val, pred_test) if len(f)] or [pred_test]
+    predictions = predictions_frame(pd.concat(parts, ignore_index=True), args.fold, spec.name, task.name)
     meta = {"model": spec.name, "task": task.name, "fold": args.fold, "dims": dict(cohort.dims),
             "params": params.to_dict(), "gene_stats": cohort.gene_stats, "bin_edges": cohort.bin_edges,
             "classes": list(task.classes), "best_epoch": result.best_epoch}

@@ -20,7 +20,7 @@ from pathomix.io.tasks import Task
 from pathomix.models import MODELS
 from pathomix.train.data import Patient
 from pathomix.train.loop import ExtraLoss, batch_inputs
-from pathomix.train.losses import distillation_loss
+from pathomix.train.losses import LogProb, distillation_loss
 from pathomix.train.params import DistillParams, TrainParams
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,10 @@ def teacher_targets(teacher: nn.Module, patients: Sequence[Patient], needed: Seq
     return out
 
 
-def distill_term(targets: Mapping[str, dict[str, torch.Tensor]], params: DistillParams) -> ExtraLoss:
-    """The extra loss of the training loop: distillation for patients with a teacher target."""
+def distill_term(targets: Mapping[str, dict[str, torch.Tensor]], params: DistillParams,
+                 log_prob: LogProb) -> ExtraLoss:
+    """The extra loss of the training loop: distillation for patients with a teacher target;
+    ``log_prob`` is the task's output distribution (``Objective.log_prob``)."""
 
     def term(patient: Patient, outputs: dict[str, Any]) -> torch.Tensor | None:
         target = targets.get(patient.patient_id)
@@ -76,6 +78,7 @@ def distill_term(targets: Mapping[str, dict[str, torch.Tensor]], params: Distill
             raise PathomixInputError(
                 f"student features {tuple(outputs['features'].shape)} do not match the teacher's "
                 f"{tuple(target['features'].shape)}; train both with the same `hidden`")
-        return distillation_loss(outputs, target, params.temperature, params.kl_weight, params.feature_weight)
+        return distillation_loss(outputs, target, params.temperature, params.kl_weight, params.feature_weight,
+                                 log_prob)
 
     return term

@@ -20,6 +20,7 @@ from torch import nn
 
 from pathomix.train.data import Patient
 from pathomix.train.objectives import Objective
+from pathomix.train.optim import Adam
 from pathomix.train.params import TrainParams
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def evaluate(model: nn.Module, patients: Sequence[Patient], objective: Objective
 
 
 def _train_epoch(model: nn.Module, patients: Sequence[Patient], objective: Objective,
-                 opt: torch.optim.Optimizer, params: TrainParams, device: torch.device,
+                 opt: Adam, params: TrainParams, device: torch.device,
                  rng: np.random.Generator, generator: torch.Generator, extra: ExtraLoss | None) -> float:
     model.train()
     losses = []
@@ -97,7 +98,7 @@ def _train_epoch(model: nn.Module, patients: Sequence[Patient], objective: Objec
 def fit(model: nn.Module, train: Sequence[Patient], val: Sequence[Patient], objective: Objective,
         params: TrainParams, device: torch.device, extra: ExtraLoss | None = None) -> FitResult:
     """Train with Adam; early-stop on the validation task loss and restore the best weights."""
-    opt = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    opt = Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     rng = np.random.default_rng(params.seed)
     generator = torch.Generator().manual_seed(params.seed)
     monitor = val
@@ -114,7 +115,7 @@ def fit(model: nn.Module, train: Sequence[Patient], val: Sequence[Patient], obje
         metric = objective.metric(pred)
         seconds = time.perf_counter() - t0
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_metric": metric,
-                        "lr": float(opt.param_groups[0]["lr"]), "seconds": seconds})
+                        "lr": float(opt.lr), "seconds": seconds})
         log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_%s %.3f  (%.2f s)", epoch, params.epochs,
                  train_loss, val_loss, objective.metric_name, metric, seconds)
         if val_loss < best_loss - 1e-6:

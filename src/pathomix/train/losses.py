@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -55,17 +57,41 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tens
     return F.cross_entropy(logits, labels.long().view(-1), weight=weight)
 
 
-def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
-               ) -> torch.Tensor:
-    """KL(softmax(teacher/T) || softmax(student/T)) · T² (Hinton et al. 2015), batch mean."""
+def softmax_log_prob(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Class log-probabilities at temperature T."""
+    return F.log_softmax(logits / temperature, dim=-1)
+
+
+def survival_log_pmf(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Log-probabilities of the K + 1 discrete-time outcomes at temperature T: death in bin k,
+    P = S_{k-1}·h_k (k < K), or survival past the last bin, P = S_{K-1}; they sum to 1.
+
+    Distilling this distribution (not a softmax over the hazard logits, which ignores their
+    absolute level) keeps the student's hazards calibrated to the teacher's.
+    """
+    log_h = F.logsigmoid(logits / temperature)
+    log_surv = torch.cumsum(F.logsigmoid(-logits / temperature), dim=-1)  # log S_k
+    log_surv_before = torch.cat([torch.zeros_like(log_surv[:, :1]), log_surv[:, :-1]], dim=-1)
+    return torch.cat([log_surv_before + log_h, log_surv[:, -1:]], dim=-1)
+
+
+LogProb = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+               log_prob: LogProb = softmax_log_prob) -> torch.Tensor:
+    """KL(teacher_T || student_T) · T² (Hinton et al. 2015), batch mean; ``log_prob`` maps
+    logits to the task's output distribution (softmax for classes, :func:`survival_log_pmf`)."""
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
-                    reduction="batchmean", log_target=True) * t * t
+    return F.kl_div(log_prob(student_logits, t), log_prob(teacher_logits, t), reduction="batchmean",
+                    log_target=True) * t * t
 
 
 def distillation_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
-                      temperature: float, kl_weight: float, feature_weight: float) -> torch.Tensor:
-    """kl_weight · KL on logits + feature_weight · MSE on ``features`` (zero when equal)."""
-    kl = distill_kl(student["logits"], teacher["logits"], temperature)
+                      temperature: float, kl_weight: float, feature_weight: float,
+                      log_prob: LogProb = softmax_log_prob) -> torch.Tensor:
+    """kl_weight · KL on the output distributions + feature_weight · MSE on ``features``
+    (zero when student and teacher agree)."""
+    kl = distill_kl(student["logits"], teacher["logits"], temperature, log_prob)
     mse = F.mse_loss(student["features"], teacher["features"])
     return kl_weight * kl + feature_weight * mse

@@ -14,10 +14,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from lifelines.utils import concordance_index
 
 from pathomix.io.tasks import Task
-from pathomix.train.losses import class_weights, cross_entropy, survival_nll, survival_risk
+from pathomix.train.losses import (
+    LogProb,
+    class_weights,
+    cross_entropy,
+    softmax_log_prob,
+    survival_log_pmf,
+    survival_nll,
+    survival_risk,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,7 @@ class Objective:
     metric: Callable[[pd.DataFrame], float]
     metric_name: str
     columns: tuple[str, ...]  # the prediction columns ``rows`` returns, in order
+    log_prob: LogProb  # logits, temperature → output log-distribution (for distillation)
 
 
 def _classification(task: Task, train_targets: Sequence[Target], device: torch.device) -> Objective:
@@ -55,7 +63,7 @@ def _classification(task: Task, train_targets: Sequence[Target], device: torch.d
         return float((pred.y_true == pred.y_pred).mean()) if len(pred) else float("nan")
 
     columns = ("y_true", "y_pred", *(f"prob_{c}" for c in task.classes))
-    return Objective(loss, rows, accuracy, "accuracy", columns)
+    return Objective(loss, rows, accuracy, "accuracy", columns, softmax_log_prob)
 
 
 def _survival(task: Task, train_targets: Sequence[Target], device: torch.device) -> Objective:
@@ -68,17 +76,31 @@ def _survival(task: Task, train_targets: Sequence[Target], device: torch.device)
         return {"time": float(target["time"]), "event": int(target["event"]),
                 "risk": float(survival_risk(logits.float())[0]), "bin": int(target["bin"])}
 
-    return Objective(loss, rows, c_index, "c_index", ("time", "event", "risk", "bin"))
+    return Objective(loss, rows, c_index, "c_index", ("time", "event", "risk", "bin"), survival_log_pmf)
 
 
 def c_index(pred: pd.DataFrame) -> float:
     """Harrell's C of ``risk`` (higher = worse) against (time, event); NaN without comparable pairs."""
-    if len(pred) < 2 or not pred.event.any():
+    return harrell_c(pred.time.to_numpy(float), pred.risk.to_numpy(float), pred.event.to_numpy(bool))
+
+
+def harrell_c(time: np.ndarray, risk: np.ndarray, event: np.ndarray) -> float:
+    """Harrell's concordance index with lifelines' conventions, in O(n²) (validation sets are small).
+
+    A pair (i, j) is comparable when i died first (t_i < t_j), or at the time j was censored;
+    it is concordant when risk_i > risk_j, and counts 0.5 when the risks tie. Equals
+    ``lifelines.utils.concordance_index(time, -risk, event)`` without importing lifelines.
+    """
+    t, r, e = np.asarray(time, float), np.asarray(risk, float), np.asarray(event, bool)
+    earlier = t[:, None] < t[None, :]
+    tied_censored = (t[:, None] == t[None, :]) & ~e[None, :]
+    comparable = e[:, None] & (earlier | tied_censored)
+    n_pairs = int(comparable.sum())
+    if n_pairs == 0:
         return float("nan")
-    try:
-        return float(concordance_index(pred.time, -pred.risk, pred.event))
-    except ZeroDivisionError:  # lifelines: no admissible pairs
-        return float("nan")
+    concordant = (comparable & (r[:, None] > r[None, :])).sum()
+    tied = (comparable & (r[:, None] == r[None, :])).sum()
+    return float((concordant + 0.5 * tied) / n_pairs)
 
 
 OBJECTIVES: dict[str, Callable[[Task, Sequence[Target], torch.device], Objective]] = {

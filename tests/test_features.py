@@ -1,0 +1,115 @@
+"""Feature extraction: encoder registry, weight loading, stores from real slides (CPU, small)."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pathomix.features.cli import main
+from pathomix.features.encoders import ENCODERS, RANDOM_INIT, build_encoder
+from pathomix.io.errors import PathomixInputError
+from pathomix.tiling import main as tile_main
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_schema_enum_matches_registry():
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    assert set(schema["properties"]["features"]["properties"]["encoder"]["enum"]) == set(ENCODERS)
+
+
+@pytest.mark.parametrize("name", ["resnet18_trunc", "resnet50_trunc"])
+def test_resnet_trunk_matches_torchvision(tmp_path, name):
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(1)
+    ref = getattr(tv.models, name.removesuffix("_trunc"))().eval()
+    torch.save(ref.state_dict(), tmp_path / "w.pt")
+    model, spec, digest = build_encoder(name, tmp_path / "w.pt")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        want = ref.layer3(ref.layer2(ref.layer1(ref.maxpool(ref.relu(ref.bn1(ref.conv1(x))))))).mean((2, 3))
+        got = model(x)
+    assert got.shape == (2, spec.dim) and torch.allclose(got, want, atol=1e-5)
+    assert len(digest) == 64
+
+
+def test_wrong_weights_are_refused(tmp_path):
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(PathomixInputError, match="do not fit"):
+        build_encoder("resnet18_trunc", tmp_path / "bad.pt")
+    with pytest.raises(PathomixInputError, match="do not exist"):
+        build_encoder("resnet18_trunc", tmp_path / "missing.pt")
+
+
+def test_random_init_is_loud(caplog):
+    _, _, digest = build_encoder("resnet18_trunc", None)
+    assert digest == RANDOM_INIT and "RANDOMLY INITIALISED" in caplog.text
+
+
+def _tile(tmp_path, slide, modality="he", mpp=None, mag="20x", target=0.5):
+    out = tmp_path / f"tiles_{mag}.h5"
+    args = ["--slide-id", "S", "--path", str(slide), "--modality", modality, "--mag", mag,
+            "--target-mpp", str(target), "--params", json.dumps({"tile_px": 64}), "--out", str(out),
+            "--qc", str(tmp_path / f"qc_{mag}.png")]
+    if mpp:
+        args += ["--mpp", str(mpp)]
+    assert tile_main(args) == 0
+    return out
+
+
+def test_extract_he_store(shared_data, tmp_path):
+    slide = shared_data / "wsi" / "CMU-1-Small-Region.svs"
+    tiles = _tile(tmp_path, slide, mag="5x", target=2.0)
+    out = tmp_path / "feat.h5"
+    params = {"encoder": "resnet18_trunc", "batch_size": 16, "num_workers": 2}
+    assert main(["--slide-id", "S", "--path", str(slide), "--tiles", str(tiles), "--out", str(out),
+                 "--params", json.dumps(params)]) == 0
+    with h5py.File(out) as h, h5py.File(tiles) as t:
+        f = h["features"]
+        assert f.shape == (t["coords"].shape[0], 256) and f.shape[0] > 16  # several batches, 2 workers
+        assert f.attrs["encoder"] == "resnet18_trunc" and f.attrs["encoder_weights_sha256"] == RANDOM_INIT
+        assert np.array_equal(h["coords"][:], t["coords"][:])
+        assert np.isfinite(f[:]).all() and f[:].std() > 0
+        assert h["coords"].attrs["patch_size"] == 64
+
+
+def test_extract_is_deterministic_across_workers(shared_data, tmp_path):
+    slide = shared_data / "wsi" / "CMU-1-Small-Region.svs"
+    tiles = _tile(tmp_path, slide, mag="5x", target=2.0)
+    feats = []
+    for workers in (0, 2):
+        out = tmp_path / f"f{workers}.h5"
+        params = {"encoder": "resnet18_trunc", "batch_size": 8, "num_workers": workers}
+        main(["--slide-id", "S", "--path", str(slide), "--tiles", str(tiles), "--out", str(out),
+              "--params", json.dumps(params)])
+        with h5py.File(out) as h:
+            feats.append(h["features"][:])
+    np.testing.assert_allclose(feats[0], feats[1], rtol=1e-5, atol=1e-5)
+
+
+def test_extract_mif_store(shared_data, tmp_path):
+    slide = shared_data / "mif" / "mibi" / "fov8_RowNumber0_Depth_Profile0-MassCorrected-Filtered.tiff"
+    tiles = _tile(tmp_path, slide, modality="mif", mag="5x", target=2.0)
+    out = tmp_path / "mif.h5"
+    assert main(["--slide-id", "S", "--path", str(slide), "--modality", "mif", "--tiles", str(tiles),
+                 "--out", str(out), "--params", json.dumps({"encoder": "resnet18_trunc", "num_workers": 0})]) == 0
+    with h5py.File(out) as h:
+        f = h["features"]
+        channels = list(f.attrs["channels"])
+        assert f.ndim == 3 and f.shape[1] == len(channels) == 21  # 22 minus the Background channel
+        assert "Background" not in channels and "CD45" in channels
+
+
+def test_empty_store_for_tiny_slide(shared_data, tmp_path):
+    slide = shared_data / "openslide-fixtures" / "small.svs"
+    tiles = _tile(tmp_path, slide)
+    out = tmp_path / "empty.h5"
+    assert main(["--slide-id", "S", "--path", str(slide), "--tiles", str(tiles), "--out", str(out),
+                 "--params", json.dumps({"encoder": "resnet18_trunc"})]) == 0
+    with h5py.File(out) as h:
+        assert h["features"].shape == (0, 256) and h["coords"].shape == (0, 2)

@@ -1,0 +1,252 @@
+"""Training stage end to end on a small synthetic cohort with planted signals.
+
+Real stores (``write_features``), manifest, HVG/subspaces, folds and clinical sheet are
+written to a temporary folder; ``pathomix.train.main`` is run for every model and task.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from lifelines.utils import concordance_index
+from sklearn.metrics import roc_auc_score
+
+from pathomix.io.h5store import COORD_ATTRS, write_features
+from pathomix.io.tasks import DIAGNOSES
+from pathomix.train import TrainParams, main
+from pathomix.train.objectives import harrell_c
+from pathomix.train.optim import Adam
+
+ROOT = Path(__file__).resolve().parents[1]
+D = 32
+N_PER_CLASS = 12
+GENOTYPE = {"astrocytoma": ("mut", "non-codel"), "oligodendroglioma": ("mut", "codel"),
+            "glioblastoma": ("wt", "non-codel")}
+MEDIAN_MONTHS = {"astrocytoma": 50.0, "oligodendroglioma": 110.0, "glioblastoma": 14.0}
+PARAMS = {"epochs": 25, "patience": 8, "hidden": 32, "lr": 0.001, "max_tiles": 24, "seed": 0}
+# planted input problems (fold 0's test patients are P00, P03, P06, ...; P01 trains)
+NO_HE, EMPTY_HE, NO_GENES, MULTI_SLIDE = "P00", "P03", ("P06", "P01"), ("P09", "P12", "P15")
+JOBS = [("abmil", "diagnosis"), ("snn", "diagnosis"), ("dmsf_teacher", "diagnosis"), ("dmsf_student", "diagnosis"),
+        ("abmil", "survival"), ("snn", "survival"), ("dmsf_teacher", "survival"), ("dmsf_student", "survival")]
+
+
+def _coord_attrs(slide_id: str, mag: str) -> dict:
+    attrs = {a: 0 for a in COORD_ATTRS}
+    attrs.update(patch_size=256, patch_size_level0=256 * (2 if mag == "10x" else 1), level0_magnification=20,
+                 target_magnification=int(mag[:-1]), name=slide_id, slide_id=slide_id, patch_level=0,
+                 downsample=1.0, target_mpp=0.5, level0_mpp=0.5, level0_width=4096, level0_height=4096)
+    return attrs
+
+
+def _store(root: Path, rng: np.random.Generator, slide: str, mag: str, cls: int, n: int, mif: bool = False) -> dict:
+    feats = rng.normal(0, 1, (n, 3, D) if mif else (n, D)).astype(np.float16)
+    tumour = rng.random(n) < 0.4  # a minority of tiles carries the class signal
+    if not mif:
+        feats[tumour, cls * 4:(cls + 1) * 4] += 2.5
+    path = root / "features" / mag / f"{slide}.h5"
+    coords = np.stack([np.arange(n) * 256, np.zeros(n)], axis=1).astype(np.int64)
+    write_features(path, coords, _coord_attrs(slide, mag), feats,
+                   {"encoder": "synthetic", "encoder_weights_sha256": "random-init", "precision": "fp16"})
+    return {"slide_id": slide, "modality": "mif" if mif else "he", "mag": mag, "n_tiles": n, "dim": D,
+            "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+@pytest.fixture(scope="session")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cohort")
+    rng = np.random.default_rng(7)
+    diag = [d for d in DIAGNOSES for _ in range(N_PER_CLASS)]
+    pids = [f"P{i:02d}" for i in range(len(diag))]
+    rng.shuffle(diag)
+    clinical, manifest, genes = [], [], []
+    for pid, dx in zip(pids, diag, strict=True):
+        cls = DIAGNOSES.index(dx)
+        idh, codel = GENOTYPE[dx]
+        event = int(rng.random() < 0.8)
+        months = float(MEDIAN_MONTHS[dx] * np.exp(rng.normal(0, 0.35)) * (1.0 if event else 0.8))
+        clinical.append({"patient_id": pid, "idh": idh, "codel_1p19q": codel, "cdkn2a": "wt", "grade": 2,
+                         "survival_months": round(months, 2), "event": event})
+        if pid not in NO_GENES:
+            expr = rng.normal(5.0, 1.0, 40)
+            expr[cls * 5:(cls + 1) * 5] += 2.0  # tumour-subspace program
+            expr[15 + cls * 5:15 + (cls + 1) * 5] += 1.5  # TME-subspace program
+            genes.append({"patient_id": pid, **{f"G{j:02d}": float(v) for j, v in enumerate(expr)}})
+        if pid == NO_HE:
+            continue
+        n_slides = 2 if pid in MULTI_SLIDE else 1
+        for s in range(n_slides):
+            slide = f"{pid}_S{s}"
+            empty = pid == EMPTY_HE or (pid == MULTI_SLIDE[0] and s == 1)
+            for mag, n in (("20x", int(rng.integers(20, 41))), ("10x", int(rng.integers(4, 9)))):
+                manifest.append({"patient_id": pid, **_store(root, rng, slide, mag, cls, 0 if empty else n)})
+        if pid == "P18":
+            manifest.append({"patient_id": pid, **_store(root, rng, f"{pid}_mif", "20x", cls, 10, mif=True)})
+    pd.DataFrame(clinical).to_csv(root / "clinical.tsv", sep="\t", index=False)
+    pd.DataFrame(manifest).to_parquet(root / "manifest.parquet")
+    pd.DataFrame(genes).to_parquet(root / "hvg.parquet")
+    sub = ["tumour"] * 15 + ["tme"] * 15 + ["other"] * 10
+    pd.DataFrame({"gene": [f"G{j:02d}" for j in range(40)], "subspace": sub}).to_parquet(root / "subspaces.parquet")
+    folds = []
+    for k in range(3):
+        for i, pid in enumerate(pids):
+            split = "test" if i % 3 == k else ("val" if i % 4 == 1 else "train")
+            folds.append({"patient_id": pid, "fold": k, "split": split})
+    pd.DataFrame(folds).to_parquet(root / "folds.parquet")
+    return {"root": root, "clinical": root / "clinical.tsv", "manifest": root / "manifest.parquet",
+            "hvg": root / "hvg.parquet", "subspaces": root / "subspaces.parquet", "folds": root / "folds.parquet"}
+
+
+def _argv(cohort: dict[str, Path], model: str, task: str, out: Path, fold: int = 0, params: dict | None = None,
+          teacher: Path | None = None) -> list[str]:
+    argv = ["--model", model, "--task", task, "--fold", str(fold), "--clinical", str(cohort["clinical"]),
+            "--folds", str(cohort["folds"]), "--manifest", str(cohort["manifest"]), "--hvg", str(cohort["hvg"]),
+            "--subspaces", str(cohort["subspaces"]), "--params", json.dumps(params or PARAMS), "--out", str(out)]
+    return argv + (["--teacher-checkpoint", str(teacher)] if teacher else [])
+
+
+@pytest.fixture(scope="session")
+def trained(cohort: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+    root = tmp_path_factory.mktemp("models")
+    outs: dict[tuple[str, str], Path] = {}
+    for model, task in JOBS:
+        out = root / model / task / "fold0"
+        teacher = outs[("dmsf_teacher", task)] / "checkpoint.pt" if model == "dmsf_student" else None
+        t0 = time.perf_counter()
+        assert main(_argv(cohort, model, task, out, teacher=teacher)) == 0
+        logging.getLogger(__name__).info("%s/%s trained in %.2f s", model, task, time.perf_counter() - t0)
+        outs[(model, task)] = out
+    return outs
+
+
+def test_params_defaults_equal_config_yaml() -> None:
+    train = yaml.safe_load((ROOT / "config.yaml").read_text())["train"]
+    assert TrainParams.from_mapping(train) == TrainParams()
+    assert TrainParams.from_mapping(TrainParams().to_dict()) == TrainParams()
+
+
+@pytest.mark.parametrize("model,task", JOBS)
+def test_outputs_and_columns(trained: dict, model: str, task: str) -> None:
+    out = trained[(model, task)]
+    hist = pd.read_parquet(out / "history.parquet")
+    assert list(hist.columns) == ["epoch", "train_loss", "val_loss", "val_metric", "lr", "seconds"]
+    pred = pd.read_parquet(out / "predictions.parquet")
+    base = ["patient_id", "fold", "split", "model", "task"]
+    extra = (["y_true", "y_pred", *(f"prob_{c}" for c in DIAGNOSES)] if task == "diagnosis"
+             else ["time", "event", "risk", "bin"])
+    assert list(pred.columns) == base + extra
+    assert set(pred.split) == {"val", "test"} and (pred.model == model).all() and (pred.fold == 0).all()
+    assert pred.patient_id.is_unique
+    if task == "diagnosis":
+        probs = pred[[f"prob_{c}" for c in DIAGNOSES]].to_numpy()
+        assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    else:
+        assert pred.bin.between(0, 3).all()
+    wsi = model != "snn"
+    assert (out / "attention.parquet").exists() == wsi
+    used = set(pred.patient_id)
+    assert (NO_HE in used) == (EMPTY_HE in used) == (not wsi)
+    assert (NO_GENES[0] in used) == (model in ("abmil", "dmsf_student"))
+    assert MULTI_SLIDE[0] in used
+
+
+@pytest.mark.parametrize("model", ["abmil", "dmsf_teacher", "dmsf_student"])
+def test_attention_table(trained: dict, cohort: dict, model: str) -> None:
+    att = pd.read_parquet(trained[(model, "diagnosis")] / "attention.parquet")
+    assert list(att.columns) == ["patient_id", "slide_id", "mag", "tile_index", "weight", "head"]
+    pred = pd.read_parquet(trained[(model, "diagnosis")] / "predictions.parquet")
+    assert set(att.patient_id) == set(pred.patient_id[pred.split == "test"])
+    heads = {"abmil"} if model == "abmil" else {"tumour", "tme"}
+    assert set(att["head"]) == heads
+    assert np.allclose(att.groupby(["patient_id", "head", "mag"]).weight.sum(), 1.0, atol=1e-4)
+    n_tiles = pd.read_parquet(cohort["manifest"]).set_index(["slide_id", "mag"]).n_tiles
+    assert (att.tile_index < [n_tiles[(s, m)] for s, m in zip(att.slide_id, att.mag, strict=True)]).all()
+    assert (att.slide_id.str.split("_").str[0] == att.patient_id).all()
+
+
+@pytest.mark.parametrize("model", ["abmil", "snn", "dmsf_teacher", "dmsf_student"])
+def test_diagnosis_beats_chance(trained: dict, model: str) -> None:
+    pred = pd.read_parquet(trained[(model, "diagnosis")] / "predictions.parquet")
+    test = pred[pred.split == "test"]
+    acc = (test.y_true == test.y_pred).mean()
+    auc = roc_auc_score(test.y_true, test[[f"prob_{c}" for c in DIAGNOSES]].to_numpy(), multi_class="ovr")
+    assert acc >= 0.7, f"{model} test accuracy {acc:.2f}"
+    assert auc >= 0.85, f"{model} test AUC {auc:.2f}"
+
+
+@pytest.mark.parametrize("model", ["abmil", "snn", "dmsf_teacher", "dmsf_student"])
+def test_survival_beats_chance(trained: dict, model: str) -> None:
+    pred = pd.read_parquet(trained[(model, "survival")] / "predictions.parquet")
+    # lifelines wants a score that is high for long survival: the negated risk
+    cindex = concordance_index(pred.time, -pred.risk, pred.event)
+    assert cindex > 0.6, f"{model} C-index {cindex:.2f}"
+
+
+def test_checkpoint_loads_with_weights_only(trained: dict) -> None:
+    for (model, task), out in trained.items():
+        ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+        assert (ckpt["model"], ckpt["task"], ckpt["fold"]) == (model, task, 0)
+        assert ckpt["classes"] == (list(DIAGNOSES) if task == "diagnosis" else ["risk"])
+        assert (ckpt["bin_edges"] is None) == (task == "diagnosis")
+        assert (ckpt["gene_stats"] is None) == (model == "abmil")
+        assert TrainParams.from_mapping(ckpt["params"]).model.hidden == PARAMS["hidden"]
+
+
+def test_deterministic(cohort: dict, trained: dict, tmp_path: Path) -> None:
+    for model, task in (("abmil", "diagnosis"), ("dmsf_student", "survival")):
+        teacher = trained[("dmsf_teacher", task)] / "checkpoint.pt" if model == "dmsf_student" else None
+        assert main(_argv(cohort, model, task, tmp_path / model, teacher=teacher)) == 0
+        again = pd.read_parquet(tmp_path / model / "predictions.parquet")
+        pd.testing.assert_frame_equal(again, pd.read_parquet(trained[(model, task)] / "predictions.parquet"))
+
+
+def test_skipped_patients_are_logged(cohort: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    params = {**PARAMS, "epochs": 1}
+    with caplog.at_level(logging.WARNING):
+        assert main(_argv(cohort, "dmsf_teacher", "diagnosis", tmp_path, params=params)) == 0
+    text = caplog.text
+    assert "have no H&E features at 20x" in text and "0 tiles" in text and "gene expression" in text
+
+
+def test_student_needs_a_matching_teacher(cohort: dict, trained: dict, tmp_path: Path) -> None:
+    assert main(_argv(cohort, "dmsf_student", "diagnosis", tmp_path)) == 2
+    wrong_fold = trained[("dmsf_teacher", "diagnosis")] / "checkpoint.pt"
+    assert main(_argv(cohort, "dmsf_student", "diagnosis", tmp_path, fold=1, teacher=wrong_fold)) == 2
+    wrong_task = trained[("dmsf_teacher", "survival")] / "checkpoint.pt"
+    assert main(_argv(cohort, "dmsf_student", "diagnosis", tmp_path, teacher=wrong_task)) == 2
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_adam_matches_torch_optim() -> None:
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    ours = copy.deepcopy(ref)
+    opt_ref = torch.optim.Adam(ref.parameters(), lr=1e-2, weight_decay=1e-3)
+    opt_ours = Adam(ours.parameters(), lr=1e-2, weight_decay=1e-3)
+    for _ in range(30):
+        x = torch.randn(3, 5)
+        for model, opt in ((ref, opt_ref), (ours, opt_ours)):
+            opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            opt.step()
+    for a, b in zip(ref.parameters(), ours.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_harrell_c_matches_lifelines() -> None:
+    rng = np.random.default_rng(0)
+    time_ = np.round(rng.exponential(10, 60))  # rounded: tied times
+    event = rng.random(60) < 0.6
+    risk = np.round(rng.normal(size=60), 1)  # tied risks
+    expected = concordance_index(time_, -risk, event)
+    assert harrell_c(time_, risk, event) == pytest.approx(expected, abs=1e-12)
+    assert np.isnan(harrell_c(time_[:3], risk[:3], np.zeros(3, bool)))

@@ -1,0 +1,132 @@
+"""The whole demo through Snakemake in a temporary copy of the project (slow: minutes).
+
+Checks the stores and tables against DESIGN.md §4–5, the report, that a second run has
+nothing to do, that editing a model source reruns only train → evaluate, and that a changed
+tile size reruns from tiling.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pathomix.io.h5store import COORD_ATTRS, FEATURE_ATTRS
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(workdir / "src"),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=1500)
+    if check and proc.returncode:
+        logs = "\n".join(p.read_text()[-3000:] for p in (workdir / "results" / "logs").rglob("*.log")
+                         if "Error" in p.read_text())
+        raise AssertionError(f"snakemake {args} failed:\n{proc.stderr[-6000:]}\n{logs}")
+    return proc
+
+
+def planned_rules(workdir: Path, *args: str) -> set[str]:
+    out = snakemake(workdir, "-n", "--quiet", "rules", *args).stdout
+    rules = set()
+    for line in out.splitlines():
+        m = re.match(r"^(\w+)\s+\d+$", line.strip())
+        if m and m.group(1) not in ("total", "job"):
+            rules.add(m.group(1))
+    return rules
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("pathomix-demo")
+    for item in ("Snakefile", "config.yaml", "workflow", "profiles", "src"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
+    snakemake(work)
+    return work
+
+
+def test_stores_follow_the_contract(demo_run):
+    res = demo_run / "results"
+    cfg = yaml.safe_load((demo_run / "config.yaml").read_text())
+    enc = cfg["features"]["encoder"]
+    slides = pd.read_csv(demo_run / "demo_data" / "slides.tsv", sep="\t")
+    for mag in cfg["tiling"]["magnifications"]:
+        for row in slides.itertuples():
+            with h5py.File(res / "tiles" / mag / f"{row.slide_id}.h5") as h:
+                c = h["coords"]
+                assert c.dtype == np.int64 and c.ndim == 2 and c.shape[1] == 2
+                assert set(COORD_ATTRS) <= set(c.attrs)
+            with h5py.File(res / "features" / enc / mag / f"{row.slide_id}.h5") as h:
+                f = h["features"]
+                assert f.shape[0] == h["coords"].shape[0]
+                assert f.dtype in (np.float16, np.float32) and set(FEATURE_ATTRS) <= set(f.attrs)
+                assert f.attrs["encoder_weights_sha256"] == "random-init"
+                if row.modality == "mif":
+                    assert f.ndim == 3 and "channels" in f.attrs
+                assert np.isfinite(f[:]).all()
+    manifest = pd.read_parquet(res / "features" / enc / "manifest.parquet")
+    assert {"slide_id", "patient_id", "n_tiles", "dim", "path", "sha256"} <= set(manifest.columns)
+    assert (manifest[manifest.modality == "he"].n_tiles > 0).all()
+
+
+def test_metrics_cover_every_model_task_fold(demo_run):
+    cfg = yaml.safe_load((demo_run / "config.yaml").read_text())
+    m = pd.read_parquet(demo_run / "results" / "eval" / "metrics.parquet")
+    n_folds = cfg["splits"]["n_folds"]
+    for model in cfg["train"]["models"]:
+        for task in cfg["train"]["tasks"]:
+            d = m[(m.model == model) & (m.task == task)]
+            assert set(d.fold) == {str(k) for k in range(n_folds)} | {"all"}, (model, task)
+    teacher_auc = m.query("model == 'dmsf_teacher' and task == 'diagnosis' and metric == 'auc' and fold == 'all'")
+    assert teacher_auc.value.iloc[0] >= 0.8
+
+
+def test_check_results_tool_passes(demo_run):
+    tool = ROOT.parent / "shared" / "tools" / "check_results.py"
+    if not tool.exists():
+        pytest.skip("shared/tools/check_results.py not found")
+    proc = subprocess.run([sys.executable, str(tool), str(demo_run / "results")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_report_is_built(demo_run):
+    report = demo_run / "results" / "report.html"
+    snakemake(demo_run, "--report", str(report))
+    html = report.read_text(errors="ignore")
+    assert report.stat().st_size > 50_000
+    for needle in ("metrics.parquet", "summary.png", "RANDOM-INIT"):
+        assert needle in html, needle
+
+
+def test_rerun_has_nothing_to_do(demo_run):
+    proc = snakemake(demo_run, "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_model_source_edit_reruns_only_training(demo_run):
+    src = demo_run / "src" / "pathomix" / "models" / "blocks.py"
+    original = src.read_text()
+    try:
+        src.write_text(original + "\n# an edit\n")
+        assert planned_rules(demo_run) == {"train", "evaluate", "all"}
+    finally:
+        src.write_text(original)
+
+
+def test_tile_size_change_reruns_from_tiling(demo_run):
+    rules = planned_rules(demo_run, "--config", "tiling={tile_px: 128}")
+    assert {"tile", "extract", "manifest", "train", "evaluate"} <= rules
+    assert "hvg" not in rules and "splits" not in rules
