@@ -9,13 +9,14 @@ import torch
 
 from pathomix.io.errors import PathomixInputError
 from pathomix.io.tasks import get_task
-from pathomix.models import MODELS, OUTPUT_KEYS, ModelParams, get_model, wsi_key
+from pathomix.models import MODELS, OUTPUT_KEYS, ModelParams, get_model, required_inputs, wsi_key
 from pathomix.models.auxiliary import aux_losses, igc_mse
 from pathomix.models.blocks import CrossAttention, GatedAttention, SNNEncoder
 from pathomix.train.losses import (
     class_weights,
     distill_kl,
     distillation_loss,
+    survival_log_pmf,
     survival_nll,
     survival_risk,
 )
@@ -45,6 +46,8 @@ def test_registry_lists_the_four_models() -> None:
     assert not MODELS["dmsf_student"].needs_genes
     with pytest.raises(KeyError, match="known models"):
         get_model("nope")
+    assert required_inputs("dmsf_student") == {"wsi": True, "genes": True, "teacher": "dmsf_teacher"}
+    assert required_inputs("abmil") == {"wsi": True, "genes": False, "teacher": None}
 
 
 @pytest.mark.parametrize("name", ["abmil", "snn", "dmsf_teacher", "dmsf_student"])
@@ -152,3 +155,34 @@ def test_igc_is_zero_for_identical_magnifications_and_pluggable() -> None:
     assert aux_losses(reps, {"igc": 0.0}) == {}
     with pytest.raises(KeyError, match="known"):
         aux_losses(reps, {"cgc_typo": 1.0})
+
+
+def test_survival_distribution_sums_to_one_and_distils_to_zero() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4)
+    for t in (1.0, 2.0):
+        assert torch.allclose(survival_log_pmf(logits, t).exp().sum(-1), torch.ones(3), atol=1e-6)
+    assert distill_kl(logits, logits.clone(), 2.0, survival_log_pmf).item() == pytest.approx(0.0, abs=1e-6)
+    # a uniform shift of all hazard logits changes the survival distribution (a softmax would not see it)
+    assert distill_kl(logits, logits + 1.0, 2.0, survival_log_pmf).item() > 1e-3
+
+
+def test_catalog_matches_registry():
+    """The Snakefile's torch-free table of model inputs agrees with the registry."""
+    from pathomix.catalog import MODEL_INPUTS
+    from pathomix.models import MODELS, required_inputs
+
+    assert set(MODEL_INPUTS) == set(MODELS)
+    for name in MODELS:
+        assert MODEL_INPUTS[name] == required_inputs(name), name
+
+
+def test_schema_enum_matches_registry():
+    from pathlib import Path
+
+    import yaml
+
+    from pathomix.models import MODELS
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    assert set(schema["properties"]["train"]["properties"]["models"]["items"]["enum"]) == set(MODELS)

@@ -12,6 +12,7 @@ from snakemake.utils import validate
 
 import pathomix
 from pathomix import paths as P
+from pathomix.catalog import MODEL_INPUTS
 from pathomix.io.sheets import read_slides
 
 RESULTS = config["results_dir"]
@@ -51,20 +52,41 @@ def demo_pending():
 def _read_sheet(path, mtime):
     df = read_slides(path, check_files=False)
     validate(df.astype(object).where(df.notna(), None), SCHEMAS / "slides.schema.yaml")
-    return df
+    # plain dicts: the scheduler re-evaluates params often, pandas lookups would cost seconds
+    rows = {
+        r["slide_id"]: {**r, "mpp_flag": "" if pd.isna(r["mpp"]) else f"--mpp {r['mpp']}"}
+        for r in df.to_dict("records")
+    }
+    return df, rows
 
 
-def slides():
-    """The slide sheet as a DataFrame (empty for a genes-only cohort)."""
+def _sheet():
     if not config.get("slides"):
-        return pd.DataFrame(columns=["slide_id", "patient_id", "path", "modality", "mpp", "cohort"])
+        empty = pd.DataFrame(columns=["slide_id", "patient_id", "path", "modality", "mpp", "cohort"])
+        return empty, {}
     if demo_pending():
         checkpoints.demo.get()
     return _read_sheet(config["slides"], Path(config["slides"]).stat().st_mtime)
 
 
+def slides():
+    """The slide sheet as a DataFrame (empty for a genes-only cohort)."""
+    return _sheet()[0]
+
+
 def slide_row(wildcards):
-    return slides().loc[wildcards.slide_id]
+    """One slide as a dict: slide_id, patient_id, path, modality, mpp, mpp_flag, cohort."""
+    return _sheet()[1][wildcards.slide_id]
+
+
+def channel_sheet(wildcards):
+    """The mIF channel sheet as an input of mIF jobs (so editing it reruns them), else nothing."""
+    sheet = config.get("mif_channels")
+    return [sheet] if sheet and slide_row(wildcards)["modality"] == "mif" else []
+
+
+def channels_flag(wildcards, input):
+    return f"--channels-sheet {shlex.quote(input.channels[0])}" if input.channels else ""
 
 
 def feature_stores(wildcards=None):
@@ -78,11 +100,3 @@ def all_targets(wildcards):
         targets += [str(P.tile_qc(RESULTS, m, s)) for s in slides().slide_id for m in MAGS]
     return targets
 
-
-# What each model reads (mirrors pathomix.models' registry; tests/test_workflow.py checks they agree).
-MODEL_INPUTS = {
-    "abmil": {"wsi": True, "genes": False, "teacher": None},
-    "snn": {"wsi": False, "genes": True, "teacher": None},
-    "dmsf_teacher": {"wsi": True, "genes": True, "teacher": None},
-    "dmsf_student": {"wsi": True, "genes": False, "teacher": "dmsf_teacher"},
-}

@@ -3,15 +3,15 @@
 
 rule extract:
     input:
-        slide=lambda w: slide_row(w).path,
+        slide=lambda w: slide_row(w)["path"],
+        channels=channel_sheet,
         tiles=[str(P.tiles(RESULTS, m, "{slide_id}")) for m in MAGS],
     output:
         [str(P.features(RESULTS, ENCODER, m, "{slide_id}")) for m in MAGS],
     params:
-        modality=lambda w: slide_row(w).modality,
-        mpp=lambda w: "" if pd.isna(slide_row(w).mpp) else f"--mpp {slide_row(w).mpp}",
-        channels=lambda w: (f"--channels-sheet {shlex.quote(config['mif_channels'])}"
-                            if slide_row(w).modality == "mif" and config.get("mif_channels") else ""),
+        modality=lambda w: slide_row(w)["modality"],
+        mpp=lambda w: slide_row(w)["mpp_flag"],
+        channels=channels_flag,
         cfg=subtree("features"),
         code=code_hash("features"),
     log:

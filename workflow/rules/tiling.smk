@@ -3,16 +3,16 @@
 
 rule tile:
     input:
-        slide=lambda w: slide_row(w).path,
+        slide=lambda w: slide_row(w)["path"],
+        channels=channel_sheet,
     output:
         tiles=[str(P.tiles(RESULTS, m, "{slide_id}")) for m in MAGS],
         qc=[report(str(P.tile_qc(RESULTS, m, "{slide_id}")), category="Tiling QC",
                    subcategory=m, caption="../report/tiling.rst") for m in MAGS],
     params:
-        modality=lambda w: slide_row(w).modality,
-        mpp=lambda w: "" if pd.isna(slide_row(w).mpp) else f"--mpp {slide_row(w).mpp}",
-        channels=lambda w: (f"--channels-sheet {shlex.quote(config['mif_channels'])}"
-                            if slide_row(w).modality == "mif" and config.get("mif_channels") else ""),
+        modality=lambda w: slide_row(w)["modality"],
+        mpp=lambda w: slide_row(w)["mpp_flag"],
+        channels=channels_flag,
         mags=" ".join(MAGS),
         target_mpp=" ".join(str(v) for v in config["tiling"]["magnifications"].values()),
         cfg=subtree("tiling", drop=("magnifications",)),

@@ -26,6 +26,16 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+def required_inputs(name: str) -> dict[str, bool | str | None]:
+    """Input files a training job of ``name`` needs, its teacher's included (a distilled
+    student also reads the genes, to run its teacher): ``{wsi, genes, teacher}``.
+    The Snakemake rules build their inputs from this, so the two cannot drift."""
+    spec = get_model(name)
+    specs = [spec] + ([get_model(spec.teacher)] if spec.teacher else [])
+    return {"wsi": any(s.needs_wsi for s in specs), "genes": any(s.needs_genes for s in specs),
+            "teacher": spec.teacher}
+
+
 def get_model(name: str) -> ModelSpec:
     """The registered spec of ``name``; a KeyError lists the known names."""
     try:
@@ -34,4 +44,5 @@ def get_model(name: str) -> ModelSpec:
         raise KeyError(f"unknown model {name!r}; known models: {sorted(MODELS)}") from None
 
 
-__all__ = ["GENE_INPUTS", "MODELS", "OUTPUT_KEYS", "ModelParams", "ModelSpec", "get_model", "wsi_key"]
+__all__ = ["GENE_INPUTS", "MODELS", "OUTPUT_KEYS", "ModelParams", "ModelSpec", "get_model", "required_inputs",
+           "wsi_key"]

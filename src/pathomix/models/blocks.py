@@ -75,7 +75,10 @@ class CrossAttention(nn.Module):
     """Multi-head cross-attention from query tokens ``(B, Q, H)`` to patch tokens ``(B, N, H)``.
 
     Returns ``(out (B, Q, H), weights (B, Q, N))``; weights are softmax over the patches,
-    averaged over heads (for heatmaps). A residual + LayerNorm keeps the query's content.
+    averaged over heads (for heatmaps). ``out`` is the attention-weighted patch content only
+    (no residual to the query, no LayerNorm): the query decides *which* patches, the output
+    says *what* they contain, so a WSI-only student can reproduce a gene-queried teacher's
+    output from the patches alone (and unnormalised outputs keep survival logits calibrated).
     """
 
     def __init__(self, dim: int, n_heads: int = 1, dropout: float = 0.0) -> None:
@@ -88,7 +91,6 @@ class CrossAttention(nn.Module):
         self.v = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
-        self.norm = nn.LayerNorm(dim)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
@@ -99,4 +101,4 @@ class CrossAttention(nn.Module):
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, h, Q, N)
         weights = torch.softmax(scores, dim=-1)
         ctx = (self.drop(weights) @ v).transpose(1, 2).reshape(query.shape)  # (B, Q, H)
-        return self.norm(query + self.out(ctx)), weights.mean(dim=1)
+        return self.out(ctx), weights.mean(dim=1)

@@ -27,9 +27,16 @@ import torch
 
 from pathomix.io.errors import PathomixInputError
 from pathomix.io.tasks import TASKS, get_task
+from pathomix.logs import setup_logging
 from pathomix.models import GENE_INPUTS, MODELS, ModelSpec, get_model, wsi_key
 from pathomix.train.data import Needs, Sources, load_cohort
-from pathomix.train.distill import distill_term, load_checkpoint, load_teacher, teacher_targets
+from pathomix.train.distill import (
+    check_teacher,
+    distill_term,
+    load_checkpoint,
+    load_teacher,
+    teacher_targets,
+)
 from pathomix.train.loop import evaluate, fit
 from pathomix.train.objectives import make_objective
 from pathomix.train.outputs import checkpoint_dict, predictions_frame, write_outputs
@@ -52,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--params", default="{}", help="JSON of the config's train: subtree, or @file.json")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--out", required=True, type=Path, help="output folder models/{model}/{task}/fold{k}")
-    ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--log-level", help="overrides PATHOMIX_LOGLEVEL (default INFO)")
     return ap.parse_args(argv)
 
 
@@ -63,7 +70,8 @@ def read_params(raw: str) -> TrainParams:
     except json.JSONDecodeError as err:
         raise PathomixInputError(f"--params is not valid JSON ({err}): {text[:200]!r}") from None
     if not isinstance(raw, dict):
-        raise PathomixInputError(f"--params must be a JSON object (the config's train: subtree), got {text[:80]!r}")
+        raise PathomixInputError(
+            f"--params must be a JSON object (the config's train: subtree), got {text[:80]!r}")
     return TrainParams.from_mapping(raw)
 
 
@@ -91,7 +99,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train, predict and write the outputs; returns a summary (for logs and tests)."""
     t_start = time.perf_counter()
     params = read_params(args.params)
-    torch.set_num_threads(max(1, args.threads))
     device = resolve_device(params.device)
     seed_everything(params.seed, device)
     spec, task = get_model(args.model), get_task(args.task)
@@ -103,6 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"{spec.name} is distilled from {teacher_spec.name}; pass --teacher-checkpoint "
                 f"(models/{teacher_spec.name}/{task.name}/fold{args.fold}/checkpoint.pt)")
         teacher_ckpt = load_checkpoint(args.teacher_checkpoint)
+        check_teacher(teacher_ckpt, teacher_spec.name, task, args.fold)
     src = Sources(args.clinical, args.folds, args.manifest, args.hvg, args.subspaces)
     cohort = load_cohort(src, task, args.fold, _needs(spec, teacher_spec),
                          gene_stats=teacher_ckpt["gene_stats"] if teacher_ckpt else None)
@@ -143,11 +151,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns 0 on success, 2 on a user-input error (message logged)."""
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
+    if args.log_level:
+        logging.getLogger().setLevel(args.log_level.upper())
+    threads = torch.get_num_threads()
     try:
+        torch.set_num_threads(max(1, args.threads))
         run(args)
     except PathomixInputError as err:
         log.error("%s", err)
         return 2
+    finally:  # in-process callers (tests, notebooks) get their thread count back
+        torch.set_num_threads(threads)
     return 0

@@ -150,7 +150,8 @@ def load_cohort(src: Sources, task: Task, fold: int, needs: Needs,
     stats: dict[str, Any] | None = None
     if needs.load_genes:
         if src.hvg is None or src.subspaces is None:
-            raise PathomixInputError("this model (or its teacher) needs gene expression; pass --hvg and --subspaces")
+            raise PathomixInputError(
+                "this model (or its teacher) needs gene expression; pass --hvg and --subspaces")
         hvg, subspace = read_hvg(src.hvg, src.subspaces)
         if needs.require_genes:
             with_genes = set(hvg.dropna(axis=0, how="any").index)

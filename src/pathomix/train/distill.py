@@ -34,14 +34,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_teacher(ckpt: Mapping[str, Any], expected: str, task: Task, fold: int, device: torch.device
-                 ) -> nn.Module:
-    """Rebuild a frozen teacher from ``ckpt``, checking it is ``expected`` for this task and fold."""
+def check_teacher(ckpt: Mapping[str, Any], expected: str, task: Task, fold: int) -> None:
+    """Refuse a checkpoint that is not model ``expected`` trained on this task and fold."""
     found = (ckpt.get("model"), ckpt.get("task"), ckpt.get("fold"))
     if found != (expected, task.name, fold):
         raise PathomixInputError(
             f"teacher checkpoint is model={found[0]} task={found[1]} fold={found[2]}; "
             f"this job needs model={expected} task={task.name} fold={fold}")
+
+
+def load_teacher(ckpt: Mapping[str, Any], expected: str, task: Task, fold: int, device: torch.device
+                 ) -> nn.Module:
+    """Rebuild a frozen teacher from ``ckpt``, checking it is ``expected`` for this task and fold."""
+    check_teacher(ckpt, expected, task, fold)
     model_params = TrainParams.from_mapping(ckpt["params"]).model
     teacher = MODELS[expected].build(ckpt["dims"], task, model_params)
     teacher.load_state_dict(ckpt["model_state"])
