@@ -107,7 +107,7 @@ def test_report_is_built(demo_run):
     snakemake(demo_run, "--report", str(report))
     html = report.read_text(errors="ignore")
     assert report.stat().st_size > 50_000
-    for needle in ("metrics.parquet", "summary.png", "RANDOM-INIT"):
+    for needle in ("summary.csv", "summary.png", "RANDOM-INIT"):
         assert needle in html, needle
 
 

@@ -10,7 +10,7 @@ rule evaluate:
     input:
         all_predictions,
     output:
-        metrics=report(str(P.metrics(RESULTS)), category="Metrics", caption="../report/metrics.rst"),
+        metrics=str(P.metrics(RESULTS)),
         summary=report(f"{RESULTS}/eval/summary.csv", category="Metrics", caption="../report/summary.rst"),
         figures=report(
             [str(P.figures(RESULTS) / f"{m}_{t}.png") for m in config["train"]["models"]

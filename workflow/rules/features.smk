@@ -18,7 +18,7 @@ rule extract:
         f"{LOGS}/extract/{{slide_id}}.log",
     benchmark:
         f"{BENCH}/extract/{{slide_id}}.tsv"
-    threads: 2
+    threads: 4 if GPU else 1  # on a GPU the job feeds workers; on CPU slides run side by side
     resources:
         mem_mb=8000,
         gpu=GPU,

@@ -1,8 +1,11 @@
 """DMSF teacher and student (Disentangled Multi-modal Selective Fusion, arXiv 2508.16479).
 
 Teacher (WSI + genes): the genes of each subspace (tumour, TME) are encoded by their own
-SNN into a subspace token; at each magnification that token cross-attends to the patch
-tokens, i.e. selects the patches that its gene subspace explains. The per-magnification
+SNN into a subspace token; at each magnification a query (a learned base per subspace plus
+the gated gene token) cross-attends to the patch tokens, i.e. selects the patches that its
+gene subspace explains. The gene gates start at zero and ``modality_dropout`` hides the genes
+on a share of training steps: on a small cohort the teacher otherwise memorises patients
+through their genes (seen on the demo: pooled diagnosis AUC 0.74 → 0.89 with both). The per-magnification
 tumour and TME representations are averaged over the magnifications present and laid out
 as ``features = [tumour, tme]`` (B, 2·hidden); the head sees ``[features, gene tokens]``.
 Auxiliary terms (``ModelParams.aux_losses``, e.g. IGC) act on the per-magnification
@@ -87,14 +90,24 @@ class DMSFTeacher(nn.Module):
                              "genes/subspaces.parquet and the gene sets (genes_params.gene_sets)")
         self.gene_encoders = nn.ModuleDict({s: SNNEncoder(int(dims[f"genes_{s}"]), h, params.dropout)
                                             for s in SUBSPACES})
+        # a learned base per subspace, shifted by the patient's gene token: patch selection stays
+        # sensible when a subspace's genes are noisy, and follows them where they are informative
+        self.query_base = nn.Parameter(torch.randn(len(SUBSPACES), h))
+        # zero-initialised gates (LayerScale): training starts from a histology-only model and
+        # lets the genes in as far as they help, instead of memorising a small cohort through them
+        self.gene_gate = nn.Parameter(torch.zeros(2))
         self.selector = SubspaceSelector(int(dims["wsi"]), mags, params)
-        self.head = ProjectionHead(2 * h + len(SUBSPACES) * h, n_outputs, hidden=h, dropout=params.dropout)
+        self.head = ProjectionHead(2 * h + len(SUBSPACES) * h, n_outputs)
         self.aux_weights = dict(params.aux_losses)
+        self.modality_dropout = params.modality_dropout
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         tokens = {s: self.gene_encoders[s](inputs[f"genes_{s}"]) for s in SUBSPACES}
-        features, reps, attention = self.selector(tokens, inputs)
-        logits = self.head(torch.cat([features, *tokens.values()], dim=-1))
+        if self.training and self.modality_dropout and torch.rand(()) < self.modality_dropout:
+            tokens = {s: torch.zeros_like(t) for s, t in tokens.items()}  # a histology-only step
+        queries = {s: self.query_base[i] + self.gene_gate[0] * tokens[s] for i, s in enumerate(SUBSPACES)}
+        features, reps, attention = self.selector(queries, inputs)
+        logits = self.head(torch.cat([features, *(self.gene_gate[1] * t for t in tokens.values())], dim=-1))
         return {"logits": logits, "features": features, "attention": attention,
                 "aux": aux_losses(reps, self.aux_weights)}
 
@@ -108,7 +121,7 @@ class DMSFStudent(nn.Module):
         h = params.hidden
         self.queries = nn.Parameter(torch.randn(len(SUBSPACES), h))
         self.selector = SubspaceSelector(int(dims["wsi"]), mags, params)
-        self.head = ProjectionHead(2 * h, n_outputs, hidden=h, dropout=params.dropout)
+        self.head = ProjectionHead(2 * h, n_outputs)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         batch = next(v.shape[0] for k, v in inputs.items() if k.startswith("wsi_"))

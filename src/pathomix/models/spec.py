@@ -44,6 +44,7 @@ class ModelParams:
     hidden: int = 128
     dropout: float = 0.25
     attn_heads: int = 1
+    modality_dropout: float = 0.5  # multimodal models: share of training steps without the genes
     aux_losses: Mapping[str, float] = field(default_factory=lambda: {"igc": 0.1})
 
 
