@@ -1,6 +1,9 @@
 # pathomix: WSI + mIF + genes → features → teacher/student models → evaluation → report.
 # Run: snakemake --cores all   (profiles/default is picked up automatically)
+import yaml
 from snakemake.utils import min_version, validate
+
+from pathomix.config import coerce_to_schema
 
 min_version("9.0")
 
@@ -8,6 +11,8 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+with open(f"{workflow.basedir}/workflow/schemas/config.schema.yaml") as f:
+    config.update(coerce_to_schema(config, yaml.safe_load(f)))  # nested --config values arrive as str
 validate(config, "workflow/schemas/config.schema.yaml")
 
 

@@ -27,7 +27,7 @@ def _save(fig: plt.Figure, path: Path) -> None:
 def classification_figure(test: pd.DataFrame, path: Path) -> None:
     cols = prob_columns(test)
     classes = [c.removeprefix("prob_") for c in cols]
-    fig, (ax_roc, ax_cm) = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, (ax_roc, ax_cm) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
     y = test.y_true.to_numpy(int)
     for k, (col, name) in enumerate(zip(cols, classes, strict=True)):
         if 0 < (y == k).sum() < len(y):

@@ -7,7 +7,6 @@ one the encoder runs randomly initialised and says so loudly (``"random-init"`` 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from pathomix.features.resnet import ResNetTrunk
+from pathomix.io.atomic import sha256_file
 from pathomix.io.errors import PathomixInputError
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,6 @@ ENCODERS: dict[str, EncoderSpec] = {
                     description="timm ViT-Ti/16 CLS token, 192-d"),
     )
 }
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _load_weights(model: nn.Module, name: str, weights: Path) -> None:

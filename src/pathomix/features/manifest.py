@@ -14,8 +14,7 @@ from pathlib import Path
 import h5py
 import pandas as pd
 
-from pathomix.features.encoders import sha256_file
-from pathomix.io.atomic import write_parquet
+from pathomix.io.atomic import sha256_file, write_parquet
 from pathomix.io.sheets import read_slides
 from pathomix.logs import setup_logging
 

@@ -1,0 +1,53 @@
+"""Config helpers for the Snakefile (torch-free, fast to import).
+
+Snakemake parses nested ``--config`` values with YAML's BaseLoader, so
+``--config tiling='{tile_px: 128}'`` arrives as the string ``'128'``. :func:`coerce_to_schema`
+turns such strings back into the number, boolean or null that the JSON schema asks for, so
+every key can be overridden on the command line as the README promises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_BOOL = {"true": True, "false": False, "yes": True, "no": False}
+_NULL = {"null", "none", "~", ""}
+
+
+def _types(schema: dict[str, Any]) -> list[str]:
+    t = schema.get("type", [])
+    return [t] if isinstance(t, str) else list(t)
+
+
+def _coerce_scalar(value: str, schema: dict[str, Any]) -> Any:
+    types = _types(schema)
+    if "null" in types and value.strip().lower() in _NULL:
+        return None
+    for kind, parse in (("integer", int), ("number", float)):
+        if kind in types:
+            try:
+                return parse(value)
+            except ValueError:
+                pass
+    if "boolean" in types and value.lower() in _BOOL:
+        return _BOOL[value.lower()]
+    if "enum" in schema and value not in schema["enum"]:
+        for option in schema["enum"]:  # enums of numbers, e.g. grade: [2, 3, 4]
+            if str(option) == value:
+                return option
+    return value
+
+
+def coerce_to_schema(value: Any, schema: dict[str, Any]) -> Any:
+    """Return ``value`` with strings converted where ``schema`` wants another scalar type."""
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        return {k: coerce_to_schema(v, props.get(k, extra if isinstance(extra, dict) else {}))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        items = schema.get("items", {})
+        return [coerce_to_schema(v, items) for v in value]
+    if isinstance(value, str):
+        return _coerce_scalar(value, schema)
+    return value

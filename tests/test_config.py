@@ -1,0 +1,55 @@
+"""Config validation at load time: a wrong key or value fails at once and names it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dry_run(*config: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "--cores", "1",
+                           "--directory", str(ROOT), "--config", *config],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(("override", "needle"), [
+    ("tiling={tile_pxx: 128}", "tile_pxx"),
+    ("features={encoder: resnet99}", "resnet99"),
+    ("train={models: [abmil, cnn]}", "cnn"),
+])
+def test_bad_config_names_the_key(override, needle):
+    proc = dry_run(override)
+    assert proc.returncode != 0
+    assert needle in proc.stderr + proc.stdout
+
+
+def test_default_config_is_valid_against_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    jsonschema.validate(yaml.safe_load((ROOT / "config.yaml").read_text()), schema)
+
+
+def test_nested_command_line_values_are_coerced():
+    from pathomix.config import coerce_to_schema
+
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    got = coerce_to_schema({"tiling": {"tile_px": "128", "min_tissue_fraction": "0.25"},
+                            "features": {"weights": "null", "encoder": "vit_small"},
+                            "train": {"aux_losses": {"igc": "0"}, "tasks": ["survival"]},
+                            "demo": {"enabled": "false"}}, schema)
+    assert got["tiling"] == {"tile_px": 128, "min_tissue_fraction": 0.25}
+    assert got["features"] == {"weights": None, "encoder": "vit_small"}
+    assert got["train"] == {"aux_losses": {"igc": 0.0}, "tasks": ["survival"]}
+    assert got["demo"] == {"enabled": False}
+
+
+def test_nested_override_passes_validation():
+    assert dry_run("tiling={tile_px: 128}").returncode == 0
