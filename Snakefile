@@ -1,5 +1,7 @@
 # pathomix: WSI + mIF + genes → features → teacher/student models → evaluation → report.
 # Run: snakemake --cores all   (profiles/default is picked up automatically)
+from pathlib import Path
+
 import yaml
 from snakemake.utils import min_version, validate
 
@@ -8,7 +10,8 @@ from pathomix.config import coerce_to_schema
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# the working directory's config.yaml, else the workflow's own (the demo); --configfile adds to it
+configfile: "config.yaml" if Path("config.yaml").exists() else f"{workflow.basedir}/config.yaml"
 
 
 with open(f"{workflow.basedir}/workflow/schemas/config.schema.yaml") as f:

@@ -2,7 +2,11 @@
 
     python -m pathomix.features --slide-id S1 --path S1.svs --modality he \
         --tiles tiles/20x/S1.h5 tiles/10x/S1.h5 --out features/E/20x/S1.h5 features/E/10x/S1.h5 \
-        --params '{"encoder": "resnet50_trunc", ...}'
+        --params '{"encoder": "resnet50_trunc", ...}' [--on-bad-tile error|skip]
+
+``--on-bad-tile`` (config ``tiling.on_bad_tile``): ``error`` (default) fails the slide on a tile whose
+image data cannot be read; ``skip`` leaves such tiles out, lists them in the store's
+``skipped_coords`` dataset (int64 (K, 2)) with ``n_skipped`` on ``features``, and logs a WARNING.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ import json
 import logging
 import sys
 
+import numpy as np
 import torch
+from torch import nn
 
-from pathomix.features.encoders import ENCODERS, build_encoder
-from pathomix.features.extract import ExtractParams, extract_tiles
+from pathomix.features.encoders import ENCODERS, EncoderSpec, build_encoder
+from pathomix.features.extract import BAD_TILE_POLICIES, Extracted, ExtractParams, extract_tiles
 from pathomix.features.tiles import SlideRef, TileDataset
 from pathomix.io.errors import PathomixInputError
 from pathomix.io.h5store import read_coords, write_features
@@ -37,7 +43,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", nargs="+", default=[], help="feature stores, same order as --tiles")
     p.add_argument("--params", default="{}", help="JSON of the config's `features:` subtree")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--on-bad-tile", default="error", choices=BAD_TILE_POLICIES,
+                   help="a tile whose image data cannot be read: fail the slide (error) or leave it out and "
+                        "record it in `skipped_coords` (skip); config `tiling.on_bad_tile`")
     return p.parse_args(argv)
+
+
+def _markers(attrs: dict) -> list[str]:
+    """mIF marker names of a coords store: its channels minus the autofluorescence ones."""
+    channels = attrs.get("channels") or []
+    flags = attrs.get("autofluorescence")
+    flags = flags if flags is not None else [0] * len(channels)
+    return [c for c, f in zip(channels, flags, strict=True) if not f]
+
+
+def _skipped(slide_id: str, tiles: str, out: str, coords: np.ndarray, result: Extracted) -> np.ndarray:
+    """Level-0 (x, y) of the tiles left out; WARNs when there are any."""
+    skipped = coords[~result.ok].reshape(-1, 2)
+    if len(skipped):
+        log.warning("slide %s: skipped %d of %d tile(s) of %s whose image data could not be read "
+                    "(tiling.on_bad_tile: skip); they are left out of %s and listed in its `skipped_coords`. "
+                    "First: %s", slide_id, len(skipped), len(coords), tiles, out, result.first_error)
+    return skipped
+
+
+def extract_store(args: argparse.Namespace, ref: SlideRef, encoder: tuple[nn.Module, EncoderSpec, str],
+                  params: ExtractParams, tiles: str, out: str) -> None:
+    """One coords store → one feature store."""
+    model, spec, digest = encoder
+    coords, attrs = read_coords(tiles)
+    markers = _markers(attrs) if args.modality == "mif" else []
+    dataset = TileDataset(ref, coords, int(attrs["patch_size_level0"]), int(attrs["patch_size"]))
+    result = extract_tiles(dataset, model, spec, params, n_markers=len(markers), on_bad_tile=args.on_bad_tile)
+    feature_attrs = {"encoder": spec.name, "encoder_weights_sha256": digest, "precision": result.precision,
+                     "n_skipped": result.n_skipped}
+    if args.modality == "mif":
+        feature_attrs["channels"] = markers
+    if len(coords) == 0:
+        log.warning("slide %s has no tiles at %s; writing an empty feature store", args.slide_id, tiles)
+    skipped = _skipped(args.slide_id, tiles, out, coords, result)
+    write_features(out, coords[result.ok], attrs, result.features, feature_attrs,
+                   extra={"skipped_coords": skipped.astype(np.int64)})
+    log.info("wrote %s: %s", out, result.features.shape)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -46,23 +93,9 @@ def run(args: argparse.Namespace) -> None:
     params = ExtractParams(**json.loads(args.params))
     torch.set_num_threads(max(1, args.threads))
     ref = SlideRef(args.slide_id, args.path, args.modality, args.mpp, args.channels_sheet)
-    model, spec, digest = build_encoder(params.encoder, params.weights)
+    encoder = build_encoder(params.encoder, params.weights)
     for tiles, out in zip(args.tiles, args.out, strict=True):
-        coords, attrs = read_coords(tiles)
-        channels = attrs.get("channels") or []
-        flags = attrs.get("autofluorescence")
-        markers = [c for c, f in zip(channels, flags if flags is not None else [0] * len(channels),
-                                     strict=True) if not f]
-        dataset = TileDataset(ref, coords, int(attrs["patch_size_level0"]), int(attrs["patch_size"]))
-        feats, precision = extract_tiles(dataset, model, spec, params,
-                                         n_markers=len(markers) if args.modality == "mif" else 0)
-        feature_attrs = {"encoder": spec.name, "encoder_weights_sha256": digest, "precision": precision}
-        if args.modality == "mif":
-            feature_attrs["channels"] = markers
-        if len(coords) == 0:
-            log.warning("slide %s has no tiles at %s; writing an empty feature store", args.slide_id, tiles)
-        write_features(out, coords, attrs, feats, feature_attrs)
-        log.info("wrote %s: %s", out, feats.shape)
+        extract_store(args, ref, encoder, params, tiles, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,9 @@
 """The extraction loop: DataLoader workers read uint8 tiles, the device resizes, normalises
-and encodes them (AMP on CUDA). H&E → (N, D); mIF → (N, C, D), one grayscale pass per marker."""
+and encodes them (AMP on CUDA). H&E → (N, D); mIF → (N, C, D), one grayscale pass per marker.
+
+A tile whose image data cannot be read (``tiling.on_bad_tile``) fails the slide with the reader's
+message (``error``, the default) or is left out and reported (``skip``); a blank stand-in tile is
+never encoded."""
 
 from __future__ import annotations
 
@@ -16,11 +20,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pathomix.features.encoders import EncoderSpec
-from pathomix.features.tiles import TileDataset
+from pathomix.features.tiles import CheckedTiles, TileDataset
+from pathomix.io.errors import PathomixInputError
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+BAD_TILE_POLICIES = ("error", "skip")
 
 
 @dataclass(frozen=True)
@@ -62,33 +68,91 @@ class DeviceTransform(nn.Module):
         return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
 
+@dataclass(frozen=True)
+class Extracted:
+    """What :func:`extract_tiles` returns."""
+
+    features: np.ndarray               # float32, one row per readable tile, in dataset order
+    ok: np.ndarray                     # bool (N,): which tiles of the dataset were readable
+    precision: str                     # the precision used
+    first_error: str = ""              # the reader's message for the first unreadable tile
+
+    @property
+    def n_skipped(self) -> int:
+        return int((~self.ok).sum())
+
+
+def _loader(tiles: CheckedTiles, params: ExtractParams, device: torch.device) -> DataLoader:
+    workers = params.num_workers if len(tiles) > params.batch_size else 0  # one batch: no fork needed
+    return DataLoader(tiles, batch_size=params.batch_size, num_workers=workers,
+                      pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+
+
+def _bad_tiles(slide_id: str, ok: torch.Tensor, errors: list[str], on_bad_tile: str) -> str:
+    """Fail on an unreadable tile (``error``) or log them and return the first message (``skip``)."""
+    messages = [m for m, good in zip(errors, ok.tolist(), strict=True) if not good]
+    if on_bad_tile == "error":
+        raise PathomixInputError(
+            f"{messages[0]}; or, to leave unreadable tiles out and list them in the feature store's "
+            "`skipped_coords`, set `tiling.on_bad_tile: skip` in the config (--on-bad-tile skip)"
+        )
+    for message in messages:
+        log.debug("slide %s: skipping a tile: %s", slide_id, message)
+    return messages[0]
+
+
 @torch.inference_mode()
 def extract_tiles(dataset: TileDataset, model: nn.Module, spec: EncoderSpec, params: ExtractParams,
-                  n_markers: int = 0) -> tuple[np.ndarray, str]:
-    """Encode every tile of ``dataset`` → (features float32, precision used)."""
+                  n_markers: int = 0, on_bad_tile: str = "error") -> Extracted:
+    """Encode every readable tile of ``dataset``; unreadable tiles raise or are skipped (``on_bad_tile``)."""
+    if on_bad_tile not in BAD_TILE_POLICIES:
+        raise ValueError(f"on_bad_tile={on_bad_tile!r} must be one of {BAD_TILE_POLICIES}")
     device = params.resolve_device()
     precision = params.resolve_precision(device)
-    model = model.to(device).to(memory_format=torch.channels_last)
-    transform = DeviceTransform(spec).to(device)
     grayscale = n_markers > 0
     shape = (len(dataset), n_markers, spec.dim) if grayscale else (len(dataset), spec.dim)
-    out = np.zeros(shape, np.float32)
+    out, ok = np.zeros(shape, np.float32), np.ones(len(dataset), bool)
     if len(dataset) == 0:
-        return out, precision
-    workers = params.num_workers if len(dataset) > params.batch_size else 0  # one batch: no fork needed
-    loader = DataLoader(dataset, batch_size=params.batch_size, num_workers=workers,
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
-    autocast = (torch.autocast(device.type, dtype=PRECISIONS[precision])
-                if precision != "fp32" else nullcontext())
-    start, done = time.perf_counter(), 0
-    for batch in tqdm(loader, desc=f"encode {dataset.ref.slide_id}", unit="batch", leave=False):
-        b = len(batch)
-        with autocast:
-            feats = model(transform(batch.to(device, non_blocking=True), grayscale))
-        feats = feats.float().reshape(b, n_markers, -1) if grayscale else feats.float()
-        out[done:done + b] = feats.cpu().numpy()
-        done += b
-    seconds = time.perf_counter() - start
-    log.info("%s: %d tiles in %.1f s (%.1f tiles/s, %s on %s)", dataset.ref.slide_id, done, seconds,
-             done / max(seconds, 1e-9), precision, device)
-    return out, precision
+        return Extracted(out, ok, precision)
+    dataset.prepare()  # an unusable slide fails here, with its own message
+    encode = _Encoder(model, spec, device, precision, n_markers)
+    start, done, first_error = time.perf_counter(), 0, ""
+    try:
+        for tiles, good, errors in tqdm(_loader(CheckedTiles(dataset), params, device),
+                                        desc=f"encode {dataset.ref.slide_id}", unit="batch", leave=False):
+            if not good.all():
+                first_error = first_error or _bad_tiles(dataset.ref.slide_id, good, errors, on_bad_tile)
+            ok[done:done + len(tiles)] = good.numpy()
+            if good.all():  # the common case keeps the pinned batch
+                out[done:done + len(tiles)] = encode(tiles)
+            elif good.any():
+                out[done:done + len(tiles)][good.numpy()] = encode(tiles[good])
+            done += len(tiles)
+    finally:
+        dataset.close()
+    _log_speed(dataset.ref.slide_id, int(ok.sum()), time.perf_counter() - start, precision, device)
+    return Extracted(out[ok], ok, precision, first_error)
+
+
+class _Encoder:
+    """uint8 batch on the host → float32 features (B, D) or (B, C, D) on the host."""
+
+    def __init__(self, model: nn.Module, spec: EncoderSpec, device: torch.device, precision: str,
+                 n_markers: int):
+        self.model = model.to(device).to(memory_format=torch.channels_last)
+        self.transform = DeviceTransform(spec).to(device)
+        self.device, self.n_markers = device, n_markers
+        self.autocast = (torch.autocast(device.type, dtype=PRECISIONS[precision])
+                         if precision != "fp32" else nullcontext())
+
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        b, grayscale = len(batch), self.n_markers > 0
+        with self.autocast:
+            feats = self.model(self.transform(batch.to(self.device, non_blocking=True), grayscale))
+        feats = feats.float().reshape(b, self.n_markers, -1) if grayscale else feats.float()
+        return feats.cpu().numpy()
+
+
+def _log_speed(slide_id: str, n: int, seconds: float, precision: str, device: torch.device) -> None:
+    log.info("%s: %d tiles in %.1f s (%.1f tiles/s, %s on %s)", slide_id, n, seconds,
+             n / max(seconds, 1e-9), precision, device)

@@ -3,6 +3,10 @@
 Tiles leave the workers as uint8 (K, S, S): K = 3 (RGB) for H&E, K = number of markers for
 mIF (autofluorescence subtracted, each marker scaled by its slide-level 99.5th percentile).
 Normalisation to the encoder's mean/std happens on the device, so only bytes cross PCIe.
+
+:class:`CheckedTiles` wraps a :class:`TileDataset` for the extraction loop: a tile whose image
+data cannot be read comes back as a blank tile with ``ok=False`` and the reader's message, so
+the main process (not a DataLoader worker) decides to fail or skip (``tiling.on_bad_tile``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pathomix.io.errors import PathomixInputError
 from pathomix.io.slide import Slide, open_slide
 
 
@@ -65,15 +70,33 @@ class TileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.coords)
 
-    def _handle(self) -> Slide:
+    def prepare(self) -> None:
+        """Open the slide once in the calling process, so an unusable slide fails here with its own
+        message (not inside a DataLoader worker), and fix the mIF scales every worker shares."""
+        with self.ref.open() as slide:
+            if self.ref.modality == "mif" and self._mif is None:
+                self._mif = mif_scales(slide)
+
+    def close(self) -> None:
+        """Release this process's slide handle (workers release theirs when they exit)."""
+        if self._slide is not None:
+            self._slide.close()
+            self._slide = None
+
+    def handle(self) -> Slide:
         if self._slide is None:  # opened lazily, so each DataLoader worker has its own handle
             self._slide = self.ref.open()
-            if self.ref.modality == "mif":
+            if self.ref.modality == "mif" and self._mif is None:
                 self._mif = mif_scales(self._slide)
         return self._slide
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        slide = self._handle()
+    def tile_shape(self) -> tuple[int, int, int]:
+        """(K, S, S) of the tiles this dataset yields."""
+        channels = 3 if self.ref.modality == "he" else len(self._mif[0]) if self._mif else 0
+        return channels, self.tile_px, self.tile_px
+
+    def read(self, slide: Slide, i: int) -> torch.Tensor:
+        """Tile ``i`` as uint8 (K, S, S); raises :class:`PathomixInputError` if its data is corrupt."""
         x, y = self.coords[i]
         tile = slide.read_tile(int(x), int(y), self.size_level0, self.tile_px)
         if self._mif is None:
@@ -81,3 +104,28 @@ class TileDataset(Dataset):
         markers, af, scale = self._mif
         sub = _subtract_af(tile, markers, af) / scale[:, None, None]
         return torch.from_numpy(np.clip(sub * 255.0, 0, 255).astype(np.uint8))
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.read(self.handle(), i)
+
+
+class CheckedTiles(Dataset):
+    """``(tile, ok, message)`` per tile: an unreadable tile is a blank tile with ``ok=False`` and the
+    reader's error message. Only the tile read is guarded; a slide that cannot be opened still raises.
+
+    After a read error an openslide handle fails every later read, so the handle is reopened.
+    """
+
+    def __init__(self, tiles: TileDataset):
+        self.tiles = tiles
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool, str]:
+        slide = self.tiles.handle()
+        try:
+            return self.tiles.read(slide, i), True, ""
+        except PathomixInputError as err:
+            self.tiles.close()  # openslide's errors are sticky: the next tile gets a fresh handle
+            return torch.zeros(self.tiles.tile_shape(), dtype=torch.uint8), False, str(err)

@@ -71,8 +71,12 @@ def _decode(v: Any) -> Any:
 
 
 def write_features(path: str | Path, coords: np.ndarray, coord_attrs: Mapping[str, Any],
-                   features: np.ndarray, feature_attrs: Mapping[str, Any]) -> None:
-    """Write a feature store (coords + features). Refuses non-finite features, naming the tile."""
+                   features: np.ndarray, feature_attrs: Mapping[str, Any],
+                   extra: Mapping[str, np.ndarray] | None = None) -> None:
+    """Write a feature store (coords + features). Refuses non-finite features, naming the tile.
+
+    ``extra`` datasets (e.g. ``skipped_coords``) are stored beside ``coords`` and ``features``.
+    """
     feats = np.asarray(features)
     if feats.dtype not in (np.float16, np.float32):
         raise ValueError(f"features must be float16/float32, got {feats.dtype}")
@@ -91,6 +95,8 @@ def write_features(path: str | Path, coords: np.ndarray, coord_attrs: Mapping[st
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h:
         _set_attrs(h.create_dataset("coords", data=np.asarray(coords, np.int64).reshape(-1, 2)), coord_attrs)
         _set_attrs(h.create_dataset("features", data=feats), feature_attrs)
+        for name, arr in (extra or {}).items():
+            h.create_dataset(name, data=arr)
 
 
 def read_features(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:

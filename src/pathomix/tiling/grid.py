@@ -26,7 +26,7 @@ class GridGeometry:
             raise PathomixInputError(
                 f"{what} has {slide_mpp:.4g} µm/px at level 0, but the target is {target_mpp:.4g} µm/px "
                 f"({10 / target_mpp:g}x); pathomix does not upsample by more than 10 %. Tile it at a coarser "
-                "magnification (tiling.magnifications / mif_magnifications), or fix its `mpp` in slides.tsv"
+                "magnification (tiling.magnifications), or fix its `mpp` in slides.tsv"
             )
         ratio = target_mpp / slide_mpp
         size = max(1, round(tile_px * ratio))

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 BAD_TILE_POLICIES = ("error", "skip")
 # keys of the config's `tiling:` subtree that choose *which* jobs run, not how a slide is tiled
-_WORKFLOW_KEYS = frozenset({"magnifications", "mif_magnifications"})
+_WORKFLOW_KEYS = frozenset({"magnifications"})
 
 
 @dataclass(frozen=True)
