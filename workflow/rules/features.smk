@@ -13,6 +13,7 @@ rule extract:
         mpp=lambda w: slide_row(w)["mpp_flag"],
         channels=channels_flag,
         cfg=subtree("features"),
+        on_bad_tile=config["tiling"]["on_bad_tile"],
         code=code_hash("features"),
     log:
         f"{LOGS}/extract/{{slide_id}}.log",
@@ -25,7 +26,8 @@ rule extract:
     shell:
         "python -m pathomix.features --slide-id {wildcards.slide_id:q} --path {input.slide:q} "
         "--modality {params.modality} {params.mpp} {params.channels} --tiles {input.tiles:q} "
-        "--out {output:q} --params {params.cfg:q} --threads {threads} > {log:q} 2>&1"
+        "--out {output:q} --params {params.cfg:q} --on-bad-tile {params.on_bad_tile} --threads {threads} "
+        "> {log:q} 2>&1"
 
 
 rule manifest:

@@ -87,7 +87,8 @@ def write_features(path: str | Path, coords: np.ndarray, coord_attrs: Mapping[st
         x, y = coords[bad[0]]
         raise PathomixInputError(
             f"slide {coord_attrs.get('slide_id')}: non-finite features for {len(bad)} tile(s), first at "
-            f"tile {bad[0]} (x={x}, y={y}); check the slide region and the encoder precision"
+            f"tile {bad[0]} (x={x}, y={y}), so {path} was not written; check the slide region there and the "
+            "encoder precision (`features.precision: fp32` avoids fp16 overflow)"
         )
     missing = [a for a in FEATURE_ATTRS if a not in feature_attrs]
     if missing:
