@@ -1,0 +1,76 @@
+"""How fast Snakemake plans the workflow for large cohorts (dry run, no slide is opened).
+
+    python benchmarks/dag_scale.py [N ...]      (default: 1000 10000)
+
+For each N: a temporary cohort of N slides (empty stub files; N/2 patients), a config.yaml
+next to it, then ``snakemake -n`` timed end to end; also the sheet validation alone
+(``pathomix.io.sheets.read_slides`` + the JSON schema, as the Snakefile does).
+Prints seconds and jobs/s. Target: under 15 s for 10 000 slides on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_cohort(work: Path, n: int) -> None:
+    (work / "slides").mkdir()
+    for i in range(n):
+        (work / "slides" / f"S{i:05d}.svs").touch()
+    pd.DataFrame({"slide_id": [f"S{i:05d}" for i in range(n)], "patient_id": [f"P{i // 2:05d}" for i in range(n)],
+                  "path": [f"slides/S{i:05d}.svs" for i in range(n)], "modality": "he", "mpp": 0.25}) \
+        .to_csv(work / "slides.tsv", sep="\t", index=False)
+    pd.DataFrame({"patient_id": [f"P{i:05d}" for i in range((n + 1) // 2)], "idh": "wt"}) \
+        .to_csv(work / "clinical.tsv", sep="\t", index=False)
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg.update(slides="slides.tsv", clinical="clinical.tsv", genes=None, mif_channels=None, demo={"enabled": False})
+    cfg["train"]["models"] = ["abmil"]
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def time_validation(work: Path) -> float:
+    code = ("import time, yaml; from snakemake.utils import validate; from pathomix.io.sheets import read_slides;"
+            f"t = time.perf_counter(); df = read_slides('{work}/slides.tsv');"
+            f"validate(df.astype(object).where(df.notna(), None), '{ROOT}/workflow/schemas/slides.schema.yaml');"
+            "print(time.perf_counter() - t)")
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+                 .stdout.split()[-1])
+
+
+def time_dry_run(work: Path) -> tuple[float, int]:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work),
+                           "-n", "--quiet", "rules", "--cores", "2"], capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        sys.exit(proc.stderr[-3000:])
+    total = re.search(r"^total\s+(\d+)", proc.stdout, re.M)
+    return seconds, int(total.group(1)) if total else 0
+
+
+def main() -> None:
+    sizes = [int(a) for a in sys.argv[1:]] or [1000, 10000]
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            make_cohort(work, n)
+            v = time_validation(work)
+            s, jobs = time_dry_run(work)
+            print(f"N = {n:6d} slides: sheet read + schema validation {v:6.2f} s; "
+                  f"snakemake -n {s:6.2f} s for {jobs} jobs ({jobs / s:,.0f} jobs/s)")
+
+
+if __name__ == "__main__":
+    main()
