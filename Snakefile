@@ -30,6 +30,7 @@ include: "workflow/rules/genes.smk"
 include: "workflow/rules/splits.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/heatmaps.smk"
 
 
 rule all:

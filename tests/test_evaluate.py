@@ -1,64 +1,186 @@
-"""Evaluation: metrics from sklearn/lifelines on known predictions, CIs, figures."""
+"""Evaluation: metrics from sklearn/lifelines/scikit-survival on known predictions, CIs, the stage's outputs."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
+import pytest
+import yaml
+from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.preprocessing import label_binarize
 
 from pathomix.evaluate.cli import main
-from pathomix.evaluate.metrics import CLASSIFICATION, bootstrap_ci
+from pathomix.evaluate.layout import FIGURES_BY_KIND, figure_names
+from pathomix.evaluate.metrics import CLASSIFICATION, SURVIVAL, bootstrap_ci, evaluate_predictions
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ("astrocytoma", "oligodendroglioma", "glioblastoma")
 
 
-def _classification(n=60, seed=0, model="m"):
+def _classification(n=60, seed=0, model="m", signal=2.0):
     rng = np.random.default_rng(seed)
     y = np.arange(n) % 3
-    logits = rng.normal(size=(n, 3)) + 2.0 * np.eye(3)[y]
+    logits = rng.normal(size=(n, 3)) + signal * np.eye(3)[y]
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    df = pd.DataFrame({"patient_id": [f"P{i}" for i in range(n)], "fold": np.arange(n) % 3, "split": "test",
-                       "model": model, "task": "diagnosis", "y_true": y, "y_pred": p.argmax(1)})
-    for k, c in enumerate(("astrocytoma", "oligodendroglioma", "glioblastoma")):
+    df = pd.DataFrame({"patient_id": [f"P{i}" for i in range(n)], "fold": (np.arange(n) // 3) % 3,
+                       "split": "test", "model": model, "task": "diagnosis", "y_true": y, "y_pred": p.argmax(1)})
+    for k, c in enumerate(CLASSES):
         df[f"prob_{c}"] = p[:, k]
     return df
 
 
-def _survival(n=60, seed=0):
+def _survival(n=60, seed=0, event_rate=0.7, model="m"):
     rng = np.random.default_rng(seed)
     risk = rng.normal(size=n)
     time = rng.exponential(np.exp(-risk)) * 20
     return pd.DataFrame({"patient_id": [f"P{i}" for i in range(n)], "fold": np.arange(n) % 3, "split": "test",
-                         "model": "m", "task": "survival", "time": time, "event": rng.random(n) < 0.7,
-                         "risk": risk, "bin": 0})
+                         "model": model, "task": "survival", "time": time,
+                         "event": (rng.random(n) < event_rate).astype(int), "risk": risk, "bin": 0})
 
 
-def test_auc_matches_sklearn():
+def _binary_toy(n=40, seed=3):
+    rng = np.random.default_rng(seed)
+    y = (np.arange(n) % 2).astype(int)
+    p1 = np.clip(0.5 + 0.25 * (2 * y - 1) + rng.normal(0, 0.25, n), 0.01, 0.99)
+    return pd.DataFrame({"patient_id": [f"P{i:02d}" for i in range(n)], "fold": 0, "split": "test", "model": "m",
+                         "task": "idh", "y_true": y, "y_pred": (p1 > 0.5).astype(int), "prob_wt": 1 - p1,
+                         "prob_mut": p1})
+
+
+def test_auc_and_ap_match_sklearn():
     df = _classification()
-    ref = roc_auc_score(df.y_true, df[[c for c in df if c.startswith("prob_")]], multi_class="ovr")
-    assert np.isclose(CLASSIFICATION["auc"](df), ref)
+    probs = df[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    assert np.isclose(CLASSIFICATION["auc"](df), roc_auc_score(df.y_true, probs, multi_class="ovr"))
+    onehot = label_binarize(df.y_true, classes=[0, 1, 2])
+    assert np.isclose(CLASSIFICATION["ap"](df), average_precision_score(onehot, probs, average="macro"))
+    toy = _binary_toy()
+    assert np.isclose(CLASSIFICATION["ap"](toy), average_precision_score(toy.y_true, toy.prob_mut))
 
 
-def test_bootstrap_ci_brackets_the_value():
-    df = _classification()
-    value = CLASSIFICATION["auc"](df)
-    lo, hi = bootstrap_ci(df, CLASSIFICATION["auc"], 200)
-    assert lo < value < hi and hi - lo < 0.3
+def _reference_ci(y: np.ndarray, score: np.ndarray, n_boot: int, seed: int, rows_of_patient: list[np.ndarray]):
+    """The bootstrap written out independently: numpy resampling of patients + sklearn's roc_auc_score."""
+    rng = np.random.default_rng(seed)
+    n_pat = len(rows_of_patient)
+    aucs = []
+    for _ in range(n_boot):
+        rows = np.concatenate([rows_of_patient[i] for i in rng.integers(0, n_pat, n_pat)])
+        if len(np.unique(y[rows])) == 2:
+            aucs.append(roc_auc_score(y[rows], score[rows]))
+    return np.percentile(aucs, [2.5, 97.5])
 
 
-def test_stage_writes_metrics_summary_and_figures(tmp_path):
+def test_bootstrap_ci_of_auc_matches_an_independent_reference():
+    df = _binary_toy()
+    lo, hi = bootstrap_ci(df, CLASSIFICATION["auc"], n=120, seed=7)
+    ref = _reference_ci(df.y_true.to_numpy(), df.prob_mut.to_numpy(), 120, 7, [np.array([i]) for i in range(len(df))])
+    assert np.allclose([lo, hi], ref)
+    assert lo < CLASSIFICATION["auc"](df) < hi
+
+
+def test_bootstrap_resamples_patients_not_rows():
+    """Two rows per patient (e.g. two slides): a resample keeps or drops both."""
+    one = _binary_toy(n=30, seed=5)
+    df = pd.concat([one, one.assign(prob_mut=one.prob_mut * 0.9, prob_wt=1 - one.prob_mut * 0.9)])
+    df = df.sort_values("patient_id", kind="stable").reset_index(drop=True)
+    lo, hi = bootstrap_ci(df, CLASSIFICATION["auc"], n=50, seed=1)
+    groups = [np.flatnonzero(df.patient_id.to_numpy() == p) for p in df.patient_id.unique()]
+    ref = _reference_ci(df.y_true.to_numpy(), df.prob_mut.to_numpy(), 50, 1, groups)
+    assert np.allclose([lo, hi], ref)
+
+
+def test_survival_metrics_and_skipped_td_auc(caplog):
+    m = evaluate_predictions(_survival(), n_bootstrap=30)
+    pooled = m[m.fold == "all"].set_index("metric")
+    assert pooled.loc["c_index", "value"] > 0.6 and pooled.loc["td_auc", "value"] > 0.6  # planted: risk → time
+    assert pooled.ci_low.notna().all()
+    with caplog.at_level(logging.INFO, logger="pathomix.evaluate.metrics"):
+        few = evaluate_predictions(_survival(n=30, event_rate=0.1), n_bootstrap=10)
+    assert few.query("metric == 'td_auc'").value.isna().all()
+    assert few.query("metric == 'c_index' and fold == 'all'").value.notna().all()
+    assert "td_auc skipped" in caplog.text and "fewer than" in caplog.text
+
+
+def test_config_schema_lists_exactly_the_registered_metrics():
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    enum = schema["properties"]["evaluate"]["properties"]["headline"]["items"]["enum"]
+    assert set(enum) == set(CLASSIFICATION) | set(SURVIVAL)
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    assert set(config["evaluate"]["headline"]) <= set(enum)
+
+
+def _run_stage(tmp_path, frames, params='{"bootstrap": 30, "seed": 0}', extra=()):
     paths = []
-    for name, df in (("c", _classification()), ("s", _survival())):
-        paths.append(tmp_path / f"{name}.parquet")
-        df.to_parquet(paths[-1])
-    out = tmp_path / "eval" / "metrics.parquet"
-    figs = tmp_path / "eval" / "figures"
-    assert main(["--predictions", *map(str, paths), "--out", str(out), "--summary", str(tmp_path / "s.csv"),
-                 "--figures", str(figs), "--params", '{"bootstrap": 50}']) == 0
-    m = pd.read_parquet(out)
-    assert set(m.columns) >= {"model", "task", "fold", "metric", "value", "ci_low", "ci_high"}
-    assert set(m[m.task == "diagnosis"].metric) == {"accuracy", "balanced_accuracy", "auc", "f1", "kappa"}
+    for i, df in enumerate(frames):
+        d = tmp_path / "models" / f"job{i}"
+        d.mkdir(parents=True)
+        df.to_parquet(d / "predictions.parquet")
+        epochs = np.arange(1, 6)
+        pd.DataFrame({"epoch": epochs, "train_loss": 1 / epochs, "val_loss": 1.2 / epochs, "val_metric": epochs / 6,
+                      "lr": 1e-3, "seconds": 0.1}).to_parquet(d / "history.parquet")
+        paths.append(str(d / "predictions.parquet"))
+    ev = tmp_path / "eval"
+    args = ["--predictions", *paths, "--out", str(ev / "metrics.parquet"), "--summary", str(ev / "summary.csv"),
+            "--figures", str(ev / "figures"), "--comparison-csv", str(ev / "comparison.csv"),
+            "--comparison-html", str(ev / "comparison.html"), "--params", params, *extra]
+    assert main(args) == 0
+    return ev
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory):
+    frames = [_classification(model="good"), _classification(model="weak", signal=0.3, seed=1),
+              _survival(model="good")]
+    return _run_stage(tmp_path_factory.mktemp("eval"), frames, params='{"bootstrap": 20, "seed": 0}')
+
+
+def test_stage_writes_metrics_with_ap_and_cis(stage):
+    m = pd.read_parquet(stage / "metrics.parquet")
+    assert list(m.columns) == ["model", "task", "fold", "metric", "value", "ci_low", "ci_high"]
+    assert set(m[m.task == "diagnosis"].metric) == set(CLASSIFICATION)
+    assert set(m[m.task == "survival"].metric) == set(SURVIVAL)
     assert set(m.fold) == {"0", "1", "2", "all"}
-    c = m[(m.task == "survival") & (m.fold == "all")].value.iloc[0]
-    assert c > 0.6  # planted: risk drives time
-    assert m[m.fold == "all"].ci_low.notna().all()
-    for f in ("m_diagnosis.png", "m_survival.png", "summary.png"):
-        assert (figs / f).stat().st_size > 5000
+    pooled = m[m.fold == "all"]
+    assert pooled.ci_low.notna().all() and (pooled.ci_low <= pooled.value + 1e-12).all()
+    assert m[m.fold != "all"].ci_low.isna().all()
+
+
+def test_stage_writes_exactly_the_declared_figures(stage):
+    expected = {"summary.png"}
+    for model in ("good", "weak"):
+        expected |= set(figure_names(model, "diagnosis", "classification").values())
+    expected |= set(figure_names("good", "survival", "survival").values())
+    written = {p.name for p in (stage / "figures").iterdir()}
+    assert written == expected
+    assert {k for ks in FIGURES_BY_KIND.values() for k in ks} == {"roc", "calibration", "km", "training"}
+    for name in expected:
+        assert (stage / "figures" / name).stat().st_size > 5000, name
+
+
+def test_comparison_table_marks_the_best_model(stage):
+    csv = pd.read_csv(stage / "comparison.csv").set_index("model")
+    auc = csv["diagnosis: AUC (macro OvR)"]
+    assert auc["good"].endswith("*") and not auc["weak"].endswith("*")
+    assert " ± " in auc["good"] and "[" in auc["good"]
+    html = (stage / "comparison.html").read_text()
+    assert html.count("<table") == 1 and "class=best" in html and "<b>" in html
+    assert "95 % CI from 20 patient-level bootstrap resamples" in html
+    assert "diagnosis (n = 60)" in html
+
+
+def test_external_cohort_is_scored_on_its_own(tmp_path):
+    internal = _classification(model="good")
+    external = _classification(model="good", seed=9).assign(
+        patient_id=lambda d: "X" + d.patient_id, cohort="ext", split="test")
+    frames = [pd.concat([internal.assign(cohort="main"), external], ignore_index=True)]
+    ev = _run_stage(tmp_path, frames, params='{"bootstrap": 5, "external_cohorts": ["ext"]}',
+                    extra=["--cohorts-csv", str(tmp_path / "c.csv"), "--cohorts-html", str(tmp_path / "c.html")])
+    m = pd.read_parquet(ev / "metrics.parquet")
+    acc = m.query("metric == 'accuracy' and fold == 'all'").value.iloc[0]
+    assert np.isclose(acc, (internal.y_true == internal.y_pred).mean())  # external rows left out
+    cohorts = pd.read_csv(tmp_path / "c.csv")
+    assert any(c.startswith("ext: diagnosis") for c in cohorts.columns)
+    assert any(c.startswith("main: diagnosis") for c in cohorts.columns)
+    assert "external: ext" in (tmp_path / "c.html").read_text()

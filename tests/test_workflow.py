@@ -107,7 +107,7 @@ def test_report_is_built(demo_run):
     snakemake(demo_run, "--report", str(report))
     html = report.read_text(errors="ignore")
     assert report.stat().st_size > 50_000
-    for needle in ("summary.csv", "summary.png", "RANDOM-INIT"):
+    for needle in ("summary.csv", "summary.png", "RANDOM-INIT", "comparison.html", "provenance.html", "Slide heatmaps"):
         assert needle in html, needle
 
 
@@ -121,7 +121,7 @@ def test_model_source_edit_reruns_only_training(demo_run):
     original = src.read_text()
     try:
         src.write_text(original + "\n# an edit\n")
-        assert planned_rules(demo_run) == {"train", "evaluate", "all"}
+        assert planned_rules(demo_run) == {"train", "evaluate", "heatmaps", "provenance", "all"}
     finally:
         src.write_text(original)
 
@@ -130,3 +130,24 @@ def test_tile_size_change_reruns_from_tiling(demo_run):
     rules = planned_rules(demo_run, "--config", "tiling={tile_px: 128}")
     assert {"tile", "extract", "manifest", "train", "evaluate"} <= rules
     assert "hvg" not in rules and "splits" not in rules
+
+
+def test_gene_config_change_reruns_genes_and_training_only(demo_run):
+    rules = planned_rules(demo_run, "--config", "genes_params={hvg_fraction: 0.2}")
+    assert "hvg" in rules and "train" in rules and "evaluate" in rules
+    assert not rules & {"tile", "extract", "manifest", "splits", "demo"}
+
+
+def test_new_slide_is_the_only_one_tiled_and_extracted(demo_run):
+    sheet = demo_run / "demo_data" / "slides.tsv"
+    original = sheet.read_text()
+    slides = pd.read_csv(sheet, sep="\t")
+    new = slides.iloc[[0]].assign(slide_id="DEMO-NEW")
+    try:
+        pd.concat([slides, new]).to_csv(sheet, sep="\t", index=False)
+        out = snakemake(demo_run, "-n", "--quiet", "rules").stdout
+        counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M)}
+        assert counts.get("tile") == 1 and counts.get("extract") == 1, counts
+        assert counts.get("manifest") == 1 and counts.get("train", 0) > 0
+    finally:
+        sheet.write_text(original)

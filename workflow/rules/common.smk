@@ -95,7 +95,7 @@ def feature_stores(wildcards=None):
 
 
 def all_targets(wildcards):
-    targets = [P.metrics(RESULTS), f"{RESULTS}/eval/summary.csv"]
+    targets = [P.metrics(RESULTS), f"{RESULTS}/eval/summary.csv", *report_targets()]
     if config.get("slides"):
         targets += [str(P.tile_qc(RESULTS, m, s)) for s in slides().slide_id for m in MAGS]
     return targets

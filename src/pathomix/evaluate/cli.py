@@ -1,21 +1,98 @@
-"""``python -m pathomix.evaluate``: predictions.parquet of every model/task/fold →
-eval/metrics.parquet (+ summary.csv) and figures."""
+"""``python -m pathomix.evaluate``: predictions.parquet of every model/task/fold (and the
+history.parquet next to each) → eval/metrics.parquet, summary.csv, the comparison table (CSV +
+HTML), figures per model × task, and per-cohort results when external cohorts are configured."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from pathomix.evaluate import comparison as C
+from pathomix.evaluate.cohorts import internal_rows, write_cohorts
 from pathomix.evaluate.figures import FIGURES, summary_figure
+from pathomix.evaluate.layout import figure_names
 from pathomix.evaluate.metrics import evaluate_predictions, summary_table
 from pathomix.io.atomic import atomic_path, write_parquet
 from pathomix.logs import setup_logging
 
 log = logging.getLogger("pathomix.evaluate")
+HISTORY = "history.parquet"  # written by the training stage next to predictions.parquet
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    bootstrap: int = 200
+    seed: int = 0
+    headline: list[str] = field(default_factory=lambda: list(C.DEFAULT_HEADLINE))
+    external_cohorts: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, text: str) -> EvalParams:
+        d = json.loads(text)
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def _read(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All predictions, and all training histories (with model, task, fold) found next to them."""
+    preds, histories = [], []
+    for f in paths:
+        p = pd.read_parquet(f)
+        preds.append(p)
+        h = Path(f).with_name(HISTORY)
+        if h.exists() and len(p):
+            histories.append(pd.read_parquet(h).assign(model=p.model.iloc[0], task=p.task.iloc[0],
+                                                        fold=p.fold.iloc[0]))
+        else:
+            log.warning("%s: no %s next to it; its training curve is left out", f, HISTORY)
+    hist = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(
+        columns=["model", "task", "fold", "epoch", "train_loss", "val_loss", "val_metric"])
+    return pd.concat(preds, ignore_index=True), hist
+
+
+def _prepare(d: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    d = d.dropna(axis=1, how="all")  # the union of classification and survival columns
+    kind = "survival" if "risk" in d.columns else "classification"
+    if kind == "survival":
+        d = d.astype({"time": float, "event": int, "risk": float})
+    return d, kind
+
+
+def run(pred_paths: list[str], params: EvalParams, out: str, summary_csv: str, figures: str,
+        comparison_csv: str, comparison_html: str, cohorts_csv: str | None = None,
+        cohorts_html: str | None = None) -> pd.DataFrame:
+    preds, hist = _read(pred_paths)
+    main_preds = internal_rows(preds, params.external_cohorts)
+    tables = []
+    for (model, task), d in main_preds.groupby(["model", "task"], sort=True):
+        d, kind = _prepare(d)
+        tables.append(evaluate_predictions(d, params.bootstrap, params.seed))
+        test = d[d.split == "test"]
+        h = hist[(hist.model == model) & (hist.task == task)]
+        for fig_kind, name in figure_names(model, task, kind).items():
+            FIGURES[fig_kind](test, h, Path(figures) / name)
+    metrics = pd.concat(tables, ignore_index=True)
+    write_parquet(metrics, out)
+    summary = summary_table(metrics)
+    with atomic_path(summary_csv) as tmp:
+        summary.to_csv(tmp, index=False, float_format="%.4f")
+    summary_figure(summary, Path(figures) / "summary.png")
+    table = C.comparison_table(summary, params.headline)
+    C.write_csv(table, comparison_csv)
+    tested = main_preds[main_preds.split == "test"]
+    C.write_html(table, comparison_html, params.bootstrap,
+                 n_patients=tested.groupby("task").patient_id.nunique().to_dict())
+    if cohorts_csv and cohorts_html:
+        write_cohorts(preds, params.external_cohorts, params.headline, params.bootstrap, params.seed,
+                      cohorts_csv, cohorts_html)
+    for row in summary[summary.metric.isin(["auc", "c_index"])].itertuples():
+        log.info("%-14s %-10s %-8s %.3f ± %.3f over folds; pooled %.3f [%.3f, %.3f]", row.model, row.task,
+                 row.metric, row.mean, row.std, row.value, row.ci_low, row.ci_high)
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,25 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="eval/metrics.parquet")
     p.add_argument("--summary", required=True, help="summary CSV (model × task × metric)")
     p.add_argument("--figures", required=True, help="folder for the figures")
+    p.add_argument("--comparison-csv", required=True)
+    p.add_argument("--comparison-html", required=True)
+    p.add_argument("--cohorts-csv", help="per-cohort results (when evaluate.external_cohorts is set)")
+    p.add_argument("--cohorts-html")
     args = p.parse_args(argv)
     setup_logging()
-    n_boot = int(json.loads(args.params).get("bootstrap", 200))
-    preds = pd.concat([pd.read_parquet(f) for f in args.predictions], ignore_index=True)
-    tables = []
-    for (model, task), d in preds.groupby(["model", "task"], sort=True):
-        d = d.dropna(axis=1, how="all")  # the union of classification and survival columns
-        kind = "survival" if "risk" in d.columns else "classification"
-        if kind == "survival":
-            d = d.astype({"time": float, "event": int, "risk": float})
-        tables.append(evaluate_predictions(d, n_boot))
-        FIGURES[kind](d[d.split == "test"], Path(args.figures) / f"{model}_{task}.png")
-    metrics = pd.concat(tables, ignore_index=True)
-    write_parquet(metrics, args.out)
-    summary = summary_table(metrics)
-    with atomic_path(args.summary) as tmp:
-        summary.to_csv(tmp, index=False, float_format="%.4f")
-    summary_figure(summary, Path(args.figures) / "summary.png")
-    for row in summary[summary.metric.isin(["auc", "c_index"])].itertuples():
-        log.info("%-14s %-10s %-8s %.3f ± %.3f over folds; pooled %.3f [%.3f, %.3f]", row.model, row.task,
-                 row.metric, row.mean, row.std, row.value, row.ci_low, row.ci_high)
+    run(args.predictions, EvalParams.from_json(args.params), args.out, args.summary, args.figures,
+        args.comparison_csv, args.comparison_html, args.cohorts_csv, args.cohorts_html)
     return 0

@@ -1,7 +1,10 @@
-"""Figures for the report: ROC + confusion matrix, Kaplan–Meier by predicted risk, summary bars."""
+"""Figures for the report: ROC + confusion matrix, calibration, Kaplan–Meier by predicted risk,
+training curves per fold, summary bars. One registry maps a figure kind (see
+:data:`pathomix.evaluate.layout.FIGURES_BY_KIND`) to the function drawing it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -12,19 +15,25 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from lifelines import KaplanMeierFitter  # noqa: E402
 from lifelines.statistics import logrank_test  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
+from sklearn.calibration import calibration_curve  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, brier_score_loss  # noqa: E402
 
 from pathomix.evaluate.metrics import prob_columns  # noqa: E402
-from pathomix.io.atomic import atomic_path  # noqa: E402
+from pathomix.evaluate.png import save_figure  # noqa: E402
+
+# what the training loop logs as val_metric, per task kind (pathomix.train.objectives)
+VAL_METRIC = {"classification": "accuracy", "survival": "C-index"}
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
-def classification_figure(test: pd.DataFrame, path: Path) -> None:
+def _title(test: pd.DataFrame, what: str) -> str:
+    return f"{test.model.iloc[0]} — {test.task.iloc[0]}: {what} (n = {test.patient_id.nunique()} test patients)"
+
+
+def roc_figure(test: pd.DataFrame, history: pd.DataFrame, path: Path) -> None:
     cols = prob_columns(test)
     classes = [c.removeprefix("prob_") for c in cols]
     fig, (ax_roc, ax_cm) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
@@ -38,25 +47,82 @@ def classification_figure(test: pd.DataFrame, path: Path) -> None:
                                             display_labels=classes, ax=ax_cm, colorbar=False)
     ax_cm.tick_params(axis="x", rotation=30)
     ax_cm.set_title("confusion matrix")
-    fig.suptitle(f"{test.model.iloc[0]} — {test.task.iloc[0]} (n = {len(test)})")
+    fig.suptitle(_title(test, "discrimination"))
     _save(fig, path)
 
 
-def survival_figure(test: pd.DataFrame, path: Path) -> None:
+def calibration_figure(test: pd.DataFrame, history: pd.DataFrame, path: Path, n_bins: int = 5) -> None:
+    """Reliability diagram, one vs rest per class, with the Brier score and the spread of the probabilities."""
+    cols = prob_columns(test)
+    y = test.y_true.to_numpy(int)
+    fig, (ax, ax_hist) = plt.subplots(2, 1, figsize=(5.6, 6.0), height_ratios=(3, 1), sharex=True,
+                                      layout="constrained")
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfectly calibrated")
+    for k, col in enumerate(cols):
+        name = col.removeprefix("prob_")
+        if 0 < (y == k).sum() < len(y):
+            frac, mean_p = calibration_curve(y == k, test[col], n_bins=n_bins, strategy="uniform")
+            brier = brier_score_loss(y == k, test[col])
+            ax.plot(mean_p, frac, "o-", label=f"{name} (Brier {brier:.3f})")
+        ax_hist.hist(test[col], bins=np.linspace(0, 1, 2 * n_bins + 1), histtype="step", lw=1.5, label=name)
+    ax.set_ylabel("observed fraction of the class")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(_title(test, "calibration"), fontsize=10)
+    ax_hist.set_xlabel("predicted probability (one vs rest)")
+    ax_hist.set_ylabel("patients")
+    _save(fig, path)
+
+
+def km_figure(test: pd.DataFrame, history: pd.DataFrame, path: Path) -> None:
     """KM curves of patients above / below their fold's median predicted risk, log-rank p."""
     high = test.groupby("fold").risk.transform(lambda r: r > r.median()).astype(bool)
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for mask, label in ((~high, "low predicted risk"), (high, "high predicted risk")):
         if mask.any():
             KaplanMeierFitter().fit(test.time[mask], test.event[mask], label=f"{label} (n={mask.sum()})") \
-                .plot_survival_function(ax=ax, ci_show=False)
+                .plot_survival_function(ax=ax, ci_show=False, show_censors=True, censor_styles={"ms": 5, "marker": "|"})
     title = f"{test.model.iloc[0]} — survival"
     if high.any() and (~high).any():
         p = logrank_test(test.time[high], test.time[~high], test.event[high], test.event[~high]).p_value
         title += f" (log-rank p = {p:.3g})"
     ax.set_title(title)
     ax.set_xlabel("months")
+    ax.set_ylabel("survival probability")
     _save(fig, path)
+
+
+def training_figure(test: pd.DataFrame, history: pd.DataFrame, path: Path) -> None:
+    """Train (solid) and validation (dashed) loss and the validation metric per epoch, one colour per fold;
+    the dot marks the epoch whose weights were kept (lowest validation loss)."""
+    kind = "survival" if "risk" in test.columns else "classification"
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    for i, (fold, h) in enumerate(history.groupby("fold", sort=True)):
+        color = f"C{i}"
+        ax_loss.plot(h.epoch, h.train_loss, color=color, lw=1.5, label=f"fold {fold} train")
+        ax_loss.plot(h.epoch, h.val_loss, color=color, lw=1.5, ls="--", label=f"fold {fold} val")
+        best = h.loc[h.val_loss.idxmin()]
+        ax_loss.plot(best.epoch, best.val_loss, "o", color=color)
+        ax_metric.plot(h.epoch, h.val_metric, color=color, lw=1.5, label=f"fold {fold}")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title("loss (solid: train, dashed: validation; dot: kept epoch)", fontsize=10)
+    ax_loss.legend(fontsize=7, ncol=2)
+    ax_metric.set_xlabel("epoch")
+    ax_metric.set_ylabel(f"validation {VAL_METRIC[kind]}")
+    ax_metric.set_title(f"validation {VAL_METRIC[kind]}", fontsize=10)
+    ax_metric.legend(fontsize=7)
+    fig.suptitle(f"{test.model.iloc[0]} — {test.task.iloc[0]}: training curves per fold")
+    _save(fig, path)
+
+
+FIGURES: dict[str, Callable[[pd.DataFrame, pd.DataFrame, Path], None]] = {
+    "roc": roc_figure,
+    "calibration": calibration_figure,
+    "km": km_figure,
+    "training": training_figure,
+}
 
 
 def summary_figure(summary: pd.DataFrame, path: Path) -> None:
@@ -73,6 +139,3 @@ def summary_figure(summary: pd.DataFrame, path: Path) -> None:
         ax.set_title(f"{task}: {d.metric.iloc[0]} (pooled, 95 % CI)")
         ax.tick_params(axis="x", rotation=30)
     _save(fig, path)
-
-
-FIGURES = {"classification": classification_figure, "survival": survival_figure}

@@ -1,0 +1,103 @@
+"""``python -m pathomix.evaluate.gene_view``: the genes the models see, in one figure.
+
+HVG selection summary (variance of every gene of the table after the genes stage's transform,
+the kept top fraction and its threshold; kept genes per subspace out of the genes each subspace
+has in the table) and the top genes per subspace by importance = variance of the log-expression
+over all patients (the unsupervised criterion of the selection itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pathomix.evaluate.png import save_figure  # noqa: E402
+from pathomix.genes.hvg import GeneParams, load_gene_sets, transform  # noqa: E402
+from pathomix.io.sheets import read_genes  # noqa: E402
+from pathomix.logs import setup_logging  # noqa: E402
+
+log = logging.getLogger("pathomix.evaluate.gene_view")
+TOP_N = 15
+COLOURS = {"tumour": "#c44e52", "tme": "#4c72b0", "other": "#8c8c8c"}
+
+
+def gene_variances(genes: str | None, hvg: pd.DataFrame, params: GeneParams) -> pd.DataFrame:
+    """gene, variance, kept: every gene of the table (transformed as the genes stage does), or only
+    the kept genes when the raw table is not given."""
+    kept = hvg.drop(columns="patient_id").var(axis=0, ddof=1)
+    if not genes:
+        return pd.DataFrame({"gene": kept.index, "variance": kept.values, "kept": True})
+    x = read_genes(genes)
+    x = x.loc[x.index.intersection(hvg.patient_id)]
+    x = x.fillna(x.median())
+    var = transform(x, params.log_transform, genes).var(axis=0, ddof=1).fillna(0.0)
+    return pd.DataFrame({"gene": var.index, "variance": var.values, "kept": var.index.isin(kept.index)})
+
+
+def gene_figure(var: pd.DataFrame, subspaces: pd.DataFrame, all_sets: pd.Series, path: Path) -> None:
+    sub = subspaces.set_index("gene").subspace
+    kept = var[var.kept].assign(subspace=lambda d: d.gene.map(sub).fillna("other"))
+    fig = plt.figure(figsize=(12, 7.5), layout="constrained")
+    axes = fig.subplot_mosaic([["hist", "bars"], ["tumour", "tme"]], height_ratios=(1, 1.4))
+    positive = var.variance[var.variance > 0]
+    bins = np.geomspace(positive.min(), positive.max(), 40) if len(positive) > 1 else 20
+    axes["hist"].hist(var.variance[~var.kept], bins=bins, color="#bbbbbb", label=f"dropped ({(~var.kept).sum()})")
+    for name, d in kept.groupby("subspace"):
+        axes["hist"].hist(d.variance, bins=bins, histtype="step", lw=1.8, color=COLOURS.get(name, "k"),
+                          label=f"kept, {name} ({len(d)})")
+    if len(kept) < len(var):
+        axes["hist"].axvline(kept.variance.min(), color="k", ls="--", lw=1, label="HVG threshold")
+    axes["hist"].set_xscale("log")
+    axes["hist"].set(xlabel="variance of log-expression over patients", ylabel="genes",
+                     title=f"HVG selection: kept {len(kept)} of {len(var)} genes")
+    axes["hist"].legend(fontsize=8)
+    names = [s for s in ("tumour", "tme", "other") if s in set(kept.subspace) | set(all_sets)]
+    in_table = [int((all_sets.reindex(var.gene).fillna("other") == s).sum()) for s in names]
+    n_kept = [int((kept.subspace == s).sum()) for s in names]
+    x = np.arange(len(names))
+    axes["bars"].bar(x - 0.2, in_table, 0.4, color="#dddddd", edgecolor="k", label="genes in the table")
+    axes["bars"].bar(x + 0.2, n_kept, 0.4, color=[COLOURS[s] for s in names], label="kept (HVG)")
+    for i, (a, b) in enumerate(zip(in_table, n_kept, strict=True)):
+        axes["bars"].text(i + 0.2, b, f"{b}/{a}", ha="center", va="bottom", fontsize=9)
+    axes["bars"].set_xticks(x, names)
+    axes["bars"].set(ylabel="genes", title="genes per subspace (other = in no gene set)")
+    axes["bars"].legend(fontsize=8)
+    for name in ("tumour", "tme"):
+        top = kept[kept.subspace == name].nlargest(TOP_N, "variance").iloc[::-1]
+        ax = axes[name]
+        ax.barh(top.gene, top.variance, color=COLOURS[name])
+        ax.set(xlabel="variance (importance for the HVG selection)", title=f"top {len(top)} {name} genes")
+        ax.tick_params(axis="y", labelsize=8)
+        if top.empty:
+            ax.text(0.5, 0.5, f"no HVG in the {name} subspace", ha="center", transform=ax.transAxes)
+    fig.suptitle("Genes: highly variable gene selection and tumour / TME subspaces")
+    save_figure(fig, path, dpi=90)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pathomix.evaluate.gene_view", description=__doc__)
+    p.add_argument("--genes", help="the raw gene table (for the variance of the dropped genes)")
+    p.add_argument("--hvg", required=True)
+    p.add_argument("--subspaces", required=True)
+    p.add_argument("--params", default="{}", help="JSON of the config's `genes_params:` subtree")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    setup_logging()
+    params = GeneParams(**json.loads(args.params))
+    var = gene_variances(args.genes, pd.read_parquet(args.hvg), params)
+    gene_figure(var, pd.read_parquet(args.subspaces), load_gene_sets(params.gene_sets), Path(args.out))
+    log.info("gene view %s: %d of %d genes kept", args.out, int(var.kept.sum()), len(var))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""``python -m pathomix.evaluate.heatmaps``: attention of the WSI models on chosen slides.
+
+For every WSI model and every attention head it wrote (``attention.parquet`` next to each
+``predictions.parquet``: ABMIL's ``abmil`` head, DMSF's ``tumour`` and ``tme`` subspace heads),
+one grid figure ``{model}__{head}.png``: rows = the chosen slides, columns = task × magnification,
+each panel the slide thumbnail with the tiles of the coords store coloured by attention. The
+weights are shown as percentiles within the slide (rank / n), so that bags of different size
+compare. Each panel is also exported on its own (``heatmap_slides/``), at thumbnail resolution.
+
+Chosen slides: ``slides`` (explicit slide ids) or the ``top_k`` highest- and ``top_k`` lowest-risk
+test patients of the survival task, ranked by the mean over WSI models of each model's within-fold
+risk percentile (one set of slides for every figure, so heads and teacher/student compare).
+Only H&E slides are drawn; per-marker attention of mIF models is not produced by any model yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from pathomix.evaluate import heatmap_draw as D
+from pathomix.evaluate.layout import HEATMAP_GRID
+from pathomix.io.sheets import read_slides
+from pathomix.io.slide import open_slide
+from pathomix.logs import setup_logging
+
+log = logging.getLogger("pathomix.evaluate.heatmaps")
+ATTENTION = "attention.parquet"  # written by the training stage next to predictions.parquet
+THUMB_LONG_SIDE = 768            # px of the thumbnail's long side
+
+
+@dataclass(frozen=True)
+class HeatmapParams:
+    top_k: int = 2
+    slides: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, text: str) -> HeatmapParams:
+        d = json.loads(text)
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d and d[k] is not None})
+
+
+def read_attention(pred_paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Test predictions and attention rows (with model, task, fold) of every job that wrote attention."""
+    preds, att = [], []
+    for f in pred_paths:
+        p = pd.read_parquet(f)
+        a = Path(f).with_name(ATTENTION)
+        if not len(p):
+            continue
+        preds.append(p[p.split == "test"])
+        if a.exists():
+            att.append(pd.read_parquet(a).assign(model=p.model.iloc[0], task=p.task.iloc[0], fold=p.fold.iloc[0]))
+        else:
+            log.warning("%s: no %s next to it (not a WSI model?); no heatmap for it", f, ATTENTION)
+    att_df = pd.concat(att, ignore_index=True) if att else pd.DataFrame(
+        columns=["patient_id", "slide_id", "mag", "tile_index", "weight", "head", "model", "task", "fold"])
+    return pd.concat(preds, ignore_index=True), att_df
+
+
+def choose_slides(preds: pd.DataFrame, att: pd.DataFrame, he_slides: set[str], params: HeatmapParams
+                  ) -> pd.DataFrame:
+    """slide_id, patient_id, group ("high risk" | "low risk" | "listed" | "first"), risk_pct, in display order."""
+    drawn = att[att.slide_id.isin(he_slides)]
+    tiles = drawn.groupby(["patient_id", "slide_id"]).tile_index.nunique().reset_index()
+    main_slide = tiles.sort_values(["patient_id", "tile_index", "slide_id"], ascending=[True, False, True]) \
+        .drop_duplicates("patient_id").set_index("patient_id").slide_id
+    risk = _consensus_risk(preds[preds.model.isin(att.model.unique())])
+    if params.slides:
+        unknown = sorted(set(params.slides) - set(drawn.slide_id))
+        if unknown:
+            log.warning("evaluate.heatmaps.slides: %s have no attention rows or are not H&E; left out", unknown)
+        chosen = [s for s in params.slides if s in set(drawn.slide_id)]
+        pid = drawn.drop_duplicates("slide_id").set_index("slide_id").patient_id
+        return pd.DataFrame({"slide_id": chosen, "patient_id": [pid[s] for s in chosen], "group": "listed",
+                             "risk_pct": [risk.get(pid[s], np.nan) for s in chosen]})
+    risk = risk[risk.index.isin(main_slide.index)]
+    if risk.empty:
+        log.info("no survival predictions of a WSI model: showing the first %d slides", 2 * params.top_k)
+        first = main_slide.sort_values().head(2 * params.top_k)
+        return pd.DataFrame({"slide_id": first.values, "patient_id": first.index, "group": "first",
+                             "risk_pct": np.nan})
+    order = risk.sort_values(ascending=False, kind="stable")
+    k = min(params.top_k, len(order) // 2)
+    picks = [(p, "high risk") for p in order.index[:k]] + [(p, "low risk") for p in order.index[::-1][:k][::-1]]
+    return pd.DataFrame({"slide_id": [main_slide[p] for p, _ in picks], "patient_id": [p for p, _ in picks],
+                         "group": [g for _, g in picks], "risk_pct": [risk[p] for p, _ in picks]})
+
+
+def _consensus_risk(preds: pd.DataFrame) -> pd.Series:
+    """patient → mean over models of the within-fold percentile of the predicted risk (survival task)."""
+    surv = preds[preds.task == "survival"].dropna(subset=["risk"]) if "risk" in preds else preds.iloc[:0]
+    if surv.empty:
+        return pd.Series(dtype=float)
+    pct = surv.groupby(["model", "fold"]).risk.rank(pct=True)
+    return pct.groupby(surv.patient_id).mean()
+
+
+def tile_geometry(store: str | Path) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """Level-0 tile corners, tile size (level-0 px) and level-0 (width, height) from a coords store."""
+    with h5py.File(store, "r") as h:
+        c = h["coords"]
+        return c[:], int(c.attrs["patch_size_level0"]), (int(c.attrs["level0_width"]), int(c.attrs["level0_height"]))
+
+
+def thumbnail(row: pd.Series) -> np.ndarray:
+    """(h, w, 3) uint8 thumbnail with a long side of about :data:`THUMB_LONG_SIDE` px."""
+    mpp = None if pd.isna(row.get("mpp")) else float(row["mpp"])
+    with open_slide(row["path"], row["modality"], mpp=mpp, slide_id=row.name) as slide:
+        return slide.thumbnail(max(slide.dimensions) * slide.mpp / THUMB_LONG_SIDE)
+
+
+def run(pred_paths: list[str], sheet: str, tile_stores: list[str], params: HeatmapParams, out: str,
+        export: str) -> None:
+    Path(out).mkdir(parents=True, exist_ok=True)
+    Path(export).mkdir(parents=True, exist_ok=True)
+    slides = read_slides(sheet, check_files=False)
+    preds, att = read_attention(pred_paths)
+    chosen = choose_slides(preds, att, set(slides.index[slides.modality == "he"]), params)
+    log.info("heatmap slides: %s", ", ".join(f"{r.slide_id} ({r.group})" for r in chosen.itertuples()))
+    stores = {(Path(t).parent.name, Path(t).stem): t for t in tile_stores}  # tiles/{mag}/{slide_id}.h5
+    thumbs = {s: thumbnail(slides.loc[s]) for s in chosen.slide_id}
+    small = {s: D.shrink(t) for s, t in thumbs.items()}  # the grid figure's panels are small
+    geometry = {}
+    for (model, head), a in att[att.slide_id.isin(chosen.slide_id)].groupby(["model", "head"], sort=True):
+        columns = sorted(set(zip(a.task, a.mag, strict=True)), key=lambda tm: (tm[0], -float(tm[1].rstrip("x"))))
+        panels = []
+        for r in chosen.itertuples():
+            row = []
+            for task, mag in columns:
+                w = a[(a.slide_id == r.slide_id) & (a.task == task) & (a.mag == mag)]
+                if r.slide_id not in geometry.get(mag, {}):
+                    geometry.setdefault(mag, {})[r.slide_id] = tile_geometry(stores[(mag, r.slide_id)])
+                tiles = (w.tile_index.to_numpy(), w.weight.to_numpy(float), *geometry[mag][r.slide_id])
+                name = f"{r.slide_id}__{model}__{task}__{head}__{mag}.png"
+                D.export_png(thumbs[r.slide_id], D.attention_grid(thumbs[r.slide_id], *tiles), Path(export) / name)
+                row.append(D.attention_grid(small[r.slide_id], *tiles))
+            panels.append(row)
+        path = Path(out) / HEATMAP_GRID.format(model=model, head=head)
+        D.grid_figure(small, chosen, columns, panels, f"{model} — {head} attention", path)
+        log.info("wrote %s (%d slides × %d panels)", path, len(chosen), len(columns))
+    if att.empty:
+        log.warning("no attention.parquet next to any predictions: no heatmaps")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pathomix.evaluate.heatmaps", description=__doc__)
+    p.add_argument("--predictions", nargs="+", required=True, help="predictions.parquet of the WSI models")
+    p.add_argument("--slides", required=True, help="slides.tsv (thumbnail paths)")
+    p.add_argument("--tiles", nargs="+", required=True, help="coords stores tiles/{mag}/{slide_id}.h5")
+    p.add_argument("--params", default="{}", help="JSON of evaluate.heatmaps")
+    p.add_argument("--out", required=True, help="folder of the grid figures")
+    p.add_argument("--export", required=True, help="folder of the per-slide overlays")
+    args = p.parse_args(argv)
+    setup_logging()
+    run(args.predictions, args.slides, args.tiles, HeatmapParams.from_json(args.params), args.out, args.export)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""The report's pieces: slide heatmaps, gene view, provenance record, and the captions Snakemake renders."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import h5py
+import jinja2
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import yaml
+from docutils.core import publish_parts
+
+from pathomix import paths as P
+from pathomix import provenance
+from pathomix.evaluate import gene_view, heatmaps
+from pathomix.evaluate.heatmap_draw import attention_grid
+from pathomix.evaluate.layout import FIGURES_BY_KIND
+from pathomix.genes.hvg import select_hvg, transform
+
+ROOT = Path(__file__).resolve().parents[1]
+TILE = 256  # level-0 px
+
+
+def _cohort(tmp_path: Path, n_patients: int = 4) -> tuple[Path, list[str]]:
+    """A tiny H&E slide (openslide generic-tiff, 0.5 µm/px) shared by n slide ids, their coords stores
+    (3 × 4 tiles of 256 px at 20x, 1 × 2 at 10x) and the slide sheet."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(150, 230, (768, 1024, 3)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "slide.tiff", image, tile=(256, 256), compression="jpeg", photometric="rgb",
+                     resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    ids = [f"S{i}" for i in range(n_patients)]
+    for mag, size in (("20x", TILE), ("10x", 2 * TILE)):
+        xs, ys = np.meshgrid(np.arange(0, 1024 - size + 1, size), np.arange(0, 768 - size + 1, size))
+        coords = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.int64)
+        for s in ids:
+            path = P.tiles(tmp_path / "results", mag, s)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with h5py.File(path, "w") as h:
+                d = h.create_dataset("coords", data=coords)
+                d.attrs.update(patch_size_level0=size, level0_width=1024, level0_height=768)
+    sheet = tmp_path / "slides.tsv"
+    pd.DataFrame({"slide_id": ids, "patient_id": [f"P{i}" for i in range(n_patients)], "path": "slide.tiff",
+                  "modality": "he", "mpp": ""}).to_csv(sheet, sep="\t", index=False)
+    return sheet, ids
+
+
+def _model_outputs(tmp_path: Path, model: str, heads: tuple[str, ...], n_patients: int) -> list[str]:
+    """survival predictions (risk = patient number) and attention for every head, one fold."""
+    out = []
+    for task in ("diagnosis", "survival"):
+        d = P.model_dir(tmp_path / "results", model, task, 0)
+        d.mkdir(parents=True)
+        pids = [f"P{i}" for i in range(n_patients)]
+        pred = pd.DataFrame({"patient_id": pids, "fold": 0, "split": "test", "model": model, "task": task})
+        if task == "survival":
+            pred = pred.assign(time=10.0, event=1, risk=np.arange(n_patients, dtype=float), bin=0)
+        pred.to_parquet(d / "predictions.parquet")
+        rows = []
+        for head in heads:
+            for i, pid in enumerate(pids):
+                for mag, n in (("20x", 12), ("10x", 2)):
+                    w = np.arange(n, dtype=float) + 1
+                    rows.append(pd.DataFrame({"patient_id": pid, "slide_id": f"S{i}", "mag": mag,
+                                              "tile_index": np.arange(n), "weight": w / w.sum(), "head": head}))
+        pd.concat(rows).to_parquet(d / "attention.parquet")
+        out.append(str(d / "predictions.parquet"))
+    return out
+
+
+def test_attention_grid_puts_each_tile_where_the_coords_say():
+    thumb = np.zeros((96, 128, 3), np.uint8)          # 1024 × 768 level 0 at 1/8
+    coords = np.array([[0, 0], [256, 0], [512, 256]])
+    grid = attention_grid(thumb, np.array([0, 2]), np.array([0.1, 0.9]), coords, 256, (1024, 768))
+    assert grid[40, 70] == 1.0                        # tile 2 (x 512–768, y 256–512) is the most attended
+    assert grid[10, 10] == 0.5                        # tile 0: the lower of two percentiles
+    assert np.isnan(grid[10, 40])                     # tile 1 has no attention row
+    assert np.isnan(grid[90, 120])                    # no tile there
+
+
+def test_heatmaps_one_grid_per_model_and_head(tmp_path):
+    sheet, ids = _cohort(tmp_path)
+    preds = _model_outputs(tmp_path, "abmil", ("abmil",), 4) + \
+        _model_outputs(tmp_path, "dmsf_teacher", ("tumour", "tme"), 4)
+    out, export = tmp_path / "eval" / "heatmaps", tmp_path / "eval" / "heatmap_slides"
+    tiles = [str(p) for p in (tmp_path / "results" / "tiles").rglob("*.h5")]
+    assert heatmaps.main(["--predictions", *preds, "--slides", str(sheet), "--tiles", *tiles,
+                          "--params", json.dumps({"top_k": 1, "slides": []}), "--out", str(out),
+                          "--export", str(export)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["abmil__abmil.png", "dmsf_teacher__tme.png",
+                                                     "dmsf_teacher__tumour.png"]
+    for p in out.iterdir():
+        assert p.stat().st_size > 10_000
+    # highest and lowest risk: S3 and S0; per slide: 3 heads × 2 tasks × 2 magnifications
+    exported = sorted(p.name for p in export.iterdir())
+    assert len(exported) == 2 * 3 * 2 * 2 and {n.split("__")[0] for n in exported} == {"S0", "S3"}
+
+
+def test_heatmap_slide_choice_by_risk_or_list():
+    preds = pd.DataFrame({"patient_id": [f"P{i}" for i in range(6)] * 2, "fold": [0, 0, 0, 1, 1, 1] * 2,
+                          "model": ["a"] * 6 + ["b"] * 6, "task": "survival",
+                          "risk": [1, 2, 3, 10, 20, 30] + [3, 2, 1, 30, 20, 10]})
+    att = pd.DataFrame({"patient_id": [f"P{i}" for i in range(6)], "slide_id": [f"S{i}" for i in range(6)],
+                        "model": "a", "tile_index": 0})
+    he = {f"S{i}" for i in range(6)}
+    preds.loc[preds.model == "b", "risk"] = preds.loc[preds.model == "a", "risk"].to_numpy()
+    chosen = heatmaps.choose_slides(preds, att, he, heatmaps.HeatmapParams(top_k=1))
+    assert list(chosen.group) == ["high risk", "low risk"]
+    assert chosen.risk_pct.iloc[0] == 1.0 and chosen.risk_pct.iloc[1] < 0.5  # ranks are within-fold
+    listed = heatmaps.choose_slides(preds, att, he, heatmaps.HeatmapParams(slides=["S4", "nope"]))
+    assert list(listed.slide_id) == ["S4"] and list(listed.group) == ["listed"]
+
+
+def test_gene_view_summarises_the_selection(tmp_path):
+    rng = np.random.default_rng(0)
+    genes = pd.DataFrame(rng.poisson(rng.uniform(5, 500, 40), (12, 40)), columns=[f"G{i}" for i in range(40)])
+    genes.insert(0, "patient_id", [f"P{i}" for i in range(12)])
+    genes.to_csv(tmp_path / "genes.csv", index=False)
+    hv = select_hvg(transform(genes.set_index("patient_id").astype(float), "auto", "genes"), 0.3)
+    hv.reset_index().to_parquet(tmp_path / "hvg.parquet")
+    pd.DataFrame({"gene": hv.columns, "subspace": ["tumour", "tme", "other"] * 4}).to_parquet(tmp_path / "sub.parquet")
+    var = gene_view.gene_variances(str(tmp_path / "genes.csv"), pd.read_parquet(tmp_path / "hvg.parquet"),
+                                   gene_view.GeneParams())
+    assert len(var) == 40 and var.kept.sum() == 12
+    assert var[var.kept].variance.min() >= var[~var.kept].variance.max()
+    out = tmp_path / "genes.png"
+    assert gene_view.main(["--genes", str(tmp_path / "genes.csv"), "--hvg", str(tmp_path / "hvg.parquet"),
+                           "--subspaces", str(tmp_path / "sub.parquet"), "--out", str(out)]) == 0
+    assert out.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("weights", ["random-init", "ab" * 32])
+def test_provenance_record_and_page(tmp_path, weights):
+    manifest = tmp_path / "manifest.parquet"
+    pd.DataFrame({"slide_id": ["S0", "S1"], "encoder": "resnet50_trunc",
+                  "encoder_weights_sha256": weights}).to_parquet(manifest)
+    out_json, out_html = tmp_path / "provenance.json", tmp_path / "provenance.html"
+    assert provenance.main(["--config-json", json.dumps({"features": {"encoder": "resnet50_trunc"}}),
+                            "--workflow-dir", str(tmp_path), "--manifest", str(manifest),
+                            "--out-json", str(out_json), "--out-html", str(out_html)]) == 0
+    rec = json.loads(out_json.read_text())
+    assert rec["git"] == {"commit": None, "dirty": None}  # tmp_path is no git checkout
+    assert {"pathomix", "torch", "snakemake", "numpy", "pandas", "scikit-learn"} <= set(rec["packages"])
+    assert rec["encoders"] == [{"encoder": "resnet50_trunc", "weights_sha256": weights, "n_slides": 2,
+                                "random_init": weights == "random-init"}]
+    page = out_html.read_text()
+    assert "Package versions" in page and "Config used" in page and "resnet50_trunc" in page
+    assert ('<span class="warn">RANDOM-INIT' in page) == (weights == "random-init")
+
+
+def test_provenance_reads_the_git_commit(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       check=True, capture_output=True)
+    (tmp_path / "f.txt").write_text("a")
+    git("init", "-q")
+    git("add", "f.txt")
+    git("commit", "-q", "-m", "x")
+    state = provenance.git_state(tmp_path)
+    assert len(state["commit"]) == 40 and state["dirty"] is False
+    (tmp_path / "f.txt").write_text("b")
+    assert provenance.git_state(tmp_path)["dirty"] is True
+
+
+def test_provenance_and_layout_import_without_torch():
+    code = "import sys, pathomix.provenance, pathomix.evaluate.layout; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def _render(path: Path, cfg: dict, wildcards=None) -> str:
+    """Render a report caption the way Snakemake does: Jinja2, then docutils to HTML."""
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    snakemake = SimpleNamespace(config=cfg, wildcards=wildcards or SimpleNamespace())
+    rst = env.from_string(path.read_text()).render(snakemake=snakemake, categories={}, files=[])
+    rules = (ROOT / "workflow" / "rules" / "evaluate.smk").read_text()
+    targets = "".join(f"\n.. _{c}: #\n" for c in re.findall(r'"(\d\. [^"]+)"', rules))  # Snakemake adds these
+    return publish_parts(rst + targets, writer="html", settings_overrides={"report_level": 2})["html_body"]
+
+
+def test_report_captions_render_and_flag_random_init():
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    page = _render(ROOT / "workflow" / "report" / "workflow.rst", cfg)
+    assert "system-message" not in page  # every section link resolves
+    for section in ("1. Model comparison", "2. Discrimination", "3. Calibration", "4. Training curves",
+                    "5. Slide heatmaps", "6. Genes", "7. Provenance"):
+        assert section in page, section
+    assert 'color:#c00;font-weight:700">RANDOM-INIT' in page
+    cfg["features"]["weights"] = "/weights/resnet50.pth"
+    assert "RANDOM-INIT" not in _render(ROOT / "workflow" / "report" / "workflow.rst", cfg)
+    rules = "".join((ROOT / "workflow" / "rules" / f).read_text() for f in ("evaluate.smk", "heatmaps.smk"))
+    captions = set(re.findall(r'caption="\.\./report/([\w.]+\.rst)"', rules))
+    captions |= {f"{k}.rst" for kinds in FIGURES_BY_KIND.values() for k in kinds}  # f"../report/{kind}.rst"
+    for name in captions:
+        html = _render(ROOT / "workflow" / "report" / name, cfg, SimpleNamespace(model="abmil", head="abmil"))
+        assert "system-message" not in html and len(html) > 100, name

@@ -1,0 +1,48 @@
+# Slide heatmaps: attention of the WSI models on chosen slides, one grid figure per model × attention head.
+# The heads are whatever the models wrote (attention.parquet next to each predictions.parquet), so the
+# figures live in a directory output and the report picks them up by pattern.
+
+
+def wsi_models():
+    return [m for m in config["train"]["models"] if MODEL_INPUTS[m]["wsi"]]
+
+
+def wsi_predictions(wildcards=None):
+    return [str(P.model_dir(RESULTS, m, t, k) / "predictions.parquet")
+            for m in wsi_models() for t in config["train"]["tasks"] for k in FOLDS]
+
+
+def he_slides():
+    df = slides()
+    return df[df.modality == "he"]
+
+
+def heatmap_targets():
+    return [str(L.heatmaps(RESULTS))] if config.get("slides") and wsi_models() else []
+
+
+rule heatmaps:
+    input:
+        predictions=wsi_predictions,
+        sheet=config["slides"] or [],
+        slides=lambda w: list(he_slides().path),
+        tiles=lambda w: [str(P.tiles(RESULTS, m, s)) for s in he_slides().slide_id for m in MAGS],
+    output:
+        grids=report(directory(str(L.heatmaps(RESULTS))), patterns=[L.HEATMAP_GRID],
+                     category=CATEGORY["heatmaps"], subcategory="{model}", caption="../report/heatmaps.rst",
+                     labels={"model": "{model}", "head": "{head}"}),
+        export=directory(str(L.heatmap_exports(RESULTS))),
+    params:
+        cfg=json.dumps(EVAL.get("heatmaps") or {}, sort_keys=True),
+        code=code_hash("evaluate"),
+    log:
+        f"{LOGS}/heatmaps.log",
+    benchmark:
+        f"{BENCH}/heatmaps.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "python -m pathomix.evaluate.heatmaps --predictions {input.predictions:q} --slides {input.sheet:q} "
+        "--tiles {input.tiles:q} --params {params.cfg:q} --out {output.grids:q} --export {output.export:q} "
+        "> {log:q} 2>&1"
