@@ -17,6 +17,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 import torch
@@ -186,6 +187,10 @@ def test_skip_keeps_features_aligned_with_workers(corrupt, cmu_tiles, reference,
     # every kept row is the intact slide's feature of that tile: nothing shifted, no blank tile encoded
     np.testing.assert_allclose(store["features"], reference["features"][good], rtol=1e-4, atol=1e-4)
     assert f"slide S: skipped {len(bad)} of {len(coords)} tile(s)" in caplog.text
+    from pathomix.features.manifest import manifest_row  # the count reaches the manifest (and the report)
+
+    row = manifest_row(out, pd.Series({"slide_id": "S", "patient_id": "P", "modality": "he", "cohort": "main"}), "20x")
+    assert row["n_skipped"] == len(bad) and row["n_tiles"] == int(good.sum())
 
 
 def test_intact_store_records_no_skips(reference):

@@ -155,6 +155,17 @@ def test_provenance_record_and_page(tmp_path, weights):
     assert ('<span class="warn">RANDOM-INIT' in page) == (weights == "random-init")
 
 
+def test_provenance_lists_skipped_tiles(tmp_path):
+    """Tiles left out under tiling.on_bad_tile: skip reach the report's provenance page."""
+    manifest = tmp_path / "manifest.parquet"
+    pd.DataFrame({"slide_id": ["S0", "S1"], "mag": "20x", "n_tiles": [10, 12], "n_skipped": [0, 3],
+                  "encoder": "resnet50_trunc", "encoder_weights_sha256": "random-init"}).to_parquet(manifest)
+    rec = provenance.record({}, tmp_path, manifest)
+    assert rec["skipped_tiles"] == [{"slide_id": "S1", "mag": "20x", "n_skipped": 3, "n_tiles": 12}]
+    page = provenance.to_html(rec)
+    assert "Tiles left out as unreadable" in page and "<td>S1</td>" in page
+
+
 def test_provenance_reads_the_git_commit(tmp_path):
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],

@@ -217,6 +217,16 @@ def test_skipped_patients_are_logged(cohort: dict, tmp_path: Path, caplog: pytes
     assert "have no H&E features at 20x" in text and "0 tiles" in text and "gene expression" in text
 
 
+def test_empty_bags_policy_error_names_patient(cohort: dict, tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """train.empty_bags: error refuses a patient whose slides all have 0 tiles, naming it."""
+    params = {**PARAMS, "epochs": 1, "empty_bags": "error"}
+    with caplog.at_level(logging.ERROR):
+        assert main(_argv(cohort, "abmil", "diagnosis", tmp_path, params=params)) == 2
+    assert EMPTY_HE in caplog.text and "0 tiles" in caplog.text and "empty_bags: skip" in caplog.text
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
 def test_student_needs_a_matching_teacher(cohort: dict, trained: dict, tmp_path: Path) -> None:
     assert main(_argv(cohort, "dmsf_student", "diagnosis", tmp_path)) == 2
     wrong_fold = trained[("dmsf_teacher", "diagnosis")] / "checkpoint.pt"

@@ -68,6 +68,20 @@ def encoder_weights(manifest: str | Path | None) -> list[dict[str, Any]]:
              "random_init": r.encoder_weights_sha256 == RANDOM_INIT} for r in rows.itertuples()]
 
 
+def skipped_tiles(manifest: str | Path | None) -> list[dict[str, Any]]:
+    """Feature stores that left out unreadable tiles (``tiling.on_bad_tile: skip``)."""
+    if not manifest:
+        return []
+    import pandas as pd
+
+    m = pd.read_parquet(manifest)
+    if "n_skipped" not in m.columns:
+        return []
+    m = m[m.n_skipped > 0]
+    return [{"slide_id": r.slide_id, "mag": r.mag, "n_skipped": int(r.n_skipped), "n_tiles": int(r.n_tiles)}
+            for r in m.itertuples()]
+
+
 def record(config: dict[str, Any], workflow_dir: str | Path, manifest: str | Path | None = None) -> dict[str, Any]:
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -75,6 +89,7 @@ def record(config: dict[str, Any], workflow_dir: str | Path, manifest: str | Pat
         "workflow_dir": str(Path(workflow_dir).resolve()),
         "packages": package_versions(),
         "encoders": encoder_weights(manifest),
+        "skipped_tiles": skipped_tiles(manifest),
         "config": config,
     }
 
@@ -102,6 +117,9 @@ def to_html(rec: dict[str, Any]) -> str:
         ' <span class="warn">(uncommitted changes)</span>' if g["dirty"] else "")
     enc = "".join(f"<tr><td>{html.escape(e['encoder'])}</td><td>{_weights_cell(e)}</td><td>{e['n_slides']}</td></tr>"
                   for e in rec["encoders"]) or "<tr><td colspan='3'>no histology features (genes only)</td></tr>"
+    skipped = "".join(f"<tr><td>{html.escape(str(r['slide_id']))}</td><td>{r['mag']}</td>"
+                      f"<td class='warn'>{r['n_skipped']}</td><td>{r['n_tiles']}</td></tr>"
+                      for r in rec.get("skipped_tiles", [])) or "<tr><td colspan='4'>none</td></tr>"
     pkgs = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rec["packages"].items())
     cfg = html.escape(yaml.safe_dump(rec["config"], sort_keys=False, allow_unicode=True))
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Provenance</title><style>{_CSS}</style>"
@@ -110,7 +128,9 @@ def to_html(rec: dict[str, Any]) -> str:
             f"<tr><th>git commit</th><td>{commit}</td></tr><tr><th>workflow</th>"
             f"<td>{html.escape(rec['workflow_dir'])}</td></tr></table>"
             f"<h4>Encoder weights</h4><table><tr><th>encoder</th><th>weights sha256</th><th>slides</th></tr>{enc}"
-            f"</table><h4>Package versions</h4><table>{pkgs}</table><h4>Config used</h4><pre>{cfg}</pre>"
+            "</table><h4>Tiles left out as unreadable (tiling.on_bad_tile: skip; coordinates in each store's "
+            "<code>skipped_coords</code>)</h4><table><tr><th>slide</th><th>mag</th><th>skipped</th><th>kept</th></tr>"
+            f"{skipped}</table><h4>Package versions</h4><table>{pkgs}</table><h4>Config used</h4><pre>{cfg}</pre>"
             "</body></html>")
 
 

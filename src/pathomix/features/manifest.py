@@ -1,8 +1,9 @@
 """``python -m pathomix.features.manifest``: one row per (slide, magnification) feature store.
 
 Columns: slide_id, patient_id, modality, mag, n_tiles, dim, path (absolute), sha256, encoder,
-encoder_weights_sha256. (DESIGN §4 says "one row per slide"; with several magnifications a
-row is a slide at one magnification, told apart by ``mag``.)
+encoder_weights_sha256, n_skipped (unreadable tiles left out under ``tiling.on_bad_tile: skip``).
+(DESIGN §4 says "one row per slide"; with several magnifications a row is a slide at one
+magnification, told apart by ``mag``.)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def manifest_row(store: Path, slide: pd.Series, mag: str) -> dict:
             "n_channels": int(feats.shape[1]) if feats.ndim == 3 else 0,
             "encoder": str(feats.attrs["encoder"]),
             "encoder_weights_sha256": str(feats.attrs["encoder_weights_sha256"]),
+            "n_skipped": int(feats.attrs.get("n_skipped", 0)),  # unreadable tiles left out (on_bad_tile: skip)
         }
     row.update(path=str(store.resolve()), sha256=sha256_file(store))
     return row

@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         check_teacher(teacher_ckpt, teacher_spec.name, task, args.fold)
     src = Sources(args.clinical, args.folds, args.manifest, args.hvg, args.subspaces)
     cohort = load_cohort(src, task, args.fold, _needs(spec, teacher_spec),
-                         gene_stats=teacher_ckpt["gene_stats"] if teacher_ckpt else None)
+                         gene_stats=teacher_ckpt["gene_stats"] if teacher_ckpt else None,
+                         empty_bags=params.empty_bags)
     log.info("model %s, task %s, fold %d on %s, dims %s", spec.name, task.name, args.fold, device,
              cohort.dims)
 

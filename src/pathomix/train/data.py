@@ -117,10 +117,12 @@ TARGETS = {"classification": _classification_targets, "survival": _survival_targ
 
 
 def load_cohort(src: Sources, task: Task, fold: int, needs: Needs,
-                gene_stats: Mapping[str, Any] | None = None) -> Cohort:
+                gene_stats: Mapping[str, Any] | None = None, empty_bags: str = "skip") -> Cohort:
     """Load everything one training job needs into memory (features loaded once).
 
     ``gene_stats`` (e.g. a teacher's) replaces statistics fitted on this fold's training set.
+    ``empty_bags``: what to do with a patient whose H&E slides all have 0 tiles (no tissue, or
+    smaller than one tile): ``skip`` (logged with the reason) or ``error``.
     """
     split = read_fold(src.folds, fold)
     clin = read_clinical(src.clinical)
@@ -143,6 +145,13 @@ def load_cohort(src: Sources, task: Task, fold: int, needs: Needs,
             main = needs.mags[0]
             with_slides = set(manifest.patient_id[manifest.mag == main])
             pids = _drop(pids, lambda p: p in with_slides, f"have no H&E features at {main}")
+            empty = [p for p in pids if main not in bags.get(p, {})]
+            if empty and empty_bags == "error":
+                slides_of = manifest[manifest.patient_id.isin(empty) & (manifest.mag == main)]
+                raise PathomixInputError(
+                    f"patient(s) {empty[:5]} have H&E slides {list(slides_of.slide_id[:5])} whose feature "
+                    f"stores at {main} all have 0 tiles (no tissue found, or smaller than one tile); check "
+                    "the QC thumbnails, or set train.empty_bags: skip to leave such patients out")
             pids = _drop(pids, lambda p: main in bags.get(p, {}),
                          f"have H&E slides at {main} whose feature stores all have 0 tiles")
 

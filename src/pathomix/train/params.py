@@ -39,6 +39,7 @@ class TrainParams:
     patience: int = 10
     max_tiles: int = 4096
     device: str = "auto"
+    empty_bags: str = "skip"  # a patient whose H&E stores all have 0 tiles: skip (logged) | error
     distill: DistillParams = field(default_factory=DistillParams)
     model: ModelParams = field(default_factory=ModelParams)
 
