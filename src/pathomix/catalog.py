@@ -1,11 +1,26 @@
-"""Torch-free facts about the registered models, for the Snakefile (which must load fast).
+"""Torch-free facts about the registered models and their variants, for the Snakefile (which
+must load fast).
 
-``pathomix.models.MODELS`` is the registry; this table states which input files a training
-job of each model reads (its teacher's included). ``tests/test_models.py`` checks that the two
-agree, so they cannot drift.
+``pathomix.models.MODELS`` is the registry; :data:`MODEL_INPUTS` states which input files a
+training job of each registered model reads (its teacher's included). ``tests/test_models.py``
+checks that the two agree, so they cannot drift.
+
+A *variant* (``train.variants`` in the config) is a new model name for a registered model
+with some ``train:`` keys overridden, e.g. the ablations of the DMSF paper::
+
+    dmsf_teacher-noCGC: {model: dmsf_teacher, cgc: false}
+    dmsf_student-scratch: {model: dmsf_student, teacher: null}
+
+``teacher`` (only for a model that has one) names the model it is distilled from: the
+registered teacher by default, another variant, or null for training from scratch. A variant
+trains through the same rule on the same folds and is reported under its own name.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 MODEL_INPUTS: dict[str, dict[str, bool | str | None]] = {
     "abmil": {"wsi": True, "genes": False, "teacher": None},
@@ -14,3 +29,72 @@ MODEL_INPUTS: dict[str, dict[str, bool | str | None]] = {
     # a distilled student reads the genes too: it runs its frozen teacher during training
     "dmsf_student": {"wsi": True, "genes": True, "teacher": "dmsf_teacher"},
 }
+OWN_INPUTS: dict[str, dict[str, bool]] = {  # what the model itself reads, without its teacher
+    "abmil": {"wsi": True, "genes": False},
+    "snn": {"wsi": False, "genes": True},
+    "dmsf_teacher": {"wsi": True, "genes": True},
+    "dmsf_student": {"wsi": True, "genes": False},
+}
+_KEEP = object()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A model name resolved: the registered ``model``, its ``teacher`` name (or None) and the
+    ``train:`` keys it overrides."""
+
+    name: str
+    model: str
+    teacher: str | None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+def resolve(name: str, variants: Mapping[str, Mapping[str, Any]] | None = None) -> Variant:
+    """``name`` as a registered model or a variant of one; a KeyError names the known ones."""
+    variants = variants or {}
+    if name in MODEL_INPUTS:
+        if name in variants:
+            raise KeyError(f"train.variants: {name!r} is a registered model; give the variant another name")
+        return Variant(name, name, MODEL_INPUTS[name]["teacher"])  # type: ignore[arg-type]
+    if name not in variants:
+        raise KeyError(f"unknown model {name!r}: neither a registered model {sorted(MODEL_INPUTS)} nor a "
+                       f"variant in train.variants {sorted(variants)}")
+    spec = dict(variants[name])
+    base = spec.pop("model", None)
+    if base not in MODEL_INPUTS:
+        raise KeyError(f"train.variants.{name}: `model` must be one of {sorted(MODEL_INPUTS)}, got {base!r}")
+    teacher = spec.pop("teacher", _KEEP)
+    default_teacher = MODEL_INPUTS[base]["teacher"]
+    if teacher is _KEEP:
+        teacher = default_teacher
+    elif teacher is not None and default_teacher is None:
+        raise KeyError(f"train.variants.{name}: {base} is not distilled, so it takes no `teacher`")
+    elif teacher is not None and resolve(teacher, variants).model != default_teacher:
+        raise KeyError(f"train.variants.{name}: teacher {teacher!r} is not a {default_teacher}")
+    return Variant(name, base, teacher, spec)  # type: ignore[arg-type]
+
+
+def model_inputs(name: str, variants: Mapping[str, Mapping[str, Any]] | None = None
+                 ) -> dict[str, bool | str | None]:
+    """Input files a training job of ``name`` reads: ``{wsi, genes, teacher}``, its teacher's
+    inputs included (a distilled student runs its teacher on the genes)."""
+    v = resolve(name, variants)
+    own = dict(OWN_INPUTS[v.model])
+    if v.teacher is not None:
+        t = OWN_INPUTS[resolve(v.teacher, variants).model]
+        own = {k: own[k] or t[k] for k in own}
+    return {**own, "teacher": v.teacher}
+
+
+def job_params(name: str, train: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``train:`` subtree one job of ``name`` runs with: the shared keys, then the variant's
+    overrides (nested ``distill`` and ``aux_losses`` merged key by key); without the keys that
+    only the Snakefile reads."""
+    v = resolve(name, train.get("variants"))
+    out = {k: val for k, val in train.items() if k not in ("models", "tasks", "variants")}
+    for key, val in v.overrides.items():
+        if isinstance(val, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = {**out[key], **val}
+        else:
+            out[key] = val
+    return out

@@ -12,7 +12,7 @@ from snakemake.utils import validate
 
 import pathomix
 from pathomix import paths as P
-from pathomix.catalog import MODEL_INPUTS
+from pathomix.catalog import job_params, model_inputs, resolve
 from pathomix.io.sheets import read_slides
 
 RESULTS = config["results_dir"]
@@ -22,6 +22,12 @@ MAGS = list(config["tiling"]["magnifications"])
 ENCODER = config["features"]["encoder"]
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
 SRC = Path(pathomix.__file__).parent  # the package the jobs will import
+VARIANTS = config["train"].get("variants") or {}
+for _name in config["train"]["models"]:  # fail at parse time, naming the model and the fix
+    try:
+        resolve(_name, VARIANTS)
+    except KeyError as err:
+        raise ValueError(f"config train.models: {err.args[0]}") from None
 # GPU rules claim resources gpu=1 (profiles/default caps it at 1) only where a GPU exists.
 GPU = int(shutil.which("nvidia-smi") is not None and config["features"]["device"] != "cpu")
 

@@ -4,7 +4,7 @@
 
 
 def wsi_models():
-    return [m for m in config["train"]["models"] if MODEL_INPUTS[m]["wsi"]]
+    return [m for m in config["train"]["models"] if model_inputs(m, VARIANTS)["wsi"]]
 
 
 def wsi_predictions(wildcards=None):

@@ -1,10 +1,12 @@
 # Training: one job per model × task × fold (a student waits for its teacher of the same fold).
+# `model` is a registered model or a variant (train.variants: ablations as config); each job gets
+# only its own merged train: keys, so editing one variant reruns that variant alone.
 
 FOLDS = range(config["splits"]["n_folds"])
 
 
 def train_inputs(w):
-    need = MODEL_INPUTS[w.model]
+    need = model_inputs(w.model, VARIANTS)
     inputs = {"clinical": config["clinical"], "folds": str(P.folds(RESULTS))}
     if need["wsi"]:
         inputs["manifest"] = str(P.manifest(RESULTS, ENCODER))
@@ -15,10 +17,17 @@ def train_inputs(w):
     return inputs
 
 
-def optional_flags(input):
+def optional_flags(w, input):
     names = {"manifest": "--manifest", "hvg": "--hvg", "subspaces": "--subspaces",
              "teacher": "--teacher-checkpoint"}
-    return " ".join(f"{flag} {shlex.quote(input[k])}" for k, flag in names.items() if k in input.keys())
+    flags = [f"{flag} {shlex.quote(input[k])}" for k, flag in names.items() if k in input.keys()]
+    v = resolve(w.model, VARIANTS)
+    flags += [f"--model {v.model} --name {shlex.quote(v.name)}"]
+    if v.teacher is not None:
+        flags.append(f"--teacher-name {shlex.quote(v.teacher)}")
+    elif model_inputs(v.model)["teacher"]:  # a distilled model trained from scratch
+        flags.append("--scratch")
+    return " ".join(flags)
 
 
 rule train:
@@ -29,9 +38,9 @@ rule train:
         history=str(P.model_dir(RESULTS, "{model}", "{task}", "{fold}") / "history.parquet"),
         predictions=str(P.model_dir(RESULTS, "{model}", "{task}", "{fold}") / "predictions.parquet"),
     params:
-        flags=lambda w, input: optional_flags(input),
+        flags=optional_flags,
         out=lambda w, output: str(Path(output.checkpoint).parent),
-        cfg=subtree("train", drop=("models", "tasks")),
+        cfg=lambda w: json.dumps(job_params(w.model, config["train"]), sort_keys=True),
         code=code_hash("models", "train"),
     wildcard_constraints:
         fold=r"\d+",
@@ -44,6 +53,6 @@ rule train:
         mem_mb=8000,
         gpu=GPU,
     shell:
-        "python -m pathomix.train --model {wildcards.model} --task {wildcards.task} --fold {wildcards.fold} "
+        "python -m pathomix.train --task {wildcards.task} --fold {wildcards.fold} "
         "--clinical {input.clinical:q} --folds {input.folds:q} {params.flags} --params {params.cfg:q} "
         "--threads {threads} --out {params.out:q} > {log:q} 2>&1"

@@ -3,6 +3,11 @@
 Every patient has a hidden latent risk (standard normal). Survival hazard depends on the
 class, the grade and exp(0.8 × risk); the gene table plants a tumour program driven by the
 class and a microenvironment (TME) program driven by the risk.
+
+The modalities are built to complement each other (as in the DMSF paper's glioma cohorts):
+the tumour program separates oligodendroglioma (1p/19q codel) from the IDH-mut astrocytoma
+strongly, but IDH-wt glioblastoma from astrocytoma only weakly; the H&E slides do the
+opposite (:mod:`pathomix.demo.he`). Only a model that reads both separates all three classes.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ RISK_COEF = 0.8
 CENSOR_FRACTION = 0.3
 N_TUMOUR, N_TME, N_NOISE = 300, 300, 60
 N_PROGRAM = 40
-TUMOUR_EFFECT = 0.55  # log fold change of the class program
+CODEL_EFFECT = 1.0  # log fold change of the 1p/19q-codel program (oligodendroglioma vs the rest)
+IDH_EFFECT = 0.15  # log fold change of the IDH-wild-type program (glioblastoma vs the rest): weak
 TME_EFFECT = 0.40  # log fold change per unit latent risk
 
 
@@ -97,17 +103,21 @@ def _pick_genes(rng: np.random.Generator) -> tuple[list[str], list[str], list[st
 
 
 def _program_effects(patients: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
-    """(patients × 2·N_PROGRAM) log fold changes: class program, then risk-driven TME program.
+    """(patients × 2·N_PROGRAM) log fold changes: tumour program, then risk-driven TME program.
 
-    Tumour-program gene ``g`` marks class ``g % 3`` (up or down); each patient expresses its
-    class program with a random activity, so a few tumours look ambiguous.
+    The first half of the tumour program marks 1p/19q codeletion (oligodendroglioma, strong),
+    the second half IDH wild type (glioblastoma, weak); each patient expresses its programs
+    with a random activity, so a few tumours look ambiguous.
     """
     n = len(patients)
-    cls = patients.diagnosis.map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
-    owner = np.arange(N_PROGRAM) % 3
+    half = N_PROGRAM // 2
+    codel = (patients.diagnosis == "oligodendroglioma").to_numpy(float)
+    idh_wt = (patients.diagnosis == "glioblastoma").to_numpy(float)
     sign = np.where(rng.random(N_PROGRAM) < 0.6, 1.0, -1.0)
     activity = np.clip(rng.normal(1.0, 0.35, n), 0.1, None)
-    tumour = TUMOUR_EFFECT * sign * (cls[:, None] == owner) * activity[:, None]
+    marks = np.concatenate([np.repeat((CODEL_EFFECT * codel)[:, None], half, axis=1),
+                            np.repeat((IDH_EFFECT * idh_wt)[:, None], N_PROGRAM - half, axis=1)], axis=1)
+    tumour = sign * marks * activity[:, None]
     tme_sign = np.where(rng.random(N_PROGRAM) < 0.5, 1.0, -1.0)
     tme = TME_EFFECT * tme_sign * patients.latent_risk.to_numpy(float)[:, None]
     return np.concatenate([tumour, tme], axis=1)
@@ -133,6 +143,8 @@ def make_genes(patients: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, dict[st
     table.insert(0, "patient_id", patients.patient_id.to_numpy())
     programs = {
         "tumour_program": [genes[i] for i in program_cols[:N_PROGRAM]],
+        "codel_program": [genes[i] for i in program_cols[:N_PROGRAM // 2]],
+        "idh_program": [genes[i] for i in program_cols[N_PROGRAM // 2:N_PROGRAM]],
         "tme_program": [genes[i] for i in program_cols[N_PROGRAM:]],
     }
     return table, programs

@@ -136,9 +136,10 @@ clinical.tsv   {n_patients} patients (DEMO-001...), split equally over the WHO-2
 truth.tsv      the hidden per-patient diagnosis and latent_risk (for checks only, never a model input).
 slides.tsv     H&E slides (mpp empty: read from the file) and mIF images (mpp 0.5).
 slides/*.tiff  pyramidal tiled-JPEG TIFF, RGB, 0.5 um/px (20x) at level 0, factor-2 levels.
-               Planted: the class sets colour and texture (astrocytoma: sparse elongated nuclei
-               on pink fibrillary stroma; oligodendroglioma: dense round nuclei with clear halos
-               on lavender stroma; glioblastoma: very dense dark pleomorphic nuclei, necrosis);
+               Planted: glioblastoma (very dense dark pleomorphic nuclei, necrosis) looks unlike
+               the IDH-mutant classes, which share one lower-grade look except in patches
+               (~12 % of the tissue): sparse elongated nuclei on fibrillary stroma
+               (astrocytoma) or round nuclei with clear halos on lavender stroma (oligo);
                the latent risk and the grade raise nuclear density a little; cellularity
                varies smoothly within each slide and stain intensity between slides.
                Every {second_every}th patient has a second, smaller slide (-B).
@@ -147,8 +148,10 @@ mif/*.ome.tiff 7-channel CYX uint16 OME-TIFF, 512 x 512 at 0.5 um/px; channels i
                autofluorescence signal (last channel) is added to every marker channel.
 genes.parquet  patients x {n_genes} raw counts (negative binomial): {n_tumour} tumour and {n_tme} TME genes
                from pathomix/data/gene_sets.tsv plus {n_noise} NOISE### genes.
-               Planted: {n_program} tumour genes shift with the WHO class; {n_program} TME genes
-               track the latent risk; all other genes are noise.
+               Planted: {n_program} tumour genes shift with the WHO class (half mark 1p/19q codel =
+               oligodendroglioma strongly, half mark IDH-wt = glioblastoma weakly, so the genes
+               tell astrocytoma from oligodendroglioma and H&E tells glioblastoma from both);
+               {n_program} TME genes track the latent risk; all other genes are noise.
                tumour program: {tumour_program}
                TME program: {tme_program}
 """

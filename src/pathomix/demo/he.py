@@ -1,13 +1,15 @@
 """Synthetic H&E slides: Beer–Lambert stain mixing of eosin stroma and haematoxylin nuclei.
 
-Each WHO-2021 class has its own look, strong enough in colour *and* nuclear density that an
-attention-MIL model on features of a randomly initialised CNN separates the classes:
+The H&E separates IDH-wild-type glioblastoma from the IDH-mutant gliomas strongly, and the
+two IDH-mutant classes from each other only through small regions (the genes do the opposite,
+see :mod:`pathomix.demo.cohort`), so that histology + genes beats either alone:
 
-* astrocytoma: sparse, elongated nuclei on a pink fibrillary background;
-* oligodendroglioma: dense round nuclei with a clear perinuclear halo ("fried egg") on a
-  lavender background;
 * glioblastoma: very dense, dark, pleomorphic nuclei, pale-pink necrotic patches with
-  nuclear debris, darker overall.
+  nuclear debris, darker overall;
+* astrocytoma and oligodendroglioma share one lower-grade look (moderately dense nuclei on
+  pale pink stroma); only a patchy ``SIGNATURE_FRACTION`` of the viable tissue shows the
+  class: sparse elongated nuclei on fibrillary stroma (astrocytoma), or dense round nuclei
+  with a clear perinuclear halo ("fried egg") on lavender stroma (oligodendroglioma).
 
 The patient's latent survival risk and the grade raise nuclear density a little.
 """
@@ -53,10 +55,19 @@ class Style:
 
 
 STYLES: dict[str, Style] = {
-    "astrocytoma": Style(5.0, (8.5, 3.2), 0.15, 1.05, 0.55, 0.04, 0.0, 0.0, 0.28),
-    "oligodendroglioma": Style(12.0, (6.0, 5.6), 0.10, 1.2, 0.30, 0.24, 4.0, 0.0, 0.08),
+    "lower_grade": Style(8.0, (7.0, 4.4), 0.15, 1.1, 0.48, 0.11, 0.0, 0.0, 0.15),
+    "astrocytoma": Style(6.5, (8.5, 3.4), 0.15, 1.08, 0.52, 0.07, 0.0, 0.0, 0.24),
+    "oligodendroglioma": Style(10.0, (6.0, 5.4), 0.10, 1.15, 0.40, 0.16, 2.5, 0.0, 0.10),
     "glioblastoma": Style(20.0, (6.5, 5.0), 0.35, 1.55, 0.78, 0.14, 0.0, 0.2, 0.12),
 }
+# class → (style of the whole slide, style of its signature regions or None)
+CLASS_LOOK: dict[str, tuple[str, str | None]] = {
+    "astrocytoma": ("lower_grade", "astrocytoma"),
+    "oligodendroglioma": ("lower_grade", "oligodendroglioma"),
+    "glioblastoma": ("glioblastoma", None),
+}
+SIGNATURE_FRACTION = 0.12  # share of the viable tissue that shows an IDH-mutant class's signature
+
 
 @dataclass(frozen=True)
 class SlideSpec:
@@ -119,11 +130,11 @@ def _debris(rng: np.random.Generator, necrotic: np.ndarray, out: np.ndarray) -> 
 
 
 def _add_nuclei(
-    rng: np.random.Generator, bank: NoiseBank, spec: SlideSpec, viable: np.ndarray, necrotic: np.ndarray,
-    eosin: np.ndarray, hema: np.ndarray,
+    rng: np.random.Generator, bank: NoiseBank, spec: SlideSpec, style: Style, viable: np.ndarray,
+    necrotic: np.ndarray, eosin: np.ndarray, hema: np.ndarray,
 ) -> np.ndarray:
-    """Stamp nuclei (and halos, debris) into the stain maps; returns the new haematoxylin map."""
-    style = STYLES[spec.diagnosis]
+    """Stamp nuclei of ``style`` in ``viable`` (and halos, debris) into the stain maps; returns
+    the new haematoxylin map."""
     cy, cx, a, b, theta, load = _nuclei(rng, viable, style, spec)
     if style.halo > 0:
         halo = np.zeros(eosin.shape, np.float32)
@@ -146,16 +157,33 @@ def _to_rgb(rng: np.random.Generator, bank: NoiseBank, eosin: np.ndarray, hema: 
     return rgb
 
 
+def _signature_regions(rng: np.random.Generator, viable: np.ndarray, fraction: float) -> np.ndarray:
+    """Smooth patches covering about ``fraction`` of the viable tissue."""
+    field = smooth_noise(rng, viable.shape, 50.0, factor=8)
+    threshold = np.quantile(field[::4, ::4][viable[::4, ::4]], 1.0 - fraction)
+    return viable & (field > threshold)
+
+
 def render_he(spec: SlideSpec, rng: np.random.Generator, bank: NoiseBank) -> tuple[np.ndarray, np.ndarray]:
     """RGB uint8 (H, W, 3) level-0 image and its boolean tissue mask."""
-    style = STYLES[spec.diagnosis]
+    base_name, signature_name = CLASS_LOOK[spec.diagnosis]
+    base = STYLES[base_name]
     shape = (spec.height, spec.width)
     tissue = tissue_mask(rng, shape, coverage=rng.uniform(0.55, 0.65), n_blobs=spec.n_blobs)
-    eosin, hema = _stroma(rng, bank, shape, style)
-    necrotic = _necrosis(rng, tissue, style.necrosis)
+    eosin, hema = _stroma(rng, bank, shape, base)
+    necrotic = _necrosis(rng, tissue, base.necrosis)
     eosin[necrotic] = 0.42 * (1.0 + 0.1 * bank.normal(rng, (int(necrotic.sum()),)))
     hema[necrotic] = 0.02
-    hema = _add_nuclei(rng, bank, spec, tissue & ~necrotic, necrotic, eosin, hema)
+    viable = tissue & ~necrotic
+    if signature_name is None:
+        hema = _add_nuclei(rng, bank, spec, base, viable, necrotic, eosin, hema)
+    else:
+        signature = STYLES[signature_name]
+        region = _signature_regions(rng, viable, SIGNATURE_FRACTION)
+        sig_eosin, sig_hema = _stroma(rng, bank, shape, signature)
+        eosin[region], hema[region] = sig_eosin[region], sig_hema[region]
+        hema = _add_nuclei(rng, bank, spec, base, viable & ~region, necrotic, eosin, hema)
+        hema = _add_nuclei(rng, bank, spec, signature, region, np.zeros_like(region), eosin, hema)
     eosin[~tissue] = 0.0
     hema[~tissue] = 0.0
     return _to_rgb(rng, bank, eosin, hema), tissue

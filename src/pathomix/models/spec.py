@@ -12,6 +12,9 @@ It returns a dict (:data:`OUTPUT_KEYS`): ``logits`` ``(B, task.n_outputs)``, ``f
 ``(B, F)`` (the representation before the head; the distillation target), ``attention``
 ``{head: {mag: (B, N)}}`` (empty for non-MIL models) and ``aux`` ``{name: weighted loss}``
 (auxiliary training terms, already multiplied by their weights; empty when none).
+Optionally ``branch_logits`` ``{branch: (B, n_outputs)}`` whose sum is ``logits``: the loop
+then adds each branch's task loss and, with ``train.cgc``, coordinates their gradients on
+``model.shared_parameters()`` (:mod:`pathomix.train.cgc`).
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ class ModelParams:
     attn_heads: int = 1
     modality_dropout: float = 0.5  # multimodal models: share of training steps without the genes
     aux_losses: Mapping[str, float] = field(default_factory=lambda: {"igc": 0.1})
+    mags: tuple[str, ...] = ()  # magnifications to use; () = the model's own (ModelSpec.mags)
+    ita_tokens: int = 16  # DMSF student: cluster tokens per subspace and magnification (ITA)
+    ita_knn: int = 5  # DMSF student: neighbours of the DPC-kNN density
 
 
 Builder = Callable[[Mapping[str, Any], Task, ModelParams], nn.Module]

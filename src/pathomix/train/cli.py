@@ -8,6 +8,9 @@ Example (what the Snakemake rule runs)::
         --hvg results/genes/hvg.parquet --subspaces results/genes/subspaces.parquet \\
         --teacher-checkpoint results/models/dmsf_teacher/diagnosis/fold0/checkpoint.pt \\
         --params '{"epochs": 40, ...}' --threads 1 --out results/models/dmsf_student/diagnosis/fold0
+
+A variant (``train.variants``) runs as its registered model with ``--name`` and its merged
+params, e.g. ``--model dmsf_student --name dmsf_student-scratch --scratch``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from pathomix.train.distill import (
     load_teacher,
     teacher_targets,
 )
+from pathomix.train.importance import gene_importance
 from pathomix.train.loop import evaluate, fit
 from pathomix.train.objectives import make_objective
 from pathomix.train.outputs import checkpoint_dict, predictions_frame, write_outputs
@@ -47,7 +51,11 @@ log = logging.getLogger("pathomix.train")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m pathomix.train", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, choices=sorted(MODELS))
+    ap.add_argument("--model", required=True, choices=sorted(MODELS), help="registered model")
+    ap.add_argument("--name", help="name of this model in the outputs (a variant); default: --model")
+    ap.add_argument("--teacher-name", help="model name the teacher checkpoint must carry (a variant); "
+                    "default: the registered teacher")
+    ap.add_argument("--scratch", action="store_true", help="train a distilled model without its teacher")
     ap.add_argument("--task", required=True, choices=sorted(TASKS))
     ap.add_argument("--fold", required=True, type=int)
     ap.add_argument("--clinical", required=True, type=Path)
@@ -86,13 +94,28 @@ def seed_everything(seed: int, device: torch.device) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _needs(spec: ModelSpec, teacher: ModelSpec | None) -> Needs:
+def _needs(spec: ModelSpec, teacher: ModelSpec | None, params: TrainParams) -> Needs:
     """Load what the model and its teacher use; require only what the model itself needs."""
     specs = [spec] + ([teacher] if teacher else [])
-    mags = tuple(dict.fromkeys(m for s in specs for m in s.mags))
+    mags = tuple(dict.fromkeys([*(params.model.mags or spec.mags), *(m for s in specs[1:] for m in s.mags)]))
     return Needs(mags=mags, load_wsi=any(s.needs_wsi for s in specs),
                  load_genes=any(s.needs_genes for s in specs),
                  require_wsi=spec.needs_wsi, require_genes=spec.needs_genes)
+
+
+def _teacher(args: argparse.Namespace, spec: ModelSpec, task_name: str) -> tuple[ModelSpec | None, dict | None]:
+    """The teacher's spec and checkpoint, or (None, None) for a model trained without one."""
+    if spec.teacher is None or args.scratch:
+        if args.teacher_checkpoint is not None:
+            raise PathomixInputError(f"{args.name or spec.name}: --teacher-checkpoint given, but "
+                                     f"{'--scratch was asked' if args.scratch else f'{spec.name} has no teacher'}")
+        return None, None
+    if args.teacher_checkpoint is None:
+        raise PathomixInputError(
+            f"{spec.name} is distilled from {spec.teacher}; pass --teacher-checkpoint "
+            f"(models/{args.teacher_name or spec.teacher}/{task_name}/fold{args.fold}/checkpoint.pt), "
+            "or --scratch to train it without a teacher")
+    return get_model(spec.teacher), load_checkpoint(args.teacher_checkpoint)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -102,50 +125,53 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(params.device)
     seed_everything(params.seed, device)
     spec, task = get_model(args.model), get_task(args.task)
-    teacher_spec = get_model(spec.teacher) if spec.teacher else None
-    teacher_ckpt = None
-    if teacher_spec is not None:
-        if args.teacher_checkpoint is None:
-            raise PathomixInputError(
-                f"{spec.name} is distilled from {teacher_spec.name}; pass --teacher-checkpoint "
-                f"(models/{teacher_spec.name}/{task.name}/fold{args.fold}/checkpoint.pt)")
-        teacher_ckpt = load_checkpoint(args.teacher_checkpoint)
-        check_teacher(teacher_ckpt, teacher_spec.name, task, args.fold)
+    name = args.name or spec.name
+    teacher_spec, teacher_ckpt = _teacher(args, spec, task.name)
+    teacher_name = args.teacher_name or spec.teacher
+    if teacher_ckpt is not None:
+        check_teacher(teacher_ckpt, teacher_name, task, args.fold)
     src = Sources(args.clinical, args.folds, args.manifest, args.hvg, args.subspaces)
-    cohort = load_cohort(src, task, args.fold, _needs(spec, teacher_spec),
+    cohort = load_cohort(src, task, args.fold, _needs(spec, teacher_spec, params),
                          gene_stats=teacher_ckpt["gene_stats"] if teacher_ckpt else None,
                          empty_bags=params.empty_bags)
-    log.info("model %s, task %s, fold %d on %s, dims %s", spec.name, task.name, args.fold, device,
+    log.info("model %s (%s), task %s, fold %d on %s, dims %s", name, spec.name, task.name, args.fold, device,
              cohort.dims)
 
     train, val, test = (cohort.split(s) for s in ("train", "val", "test"))
     model = spec.build(cohort.dims, task, params.model).to(device)
     objective = make_objective(task, [p.target for p in train], device)
-    extra = None
+    extra, monitor_from = None, 1
     if teacher_spec is not None and teacher_ckpt is not None:
         if teacher_ckpt["dims"].get("wsi") != cohort.dims.get("wsi"):
             raise PathomixInputError(f"teacher was trained on {teacher_ckpt['dims'].get('wsi')}-d features, "
                                      f"these are {cohort.dims.get('wsi')}-d; use the same encoder")
-        teacher = load_teacher(teacher_ckpt, teacher_spec.name, task, args.fold, device)
+        teacher = load_teacher(teacher_ckpt, teacher_name, task, args.fold, device)
         needed = ([wsi_key(teacher_spec.mags[0])] if teacher_spec.needs_wsi else []) + (
             list(GENE_INPUTS) if teacher_spec.needs_genes else [])
         extra = distill_term(teacher_targets(teacher, train, needed, device), params.distill,
                              objective.log_prob)
+        monitor_from = params.distill.warmup_epochs + 1
+        log.info("distilling from %s after %d warm-up epochs (KL weight %g at T=%g, feature weight %g)",
+                 teacher_name, params.distill.warmup_epochs, params.distill.kl_weight,
+                 params.distill.temperature, params.distill.feature_weight)
 
-    result = fit(model, train, val, objective, params, device, extra)
+    result = fit(model, train, val, objective, params, device, extra, monitor_from)
     _, pred_val, _ = evaluate(model, val, objective, device)
     _, pred_test, attention = evaluate(model, test, objective, device, attention=spec.needs_wsi)
     parts = [f for f in (pred_val, pred_test) if len(f)] or [pred_test]
-    predictions = predictions_frame(pd.concat(parts, ignore_index=True), args.fold, spec.name, task.name)
-    meta = {"model": spec.name, "task": task.name, "fold": args.fold, "dims": dict(cohort.dims),
+    predictions = predictions_frame(pd.concat(parts, ignore_index=True), args.fold, name, task.name)
+    importance = (gene_importance(model, test, objective, device, cohort.gene_stats)
+                  if spec.needs_genes else None)
+    meta = {"model": name, "base_model": spec.name, "teacher": teacher_name if teacher_ckpt else None,
+            "task": task.name, "fold": args.fold, "dims": dict(cohort.dims),
             "params": params.to_dict(), "gene_stats": cohort.gene_stats, "bin_edges": cohort.bin_edges,
             "classes": list(task.classes), "best_epoch": result.best_epoch}
     write_outputs(args.out, checkpoint_dict(model, meta), result.history, predictions,
-                  attention if spec.needs_wsi else None)
+                  attention if spec.needs_wsi else None, importance)
     summary = {"seconds": time.perf_counter() - t_start, "best_epoch": result.best_epoch,
                f"test_{objective.metric_name}": objective.metric(pred_test), "n_train": len(train),
                "n_val": len(val), "n_test": len(test)}
-    log.info("%s/%s/fold%d done in %.2f s: %s", spec.name, task.name, args.fold, summary["seconds"], summary)
+    log.info("%s/%s/fold%d done in %.2f s: %s", name, task.name, args.fold, summary["seconds"], summary)
     return summary
 
 

@@ -1,8 +1,9 @@
 """Distillation from a frozen teacher checkpoint of the same task and fold.
 
 The teacher's outputs (logits, features) are computed once, with every tile, for the
-training patients that have the teacher's inputs; the student's loss then adds
-``kl_weight · KL(T) + feature_weight · MSE(features)`` for those patients.
+training patients that have the teacher's inputs; after ``warmup_epochs`` of task loss only,
+the student's loss adds ``kl_weight · KL(T) + feature_weight · MSE(features)`` for those
+patients (the paper's schedule: warm up, then distil; its weights are 0.01 each).
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ def check_teacher(ckpt: Mapping[str, Any], expected: str, task: Task, fold: int)
 
 def load_teacher(ckpt: Mapping[str, Any], expected: str, task: Task, fold: int, device: torch.device
                  ) -> nn.Module:
-    """Rebuild a frozen teacher from ``ckpt``, checking it is ``expected`` for this task and fold."""
+    """Rebuild a frozen teacher from ``ckpt``, checking it is ``expected`` (a model or variant
+    name) for this task and fold."""
     check_teacher(ckpt, expected, task, fold)
     model_params = TrainParams.from_mapping(ckpt["params"]).model
-    teacher = MODELS[expected].build(ckpt["dims"], task, model_params)
+    teacher = MODELS[ckpt.get("base_model", expected)].build(ckpt["dims"], task, model_params)
     teacher.load_state_dict(ckpt["model_state"])
     teacher.to(device).eval()
     for p in teacher.parameters():
@@ -75,9 +77,9 @@ def distill_term(targets: Mapping[str, dict[str, torch.Tensor]], params: Distill
     """The extra loss of the training loop: distillation for patients with a teacher target;
     ``log_prob`` is the task's output distribution (``Objective.log_prob``)."""
 
-    def term(patient: Patient, outputs: dict[str, Any]) -> torch.Tensor | None:
+    def term(patient: Patient, outputs: dict[str, Any], epoch: int) -> torch.Tensor | None:
         target = targets.get(patient.patient_id)
-        if target is None:
+        if target is None or epoch <= params.warmup_epochs:
             return None
         if outputs["features"].shape != target["features"].shape:
             raise PathomixInputError(

@@ -1,7 +1,10 @@
 """Epoch loop with early stopping on the validation loss, and evaluation/prediction.
 
 Batch size is one bag (standard MIL). During training a bag larger than ``max_tiles`` is
-subsampled at random; evaluation always sees every tile.
+subsampled at random; evaluation always sees every tile. A step's loss is the task loss +
+the model's auxiliary terms + the extra term (distillation) + the task loss of each branch
+when the model has ``branch_logits``; with ``train.cgc`` the branch gradients on the shared
+parameters are coordinated (:mod:`pathomix.train.cgc`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from pathomix.train.cgc import GradientCoordinator
 from pathomix.train.data import Patient
 from pathomix.train.objectives import Objective
 from pathomix.train.optim import Adam
@@ -25,13 +29,13 @@ from pathomix.train.params import TrainParams
 
 log = logging.getLogger(__name__)
 
-ExtraLoss = Callable[[Patient, dict[str, Any]], "torch.Tensor | None"]
+ExtraLoss = Callable[[Patient, dict[str, Any], int], "torch.Tensor | None"]  # patient, outputs, epoch
 ATTENTION_COLUMNS = ("patient_id", "slide_id", "mag", "tile_index", "weight", "head")
 
 
 @dataclass(frozen=True)
 class FitResult:
-    history: pd.DataFrame  # epoch, train_loss, val_loss, val_metric, lr, seconds
+    history: pd.DataFrame  # epoch, train_loss, val_loss, val_metric, lr, seconds[, cgc_conflicts]
     best_epoch: int
 
 
@@ -75,8 +79,9 @@ def evaluate(model: nn.Module, patients: Sequence[Patient], objective: Objective
 
 
 def _train_epoch(model: nn.Module, patients: Sequence[Patient], objective: Objective,
-                 opt: Adam, params: TrainParams, device: torch.device,
-                 rng: np.random.Generator, generator: torch.Generator, extra: ExtraLoss | None) -> float:
+                 opt: Adam, params: TrainParams, device: torch.device, rng: np.random.Generator,
+                 generator: torch.Generator, extra: ExtraLoss | None, epoch: int,
+                 coordinator: GradientCoordinator | None) -> float:
     model.train()
     losses = []
     for i in rng.permutation(len(patients)):
@@ -85,19 +90,38 @@ def _train_epoch(model: nn.Module, patients: Sequence[Patient], objective: Objec
         loss = objective.loss(out["logits"], p.target)
         for term in out["aux"].values():
             loss = loss + term
-        extra_term = extra(p, out) if extra is not None else None
+        extra_term = extra(p, out, epoch) if extra is not None else None
         if extra_term is not None:
             loss = loss + extra_term
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if coordinator is not None:
+            loss = coordinator.backward(loss, out, p.target)
+        else:
+            for logits in out.get("branch_logits", {}).values():
+                loss = loss + objective.loss(logits, p.target)
+            loss.backward()
         opt.step()
         losses.append(loss.item())
     return float(np.mean(losses))
 
 
+def _coordinator(model: nn.Module, objective: Objective, params: TrainParams) -> GradientCoordinator | None:
+    if not params.cgc:
+        return None
+    if not hasattr(model, "shared_parameters"):
+        return None
+    log.info("CGC on: branch gradients on %d shared parameter tensors are coordinated",
+             len(model.shared_parameters()))
+    return GradientCoordinator(model, objective)
+
+
 def fit(model: nn.Module, train: Sequence[Patient], val: Sequence[Patient], objective: Objective,
-        params: TrainParams, device: torch.device, extra: ExtraLoss | None = None) -> FitResult:
-    """Train with Adam; early-stop on the validation task loss and restore the best weights."""
+        params: TrainParams, device: torch.device, extra: ExtraLoss | None = None,
+        monitor_from: int = 1) -> FitResult:
+    """Train with Adam; early-stop on the validation task loss and restore the best weights.
+
+    Epochs before ``monitor_from`` (a distilled student's warm-up) are trained but neither kept
+    as the best model nor counted towards the patience."""
     opt = Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     rng = np.random.default_rng(params.seed)
     generator = torch.Generator().manual_seed(params.seed)
@@ -108,16 +132,26 @@ def fit(model: nn.Module, train: Sequence[Patient], val: Sequence[Patient], obje
     best_loss, best_epoch, bad = math.inf, 0, 0
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     history = []
+    coordinator = _coordinator(model, objective, params)
     for epoch in range(1, params.epochs + 1):
         t0 = time.perf_counter()
-        train_loss = _train_epoch(model, train, objective, opt, params, device, rng, generator, extra)
+        train_loss = _train_epoch(model, train, objective, opt, params, device, rng, generator, extra, epoch,
+                                  coordinator)
         val_loss, pred, _ = evaluate(model, monitor, objective, device)
         metric = objective.metric(pred)
         seconds = time.perf_counter() - t0
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_metric": metric,
-                        "lr": float(opt.lr), "seconds": seconds})
-        log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_%s %.3f  (%.2f s)", epoch, params.epochs,
-                 train_loss, val_loss, objective.metric_name, metric, seconds)
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_metric": metric,
+               "lr": float(opt.lr), "seconds": seconds}
+        if coordinator is not None:
+            row["cgc_conflicts"] = coordinator.take_conflict_rate()
+        history.append(row)
+        log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_%s %.3f  (%.2f s)%s", epoch, params.epochs,
+                 train_loss, val_loss, objective.metric_name, metric, seconds,
+                 f"  CGC conflicts {row['cgc_conflicts']:.0%}" if coordinator is not None else "")
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"training loss became {train_loss} at epoch {epoch}; lower train.lr")
+        if epoch < monitor_from:
+            continue
         if val_loss < best_loss - 1e-6:
             best_loss, best_epoch, bad = val_loss, epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -126,8 +160,6 @@ def fit(model: nn.Module, train: Sequence[Patient], val: Sequence[Patient], obje
             if bad >= params.patience:
                 log.info("early stop at epoch %d (no val-loss improvement for %d epochs)", epoch, bad)
                 break
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(f"training loss became {train_loss} at epoch {epoch}; lower train.lr")
     model.load_state_dict(best_state)
     log.info("best epoch %d (val_loss %.4f)", best_epoch, best_loss)
     return FitResult(pd.DataFrame(history), best_epoch)

@@ -34,7 +34,9 @@ Target = Mapping[str, float]  # classification: {y}; survival: {time, event, bin
 @dataclass(frozen=True)
 class Objective:
     """``loss(logits, target)``; ``rows(logits, target)`` → prediction columns of one patient;
-    ``metric(predictions)`` → validation metric (``metric_name``)."""
+    ``metric(predictions)`` → validation metric (``metric_name``); ``confidence(logits, target)``
+    → the predicted probability of the observed outcome (true class; for survival the
+    likelihood of the observed death bin or of surviving past the censoring bin)."""
 
     loss: Callable[[torch.Tensor, Target], torch.Tensor]
     rows: Callable[[torch.Tensor, Target], dict[str, Any]]
@@ -42,6 +44,7 @@ class Objective:
     metric_name: str
     columns: tuple[str, ...]  # the prediction columns ``rows`` returns, in order
     log_prob: LogProb  # logits, temperature → output log-distribution (for distillation)
+    confidence: Callable[[torch.Tensor, Target], float]  # probability of the true outcome (CGC)
 
 
 def _classification(task: Task, train_targets: Sequence[Target], device: torch.device) -> Objective:
@@ -62,8 +65,11 @@ def _classification(task: Task, train_targets: Sequence[Target], device: torch.d
     def accuracy(pred: pd.DataFrame) -> float:
         return float((pred.y_true == pred.y_pred).mean()) if len(pred) else float("nan")
 
+    def confidence(logits: torch.Tensor, target: Target) -> float:
+        return float(torch.softmax(logits.float(), dim=-1)[0, int(target["y"])])
+
     columns = ("y_true", "y_pred", *(f"prob_{c}" for c in task.classes))
-    return Objective(loss, rows, accuracy, "accuracy", columns, softmax_log_prob)
+    return Objective(loss, rows, accuracy, "accuracy", columns, softmax_log_prob, confidence)
 
 
 def _survival(task: Task, train_targets: Sequence[Target], device: torch.device) -> Objective:
@@ -76,7 +82,11 @@ def _survival(task: Task, train_targets: Sequence[Target], device: torch.device)
         return {"time": float(target["time"]), "event": int(target["event"]),
                 "risk": float(survival_risk(logits.float())[0]), "bin": int(target["bin"])}
 
-    return Objective(loss, rows, c_index, "c_index", ("time", "event", "risk", "bin"), survival_log_pmf)
+    def confidence(logits: torch.Tensor, target: Target) -> float:
+        return float(torch.exp(-loss(logits.float(), target)))  # likelihood of the observed outcome
+
+    return Objective(loss, rows, c_index, "c_index", ("time", "event", "risk", "bin"), survival_log_pmf,
+                     confidence)
 
 
 def c_index(pred: pd.DataFrame) -> float:

@@ -1,5 +1,5 @@
 """Atomic outputs of a training job: checkpoint.pt, history.parquet, predictions.parquet,
-attention.parquet (WSI models, test patients)."""
+attention.parquet (WSI models, test patients), gene_importance.parquet (gene models)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.parquet"
 PREDICTIONS = "predictions.parquet"
 ATTENTION = "attention.parquet"
+GENE_IMPORTANCE = "gene_importance.parquet"
 
 
 def checkpoint_dict(model: nn.Module, meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -42,9 +43,11 @@ def predictions_frame(pred: pd.DataFrame, fold: int, model: str, task: str) -> p
 
 
 def write_outputs(out_dir: Path, ckpt: Mapping[str, Any], history: pd.DataFrame, predictions: pd.DataFrame,
-                  attention: pd.DataFrame | None) -> None:
+                  attention: pd.DataFrame | None, importance: pd.DataFrame | None = None) -> None:
     """Write every output atomically (the checkpoint last: it marks a finished job)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if importance is not None:
+        write_parquet(importance, out_dir / GENE_IMPORTANCE)
     write_parquet(history, out_dir / HISTORY)
     write_parquet(predictions, out_dir / PREDICTIONS)
     if attention is not None:

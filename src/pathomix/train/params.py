@@ -18,16 +18,18 @@ from pathomix.models import ModelParams
 
 log = logging.getLogger(__name__)
 
-IGNORED_KEYS = ("models", "tasks")  # in ``train:`` for the Snakefile, not for one job
+IGNORED_KEYS = ("models", "tasks", "variants")  # in ``train:`` for the Snakefile, not for one job
 
 
 @dataclass(frozen=True)
 class DistillParams:
-    """Distillation from a frozen teacher: KL on logits at ``temperature`` plus feature MSE."""
+    """Distillation from a frozen teacher: ``kl_weight`` · KL on the outputs at ``temperature``
+    + ``feature_weight`` · MSE of the subspace features, after ``warmup_epochs`` of task loss only."""
 
     temperature: float = 2.0
     kl_weight: float = 1.0
     feature_weight: float = 1.0
+    warmup_epochs: int = 5
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class TrainParams:
     max_tiles: int = 4096
     device: str = "auto"
     empty_bags: str = "skip"  # a patient whose H&E stores all have 0 tiles: skip (logged) | error
+    cgc: bool = True  # models with branch_logits: confidence-guided gradient coordination
     distill: DistillParams = field(default_factory=DistillParams)
     model: ModelParams = field(default_factory=ModelParams)
 
@@ -57,7 +60,7 @@ class TrainParams:
             log.warning("train params: ignoring unknown distill key(s) %s", bad)
         return cls(
             **{k: _coerce(cls, k, raw[k]) for k in own if k in raw},
-            distill=DistillParams(**{k: float(v) for k, v in distill.items() if k not in bad}),
+            distill=DistillParams(**{k: _coerce(DistillParams, k, v) for k, v in distill.items() if k not in bad}),
             model=ModelParams(**{k: _coerce(ModelParams, k, raw[k]) for k in model_keys if k in raw}),
         )
 
@@ -66,16 +69,24 @@ class TrainParams:
         out = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("model", "distill")}
         out.update({k: getattr(self.model, k) for k in (f.name for f in dataclasses.fields(ModelParams))})
         out["aux_losses"] = {str(k): float(v) for k, v in self.model.aux_losses.items()}
+        out["mags"] = list(self.model.mags)
         out["distill"] = dataclasses.asdict(self.distill)
         return out
 
 
 def _coerce(cls: type, name: str, value: Any) -> Any:
-    """Cast ``value`` to the type of the default of field ``name`` (int/float/str); mappings as is."""
+    """Cast ``value`` to the type of the default of field ``name`` (bool/int/float/str/tuple);
+    mappings become {str: float}."""
     default = next(f for f in dataclasses.fields(cls) if f.name == name)
     if isinstance(value, Mapping):
         return {str(k): float(v) for k, v in value.items()}
     kind = type(default.default) if default.default is not dataclasses.MISSING else None
+    if kind is bool:
+        if isinstance(value, str):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    if kind is tuple:
+        return tuple(str(v) for v in value)
     return kind(value) if kind in (int, float, str) else value
 
 

@@ -1,0 +1,91 @@
+"""Informative token aggregation (ITA): DPC-kNN clustering of patch tokens into a few tokens.
+
+Density-peaks clustering with k nearest neighbours (Rodriguez & Laio 2014; the kNN density
+of Du et al. 2016, as used for token merging in TCFormer):
+
+1. local density   ρ_i = exp(−mean_{j ∈ kNN(i)} ‖x_i − x_j‖²)
+2. peak distance   δ_i = min_{j: ρ_j > ρ_i} ‖x_i − x_j‖   (the densest token: max_j ‖x_i − x_j‖)
+3. the ``n_clusters`` tokens with the largest ρ_i·δ_i are the centres (dense *and* far from
+   anything denser), ordered by that score; every token joins its nearest centre;
+4. a cluster's token is the importance-weighted mean of its members (weights from a learned
+   score, softmax within the cluster).
+
+Clustering runs without gradients (it only decides *which* tokens merge); the merge is
+differentiable. The result depends on the set of tokens, not their order (centres are ordered
+by score), so ITA is permutation-invariant. Distances are computed in row blocks, so memory
+is O(block · N), not O(N²).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+BLOCK = 2048  # rows of the distance matrix held at once
+
+
+@dataclass(frozen=True)
+class Clusters:
+    """``centres`` (M,) token indices ordered by score; ``assign`` (N,) cluster of each token."""
+
+    centres: torch.Tensor
+    assign: torch.Tensor
+
+
+def _blocks(x: torch.Tensor):
+    for start in range(0, len(x), BLOCK):
+        yield start, torch.cdist(x[start:start + BLOCK], x)
+
+
+@torch.no_grad()
+def dpc_knn(x: torch.Tensor, n_clusters: int, k: int = 5) -> Clusters:
+    """Cluster the rows of ``x`` (N, H) into ``min(n_clusters, N)`` clusters with DPC-kNN."""
+    n = len(x)
+    m = min(n_clusters, n)
+    x = x.float()
+    k_eff = max(1, min(k, n - 1))
+    density = torch.empty(n, device=x.device)
+    for start, d in _blocks(x):
+        knn = d.topk(k_eff + 1, dim=1, largest=False).values[:, 1:] if n > 1 else d
+        density[start:start + len(d)] = torch.exp(-(knn ** 2).mean(dim=1))
+    delta = torch.empty(n, device=x.device)
+    for start, d in _blocks(x):
+        denser = density[None, :] > density[start:start + len(d), None]
+        far = d.max(dim=1).values
+        masked = torch.where(denser, d, torch.full_like(d, float("inf"))).min(dim=1).values
+        delta[start:start + len(d)] = torch.where(denser.any(dim=1), masked, far)
+    score = density * delta
+    centres = score.argsort(descending=True, stable=True)[:m]
+    assign = torch.cdist(x, x[centres]).argmin(dim=1)
+    assign[centres] = torch.arange(m, device=x.device)  # a centre always belongs to its own cluster
+    return Clusters(centres, assign)
+
+
+class TokenAggregator(nn.Module):
+    """Merge a bag of tokens (N, H) into ``n_tokens`` cluster tokens with DPC-kNN.
+
+    ``forward`` returns ``(tokens (M, H), assign (N,), sizes (M,))``; ``sizes`` counts the
+    members of each cluster (used to spread a cluster's attention back over its patches).
+    """
+
+    def __init__(self, dim: int, n_tokens: int, k: int = 5) -> None:
+        super().__init__()
+        self.n_tokens, self.k = n_tokens, k
+        self.importance = nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        clusters = dpc_knn(x.detach(), self.n_tokens, self.k)
+        m = len(clusters.centres)
+        score = self.importance(x).squeeze(-1)  # (N,)
+        # softmax within each cluster: subtract the cluster max for stability
+        cmax = torch.full((m,), -torch.inf, device=x.device, dtype=score.dtype)
+        cmax = cmax.scatter_reduce(0, clusters.assign, score.detach(), reduce="amax")
+        w = torch.exp(score - cmax[clusters.assign])
+        norm = torch.zeros(m, device=x.device, dtype=w.dtype).index_add(0, clusters.assign, w)
+        w = w / norm[clusters.assign]
+        tokens = torch.zeros(m, x.shape[-1], device=x.device, dtype=x.dtype)
+        tokens = tokens.index_add(0, clusters.assign, w[:, None] * x)
+        sizes = torch.bincount(clusters.assign, minlength=m)
+        return tokens, clusters.assign, sizes
