@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 import pathomix
 from pathomix import paths as P
-from pathomix.catalog import MODEL_INPUTS
+from pathomix.catalog import MODEL_INPUTS, missing_cohort_inputs
 from pathomix.io.sheets import read_slides
 
 RESULTS = config["results_dir"]
@@ -24,6 +25,9 @@ SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
 SRC = Path(pathomix.__file__).parent  # the package the jobs will import
 # GPU rules claim resources gpu=1 (profiles/default caps it at 1) only where a GPU exists.
 GPU = int(shutil.which("nvidia-smi") is not None and config["features"]["device"] != "cpu")
+
+if missing := missing_cohort_inputs(config["train"]["models"], config):  # e.g. abmil with slides: null
+    raise WorkflowError("\n".join(missing))
 
 
 def code_hash(*stages):
