@@ -54,9 +54,9 @@ def main() -> None:
         run([sys.executable, "-m", "pathomix.io.convert", str(args.table), "--out", str(work / "cohort")], work)
         t1 = time.perf_counter()
         run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work), "--cores", "all",
-             "--config", "slides=null", "mif_channels=null", "demo={enabled: false}",
-             f"clinical={work / 'cohort' / 'clinical.tsv'}", f"genes={work / 'cohort' / 'genes.parquet'}",
-             f"results_dir={work / 'results'}", "train={models: [snn], tasks: [survival]}",
+             "--config", "slides=null", f"clinical={work / 'cohort' / 'clinical.tsv'}",
+             f"genes={work / 'cohort' / 'genes.parquet'}", f"results_dir={work / 'results'}",
+             "train={models: [snn], tasks: [survival]}",
              f"splits={{n_folds: {args.folds}}}", *args.config], work)
         t2 = time.perf_counter()
         c = c_index_table(work / "results")
