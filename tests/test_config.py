@@ -53,3 +53,21 @@ def test_nested_command_line_values_are_coerced():
 
 def test_nested_override_passes_validation():
     assert dry_run("tiling={tile_px: 128}").returncode == 0
+
+
+def test_wsi_model_without_slides_fails_at_load_with_the_fix():
+    proc = dry_run("slides=null", "train={models: [snn, abmil], tasks: [survival]}")
+    assert proc.returncode != 0
+    assert ("model abmil needs H&E slides but `slides` is null; remove it from train.models or add a slides sheet"
+            in proc.stderr + proc.stdout)
+
+
+def test_missing_cohort_inputs_names_each_model():
+    from pathomix.catalog import missing_cohort_inputs
+
+    genes_only = {"slides": None, "genes": "genes.parquet"}
+    assert missing_cohort_inputs(["snn"], genes_only) == []
+    assert [m.split()[1] for m in missing_cohort_inputs(["abmil", "snn", "dmsf_student"], genes_only)] == \
+        ["abmil", "dmsf_student"]
+    assert missing_cohort_inputs(["snn"], {"slides": "s.tsv", "genes": None}) == [
+        "model snn needs a gene table but `genes` is null; remove it from train.models or add a gene table"]

@@ -17,6 +17,7 @@ import pytest
 import tifffile
 import yaml
 from docutils.core import publish_parts
+from snakemake.report import Category
 
 from pathomix import paths as P
 from pathomix import provenance
@@ -186,13 +187,20 @@ def test_provenance_and_layout_import_without_torch():
     assert out.strip() == "False"
 
 
-def _render(path: Path, cfg: dict, wildcards=None) -> str:
-    """Render a report caption the way Snakemake does: Jinja2, then docutils to HTML."""
+def _categories() -> list[str]:
+    rules = (ROOT / "workflow" / "rules" / "evaluate.smk").read_text()
+    return re.findall(r'"(\d\. [^"]+)"', rules)
+
+
+def _render(path: Path, cfg: dict, wildcards=None, shown: list[str] | None = None) -> str:
+    """Render a report caption the way Snakemake does: Jinja2 (``categories`` keyed by the report's
+    categories), then docutils to HTML with a link target per category shown."""
+    shown = _categories() if shown is None else shown
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     snakemake = SimpleNamespace(config=cfg, wildcards=wildcards or SimpleNamespace())
-    rst = env.from_string(path.read_text()).render(snakemake=snakemake, categories={}, files=[])
-    rules = (ROOT / "workflow" / "rules" / "evaluate.smk").read_text()
-    targets = "".join(f"\n.. _{c}: #\n" for c in re.findall(r'"(\d\. [^"]+)"', rules))  # Snakemake adds these
+    categories = {Category(c): {} for c in shown}
+    rst = env.from_string(path.read_text()).render(snakemake=snakemake, categories=categories, files=[])
+    targets = "".join(f"\n.. _{c}: #\n" for c in shown)  # Snakemake adds these
     return publish_parts(rst + targets, writer="html", settings_overrides={"report_level": 2})["html_body"]
 
 
@@ -212,3 +220,14 @@ def test_report_captions_render_and_flag_random_init():
     for name in captions:
         html = _render(ROOT / "workflow" / "report" / name, cfg, SimpleNamespace(model="abmil", head="abmil"))
         assert "system-message" not in html and len(html) > 100, name
+
+
+def test_genes_only_report_links_only_its_sections():
+    """slides: null, snn on survival: no calibration, heatmaps or encoder in the report (broken links before)."""
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg.update(slides=None)
+    cfg["train"].update(models=["snn"], tasks=["survival"])
+    shown = ["1. Model comparison", "2. Discrimination", "4. Training curves", "6. Genes", "7. Provenance"]
+    page = _render(ROOT / "workflow" / "report" / "workflow.rst", cfg, shown=shown)
+    assert "system-message" not in page  # no link to a section the report lacks
+    assert "genes-only cohort" in page and "RANDOM-INIT" not in page and "Calibration" not in page

@@ -47,3 +47,19 @@ def test_leak_is_detected():
                                      .patient_id.iloc[0]), "split"] = "test"
     with pytest.raises(AssertionError):
         check_folds(leaked)
+
+
+def test_genes_only_cohort_is_stratified_on_event(tmp_path, caplog):
+    """No IDH/1p19q (so no diagnosis) but survival events: folds stratify on event and say so."""
+    n = 40
+    event = [1] * 10 + [0] * 30
+    pd.DataFrame({"patient_id": [f"T{i:02d}" for i in range(n)], "survival_months": range(1, n + 1),
+                  "event": event}).to_csv(tmp_path / "clinical.tsv", sep="\t", index=False)
+    out = tmp_path / "folds.parquet"
+    with caplog.at_level("INFO", logger="pathomix.splits"):
+        assert main(["--clinical", str(tmp_path / "clinical.tsv"), "--params", '{"n_folds": 5}',
+                     "--out", str(out)]) == 0
+    assert "stratifying on event instead" in caplog.text
+    test = pd.read_parquet(out).query("split == 'test'")
+    events = test.patient_id.map(dict(zip([f"T{i:02d}" for i in range(n)], event, strict=True)))
+    assert events.groupby(test.fold).sum().eq(2).all()  # 10 events spread 2 per fold

@@ -14,6 +14,9 @@ with some ``train:`` keys overridden, e.g. the ablations of the DMSF paper::
 ``teacher`` (only for a model that has one) names the model it is distilled from: the
 registered teacher by default, another variant, or null for training from scratch. A variant
 trains through the same rule on the same folds and is reported under its own name.
+
+:func:`missing_cohort_inputs` checks a config's models against the cohort it names (a
+genes-only cohort has ``slides: null``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ OWN_INPUTS: dict[str, dict[str, bool]] = {  # what the model itself reads, witho
     "dmsf_student": {"wsi": True, "genes": False},
 }
 _KEEP = object()
+# input kind → (config key that names it, what it is, how to add it)
+COHORT_KEYS: dict[str, tuple[str, str, str]] = {
+    "wsi": ("slides", "H&E slides", "add a slides sheet"),
+    "genes": ("genes", "a gene table", "add a gene table"),
+}
 
 
 @dataclass(frozen=True)
@@ -98,3 +106,11 @@ def job_params(name: str, train: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = val
     return out
+
+
+def missing_cohort_inputs(models: list[str], config: Mapping[str, Any]) -> list[str]:
+    """One message per requested model whose inputs the cohort lacks (e.g. abmil with ``slides: null``)."""
+    variants = (config.get("train") or {}).get("variants")
+    return [f"model {m} needs {what} but `{key}` is null; remove it from train.models or {fix}"
+            for m in models for kind, (key, what, fix) in COHORT_KEYS.items()
+            if model_inputs(m, variants)[kind] and not config.get(key)]

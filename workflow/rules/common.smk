@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 import pathomix
 from pathomix import paths as P
-from pathomix.catalog import job_params, model_inputs, resolve
+from pathomix.catalog import job_params, missing_cohort_inputs, model_inputs, resolve
 from pathomix.io.sheets import read_slides
 
 RESULTS = config["results_dir"]
@@ -27,7 +28,9 @@ for _name in config["train"]["models"]:  # fail at parse time, naming the model 
     try:
         resolve(_name, VARIANTS)
     except KeyError as err:
-        raise ValueError(f"config train.models: {err.args[0]}") from None
+        raise WorkflowError(f"config train.models: {err.args[0]}") from None
+if missing := missing_cohort_inputs(config["train"]["models"], config):  # e.g. abmil with slides: null
+    raise WorkflowError("\n".join(missing))
 # GPU rules claim resources gpu=1 (profiles/default caps it at 1) only where a GPU exists.
 GPU = int(shutil.which("nvidia-smi") is not None and config["features"]["device"] != "cpu")
 

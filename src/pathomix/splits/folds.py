@@ -32,10 +32,31 @@ class SplitParams:
     seed: int = 0
 
 
-def _strata(clinical: pd.DataFrame, column: str, n_folds: int) -> np.ndarray:
+# stratification columns tried, in order, when the configured one has no value for any patient
+# (a genes-only TCGA cohort has no IDH/1p19q, hence no derived diagnosis, but has survival events)
+FALLBACK_STRATA = ("event",)
+
+
+def _strata_column(clinical: pd.DataFrame, column: str) -> str | None:
+    """The configured column, else the first fallback with values (logged), else None (unstratified)."""
     if column not in clinical.columns:
         raise PathomixInputError(f"splits.stratify={column!r} is not a clinical column; "
                                  f"use one of {sorted(clinical.columns)}")
+    if clinical[column].notna().any():
+        return column
+    for alt in FALLBACK_STRATA:
+        if alt != column and alt in clinical.columns and clinical[alt].notna().any():
+            log.info("splits.stratify=%s: no patient has a value; stratifying on %s instead", column, alt)
+            return alt
+    log.warning("splits.stratify=%s: no patient has a value, nor %s; folds are not stratified",
+                column, list(FALLBACK_STRATA))
+    return None
+
+
+def _strata(clinical: pd.DataFrame, column: str, n_folds: int) -> np.ndarray:
+    column = _strata_column(clinical, column)
+    if column is None:
+        return np.full(len(clinical), "all", dtype=object)
     s = clinical[column].astype(str).where(clinical[column].notna(), "unknown")
     counts = s.value_counts()
     rare = counts[counts < n_folds].index
