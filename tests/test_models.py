@@ -57,7 +57,10 @@ def test_forward_contract(name: str, task_name: str) -> None:
     torch.manual_seed(0)
     model = MODELS[name].build(DIMS, task, PARAMS).eval()
     out = model(_inputs())
-    assert set(out) == set(OUTPUT_KEYS)
+    assert set(OUTPUT_KEYS) <= set(out) <= {*OUTPUT_KEYS, "branch_logits"}
+    if "branch_logits" in out:  # the logits are the mean of the branch halves
+        halves = torch.stack(list(out["branch_logits"].values()))
+        assert torch.allclose(halves.mean(dim=0), out["logits"], atol=1e-6)
     assert out["logits"].shape == (1, task.n_outputs)
     assert out["features"].shape[0] == 1
     for by_mag in out["attention"].values():
@@ -169,12 +172,13 @@ def test_survival_distribution_sums_to_one_and_distils_to_zero() -> None:
 
 def test_catalog_matches_registry():
     """The Snakefile's torch-free table of model inputs agrees with the registry."""
-    from pathomix.catalog import MODEL_INPUTS
+    from pathomix.catalog import MODEL_INPUTS, OWN_INPUTS
     from pathomix.models import MODELS, required_inputs
 
-    assert set(MODEL_INPUTS) == set(MODELS)
+    assert set(MODEL_INPUTS) == set(MODELS) == set(OWN_INPUTS)
     for name in MODELS:
         assert MODEL_INPUTS[name] == required_inputs(name), name
+        assert OWN_INPUTS[name] == {"wsi": MODELS[name].needs_wsi, "genes": MODELS[name].needs_genes}, name
 
 
 def test_schema_enum_matches_registry():
@@ -185,4 +189,5 @@ def test_schema_enum_matches_registry():
     from pathomix.models import MODELS
 
     schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
-    assert set(schema["properties"]["train"]["properties"]["models"]["items"]["enum"]) == set(MODELS)
+    variant = schema["properties"]["train"]["properties"]["variants"]["additionalProperties"]
+    assert set(variant["properties"]["model"]["enum"]) == set(MODELS)

@@ -20,7 +20,7 @@ def test_folds_are_patient_level_and_stratified(tmp_path):
     out = tmp_path / "folds.parquet"
     assert main(["--clinical", str(_clinical(tmp_path)), "--params", '{"n_folds": 3}', "--out", str(out)]) == 0
     f = pd.read_parquet(out)
-    assert set(f.columns) == {"patient_id", "fold", "split"}
+    assert set(f.columns) == {"patient_id", "fold", "split", "cohort"} and set(f.cohort) == {"main"}
     assert f.groupby("fold").size().eq(30).all()
     test = f[f.split == "test"]
     assert test.patient_id.is_unique and len(test) == 30
@@ -63,3 +63,35 @@ def test_genes_only_cohort_is_stratified_on_event(tmp_path, caplog):
     test = pd.read_parquet(out).query("split == 'test'")
     events = test.patient_id.map(dict(zip([f"T{i:02d}" for i in range(n)], event, strict=True)))
     assert events.groupby(test.fold).sum().eq(2).all()  # 10 events spread 2 per fold
+
+
+def _slides(tmp_path, cohorts: dict[str, str]):
+    df = pd.DataFrame({"slide_id": [f"{p}-A" for p in cohorts], "patient_id": list(cohorts),
+                       "path": [f"{p}.svs" for p in cohorts], "modality": "he", "cohort": list(cohorts.values())})
+    df.to_csv(tmp_path / "slides.tsv", sep="\t", index=False)
+    return tmp_path / "slides.tsv"
+
+
+def test_external_cohort_is_never_trained_on_and_scored_in_every_fold(tmp_path):
+    clinical = _clinical(tmp_path)
+    cohorts = {f"P{i:02d}": ("site-B" if i >= 24 else "site-A") for i in range(30)}
+    out = tmp_path / "folds.parquet"
+    params = '{"n_folds": 3, "external_cohorts": ["site-B"]}'
+    assert main(["--clinical", str(clinical), "--slides", str(_slides(tmp_path, cohorts)), "--params", params,
+                 "--out", str(out)]) == 0
+    f = pd.read_parquet(out)
+    ext = f[f.cohort == "site-B"]
+    assert set(ext.split) == {"external"} and ext.groupby("patient_id").fold.nunique().eq(3).all()
+    internal = f[f.cohort == "site-A"]
+    assert "external" not in set(internal.split)
+    assert internal[internal.split == "test"].patient_id.nunique() == 24  # each internal patient tested once
+    check_folds(f)
+
+
+def test_unknown_external_cohort_names_the_cohorts_found(tmp_path, caplog):
+    clinical = _clinical(tmp_path)
+    slides = _slides(tmp_path, {f"P{i:02d}": "site-A" for i in range(30)})
+    rc = main(["--clinical", str(clinical), "--slides", str(slides), "--params",
+               '{"n_folds": 3, "external_cohorts": ["site-Z"]}', "--out", str(tmp_path / "f.parquet")])
+    assert rc == 1 and "site-Z" in caplog.text and "site-A" in caplog.text
+    assert not (tmp_path / "f.parquet").exists()

@@ -33,7 +33,8 @@ N_PER_CLASS = 12
 GENOTYPE = {"astrocytoma": ("mut", "non-codel"), "oligodendroglioma": ("mut", "codel"),
             "glioblastoma": ("wt", "non-codel")}
 MEDIAN_MONTHS = {"astrocytoma": 50.0, "oligodendroglioma": 110.0, "glioblastoma": 14.0}
-PARAMS = {"epochs": 25, "patience": 8, "hidden": 32, "lr": 0.001, "max_tiles": 24, "seed": 0}
+PARAMS = {"epochs": 25, "patience": 25, "hidden": 32, "lr": 0.001, "max_tiles": 24, "seed": 0}
+# patience = epochs: with ~5 validation patients an early stop at epoch 1-3 is noise, not what these tests check
 # planted input problems (fold 0's test patients are P00, P03, P06, ...; P01 trains)
 NO_HE, EMPTY_HE, NO_GENES, MULTI_SLIDE = "P00", "P03", ("P06", "P01"), ("P09", "P12", "P15")
 JOBS = [("abmil", "diagnosis"), ("snn", "diagnosis"), ("dmsf_teacher", "diagnosis"), ("dmsf_student", "diagnosis"),
@@ -138,7 +139,9 @@ def test_params_defaults_equal_config_yaml() -> None:
 def test_outputs_and_columns(trained: dict, model: str, task: str) -> None:
     out = trained[(model, task)]
     hist = pd.read_parquet(out / "history.parquet")
-    assert list(hist.columns) == ["epoch", "train_loss", "val_loss", "val_metric", "lr", "seconds"]
+    assert list(hist.columns)[:6] == ["epoch", "train_loss", "val_loss", "val_metric", "lr", "seconds"]
+    assert ("cgc_conflicts" in hist.columns) == (model == "dmsf_teacher")  # CGC: share of conflicting steps
+    assert (out / "gene_importance.parquet").exists() == (model in ("snn", "dmsf_teacher"))
     pred = pd.read_parquet(out / "predictions.parquet")
     base = ["patient_id", "fold", "split", "model", "task"]
     extra = (["y_true", "y_pred", *(f"prob_{c}" for c in DIAGNOSES)] if task == "diagnosis"

@@ -4,7 +4,7 @@ from pathomix.evaluate import layout as L
 from pathomix.io.tasks import TASKS
 
 EVAL = config["evaluate"]
-EXTERNAL = EVAL.get("external_cohorts") or []
+EXTERNAL = config["splits"].get("external_cohorts") or []
 # report categories: the number fixes their order in the report's menu
 CATEGORY = {"comparison": "1. Model comparison", "roc": "2. Discrimination", "km": "2. Discrimination",
             "calibration": "3. Calibration", "training": "4. Training curves", "heatmaps": "5. Slide heatmaps",
@@ -62,7 +62,8 @@ rule evaluate:
         figures=str(P.figures(RESULTS)),
         cohorts=lambda w, output: (f"--cohorts-csv {shlex.quote(output.cohorts_csv)} "
                                    f"--cohorts-html {shlex.quote(output.cohorts_html)}" if EXTERNAL else ""),
-        cfg=subtree("evaluate", drop=("heatmaps",)),
+        cfg=json.dumps({**{k: v for k, v in EVAL.items() if k != "heatmaps"}, "external_cohorts": EXTERNAL},
+                       sort_keys=True),
         code=code_hash("evaluate"),
     log:
         f"{LOGS}/evaluate.log",

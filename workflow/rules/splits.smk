@@ -1,13 +1,15 @@
-# Patient-level stratified k-fold splits.
+# Patient-level stratified k-fold splits (external cohorts held out, from the slides sheet's `cohort`).
 
 
 rule splits:
     input:
         clinical=config["clinical"],
+        slides=config["slides"] or [],
     output:
         str(P.folds(RESULTS)),
     params:
         cfg=subtree("splits"),
+        slides=lambda w, input: f"--slides {shlex.quote(input.slides)}" if input.slides else "",
         code=code_hash("splits"),
     log:
         f"{LOGS}/splits.log",
@@ -15,5 +17,5 @@ rule splits:
         f"{BENCH}/splits.tsv"
     threads: 1
     shell:
-        "python -m pathomix.splits --clinical {input.clinical:q} --params {params.cfg:q} "
+        "python -m pathomix.splits --clinical {input.clinical:q} {params.slides} --params {params.cfg:q} "
         "--out {output:q} > {log:q} 2>&1"

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figures", required=True, help="folder for the figures")
     p.add_argument("--comparison-csv", required=True)
     p.add_argument("--comparison-html", required=True)
-    p.add_argument("--cohorts-csv", help="per-cohort results (when evaluate.external_cohorts is set)")
+    p.add_argument("--cohorts-csv", help="per-cohort results (when splits.external_cohorts is set)")
     p.add_argument("--cohorts-html")
     args = p.parse_args(argv)
     setup_logging()

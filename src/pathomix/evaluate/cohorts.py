@@ -1,6 +1,6 @@
 """External-cohort results: metrics grouped by the predictions' ``cohort`` column.
 
-Configured by ``evaluate.external_cohorts`` (names from the slides sheet's ``cohort`` column).
+Configured by ``splits.external_cohorts`` (names from the slides sheet's ``cohort`` column).
 Internal metrics (metrics.parquet, the comparison table) use the other cohorts only; this module
 scores every cohort separately (rows with ``split`` "test" or "external"), so a reviewer sees the
 internal and external numbers side by side. When the predictions carry no ``cohort`` column the
@@ -42,7 +42,7 @@ def cohort_summary(preds: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
 def write_cohorts(preds: pd.DataFrame, external: list[str], headline: list[str], n_boot: int, seed: int,
                   csv_path: str, html_path: str) -> None:
     if "cohort" not in preds.columns:
-        log.warning("evaluate.external_cohorts = %s, but the predictions carry no `cohort` column: the "
+        log.warning("splits.external_cohorts = %s, but the predictions carry no `cohort` column: the "
                     "external-cohort page says so", external)
         msg = (f"External cohorts configured ({', '.join(external)}), but the predictions carry no "
                "<code>cohort</code> column: the training stage has not predicted the external patients.")

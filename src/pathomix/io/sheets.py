@@ -67,8 +67,7 @@ def read_slides(path: str | Path, check_files: bool = True) -> pd.DataFrame:
                     f"{row.path}, which does not exist; fix the `path` column"
                 )
     df["mpp"] = pd.to_numeric(df["mpp"], errors="raise") if "mpp" in df.columns else np.nan
-    if "cohort" not in df.columns:
-        df["cohort"] = "main"
+    df["cohort"] = df["cohort"].fillna("main").astype(str) if "cohort" in df.columns else "main"
     return df.set_index("slide_id", drop=False)
 
 

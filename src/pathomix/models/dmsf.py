@@ -8,8 +8,8 @@ gene subspace explains (the DMSF module). The gene gates start at zero and
 teacher otherwise memorises patients through their genes. The per-magnification tumour and
 TME representations are averaged over the magnifications present and laid out as
 ``features = [tumour, tme]`` (B, 2·hidden). The classifier has one half per subspace, each
-reading ``[subspace feature, gated gene token]``; ``logits`` is their sum and
-``branch_logits`` the halves, on which the training loop applies CGC
+reading ``[subspace feature, gated gene token]``; ``logits`` is their mean (so calibrated
+halves give calibrated logits) and ``branch_logits`` the halves, on which the loop applies CGC
 (:mod:`pathomix.train.cgc`) to the gradients of the parameters both halves share
 (:meth:`DMSFTeacher.shared_parameters`: the patch encoders and cross-attention). IGC
 (``aux_losses: {igc: w}``, :func:`pathomix.models.auxiliary.igc_gram`) aligns the
@@ -174,7 +174,7 @@ class DMSFTeacher(nn.Module):
         branch = {s: self.heads[s](torch.cat([features[:, i * h:(i + 1) * h], self.gene_gate[1] * tokens[s]],
                                              dim=-1))
                   for i, s in enumerate(SUBSPACES)}
-        return {"logits": sum(branch.values()), "branch_logits": branch, "features": features,
+        return {"logits": torch.stack(list(branch.values())).mean(dim=0), "branch_logits": branch, "features": features,
                 "attention": attention, "aux": aux_losses(reps, self.aux_weights)}
 
 

@@ -12,7 +12,7 @@ It returns a dict (:data:`OUTPUT_KEYS`): ``logits`` ``(B, task.n_outputs)``, ``f
 ``(B, F)`` (the representation before the head; the distillation target), ``attention``
 ``{head: {mag: (B, N)}}`` (empty for non-MIL models) and ``aux`` ``{name: weighted loss}``
 (auxiliary training terms, already multiplied by their weights; empty when none).
-Optionally ``branch_logits`` ``{branch: (B, n_outputs)}`` whose sum is ``logits``: the loop
+Optionally ``branch_logits`` ``{branch: (B, n_outputs)}`` whose mean is ``logits``: the loop
 then adds each branch's task loss and, with ``train.cgc``, coordinates their gradients on
 ``model.shared_parameters()`` (:mod:`pathomix.train.cgc`).
 """

@@ -3,6 +3,11 @@
 Every fold k has one row per patient: split = test (the k-th fold), val (a stratified
 ``val_fraction`` of the rest, for early stopping) or train. The unit is the patient, so
 slides of one patient never straddle train and test; :func:`check_folds` asserts it.
+
+External cohorts (``splits.external_cohorts``: values of the slides sheet's ``cohort``
+column) never train: their patients get split = ``external`` in every fold, so each fold's
+model is scored on them zero-shot (no fine-tuning) and reported separately. The ``cohort``
+column of folds.parquet carries every patient's cohort.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from pathomix.io.atomic import write_parquet
 from pathomix.io.errors import PathomixInputError
-from pathomix.io.sheets import read_clinical
+from pathomix.io.sheets import read_clinical, read_slides
 from pathomix.logs import setup_logging
 
 log = logging.getLogger("pathomix.splits")
@@ -30,6 +35,7 @@ class SplitParams:
     val_fraction: float = 0.2
     stratify: str = "diagnosis"
     seed: int = 0
+    external_cohorts: tuple[str, ...] = ()
 
 
 # stratification columns tried, in order, when the configured one has no value for any patient
@@ -91,26 +97,70 @@ def make_folds(patients: pd.Index, strata: np.ndarray, p: SplitParams) -> pd.Dat
 
 
 def check_folds(df: pd.DataFrame) -> None:
-    """Assert the patient-level contract: each patient is in exactly one test fold, one row per fold."""
+    """Assert the patient-level contract: one row per patient and fold; each internal patient is
+    in exactly one test fold; an external patient is external in every fold."""
     per_fold = df.groupby(["fold", "patient_id"]).size()
     if (per_fold != 1).any():
         raise AssertionError(f"patients with several rows in one fold: {list(per_fold[per_fold > 1].index[:5])}")
+    external = set(df.patient_id[df.split == "external"])
+    if (df[df.patient_id.isin(external)].split != "external").any():
+        raise AssertionError("an external patient is in a training, validation or test split")
     test_folds = df[df.split == "test"].groupby("patient_id").fold.nunique()
-    if (test_folds != 1).any() or set(test_folds.index) != set(df.patient_id):
+    if (test_folds != 1).any() or set(test_folds.index) != set(df.patient_id) - external:
         raise AssertionError("a patient is in more than one test fold, or in none")
+
+
+def patient_cohorts(patients: pd.Index, slides: pd.DataFrame | None) -> pd.Series:
+    """patient_id → cohort from the slides sheet (``main`` for patients without slides)."""
+    cohort = pd.Series("main", index=patients, name="cohort", dtype=object)
+    if slides is None or slides.empty:
+        return cohort
+    per_patient = slides.groupby("patient_id").cohort.unique()
+    mixed = [p for p, c in per_patient.items() if len(c) > 1]
+    if mixed:
+        raise PathomixInputError(f"slides.tsv: patient(s) {mixed[:5]} have slides in more than one cohort; "
+                                 "a patient belongs to one cohort")
+    found = per_patient.map(lambda c: str(c[0]))
+    cohort.update(found.reindex(patients).dropna())
+    return cohort
+
+
+def split_cohorts(clinical: pd.DataFrame, cohorts: pd.Series, p: SplitParams) -> pd.DataFrame:
+    """Folds over the internal patients, plus the external cohorts' patients as ``external``."""
+    unknown = sorted(set(p.external_cohorts) - set(cohorts))
+    if unknown:
+        raise PathomixInputError(f"splits.external_cohorts {unknown} are not in the slides sheet's `cohort` "
+                                 f"column (cohorts found: {sorted(set(cohorts))})")
+    is_external = cohorts.isin(list(p.external_cohorts))
+    internal = clinical[~is_external.reindex(clinical.index).to_numpy()]
+    if internal.empty:
+        raise PathomixInputError("every patient is in an external cohort; nothing is left to train on")
+    df = make_folds(internal.index, _strata(internal, p.stratify, p.n_folds), p)
+    external = cohorts.index[is_external]
+    if len(external):
+        ext = pd.DataFrame([(pid, k, "external") for k in range(p.n_folds) for pid in external],
+                           columns=["patient_id", "fold", "split"])
+        df = pd.concat([df, ext], ignore_index=True).sort_values(["fold", "patient_id"], ignore_index=True)
+        log.info("%d patient(s) of external cohort(s) %s are scored zero-shot in every fold",
+                 len(external), list(p.external_cohorts))
+    check_folds(df)
+    return df.assign(cohort=df.patient_id.map(cohorts).astype(str))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pathomix.splits", description=__doc__)
     ap.add_argument("--clinical", required=True)
+    ap.add_argument("--slides", help="slides.tsv (its `cohort` column); absent for a genes-only cohort")
     ap.add_argument("--params", default="{}", help="JSON of the config's `splits:` subtree")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     setup_logging()
-    p = SplitParams(**json.loads(args.params))
+    raw = json.loads(args.params)
+    p = SplitParams(**{**raw, "external_cohorts": tuple(raw.get("external_cohorts") or ())})
     try:
         clinical = read_clinical(args.clinical)
-        df = make_folds(clinical.index, _strata(clinical, p.stratify, p.n_folds), p)
+        slides = read_slides(args.slides, check_files=False) if args.slides else None
+        df = split_cohorts(clinical, patient_cohorts(clinical.index, slides), p)
     except PathomixInputError as err:
         log.error("%s", err)
         return 1

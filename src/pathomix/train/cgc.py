@@ -39,6 +39,13 @@ def coordinate(g_a: torch.Tensor, g_b: torch.Tensor, conf_a: float, conf_b: floa
     return Coordinated((g_a - dot / g_b.dot(g_b).clamp_min(1e-12) * g_b, g_b), True)
 
 
+def branch_losses(objective: Objective, outputs: Mapping, target: Target) -> dict[str, torch.Tensor]:
+    """Task loss of each branch, divided by the number of branches (deep supervision of the halves
+    adds their mean, so the step's loss keeps the scale of one task loss per term)."""
+    branches = outputs.get("branch_logits") or {}
+    return {name: objective.loss(logits, target) / len(branches) for name, logits in branches.items()}
+
+
 def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[nn.Parameter]) -> torch.Tensor:
     return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params,
                                                                                                strict=True)])
@@ -53,7 +60,7 @@ class GradientCoordinator:
         self.steps = self.conflicts = 0
 
     def branch_losses(self, outputs: Mapping, target: Target) -> dict[str, torch.Tensor]:
-        return {name: self.objective.loss(logits, target) for name, logits in outputs["branch_logits"].items()}
+        return branch_losses(self.objective, outputs, target)
 
     def backward(self, loss: torch.Tensor, outputs: Mapping, target: Target) -> torch.Tensor:
         """``loss`` (the step's total, without branch terms) + the branch losses, backpropagated with

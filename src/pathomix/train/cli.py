@@ -32,7 +32,7 @@ from pathomix.io.errors import PathomixInputError
 from pathomix.io.tasks import TASKS, get_task
 from pathomix.logs import setup_logging
 from pathomix.models import GENE_INPUTS, MODELS, ModelSpec, get_model, wsi_key
-from pathomix.train.data import Needs, Sources, load_cohort
+from pathomix.train.data import Needs, Sources, load_cohort, read_cohorts
 from pathomix.train.distill import (
     check_teacher,
     distill_term,
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log.info("model %s (%s), task %s, fold %d on %s, dims %s", name, spec.name, task.name, args.fold, device,
              cohort.dims)
 
-    train, val, test = (cohort.split(s) for s in ("train", "val", "test"))
+    train, val, test, external = (cohort.split(s) for s in ("train", "val", "test", "external"))
     model = spec.build(cohort.dims, task, params.model).to(device)
     objective = make_objective(task, [p.target for p in train], device)
     extra, monitor_from = None, 1
@@ -158,8 +158,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = fit(model, train, val, objective, params, device, extra, monitor_from)
     _, pred_val, _ = evaluate(model, val, objective, device)
     _, pred_test, attention = evaluate(model, test, objective, device, attention=spec.needs_wsi)
-    parts = [f for f in (pred_val, pred_test) if len(f)] or [pred_test]
-    predictions = predictions_frame(pd.concat(parts, ignore_index=True), args.fold, name, task.name)
+    _, pred_ext, _ = evaluate(model, external, objective, device)  # external cohorts, zero-shot
+    parts = [f for f in (pred_val, pred_test, pred_ext) if len(f)] or [pred_test]
+    predictions = predictions_frame(pd.concat(parts, ignore_index=True), args.fold, name, task.name,
+                                    read_cohorts(args.folds))
     importance = (gene_importance(model, test, objective, device, cohort.gene_stats)
                   if spec.needs_genes else None)
     meta = {"model": name, "base_model": spec.name, "teacher": teacher_name if teacher_ckpt else None,
@@ -170,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   attention if spec.needs_wsi else None, importance)
     summary = {"seconds": time.perf_counter() - t_start, "best_epoch": result.best_epoch,
                f"test_{objective.metric_name}": objective.metric(pred_test), "n_train": len(train),
-               "n_val": len(val), "n_test": len(test)}
+               "n_val": len(val), "n_test": len(test), "n_external": len(external)}
     log.info("%s/%s/fold%d done in %.2f s: %s", name, task.name, args.fold, summary["seconds"], summary)
     return summary
 

@@ -26,7 +26,7 @@ from pathomix.train.genes import fit_gene_stats, gene_dims, gene_inputs, read_hv
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "external")  # external: an external cohort, scored zero-shot
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,14 @@ def read_fold(path: Path, fold: int) -> pd.Series:
     if bad:
         raise PathomixInputError(f"{path}: unknown split value(s) {bad}; allowed {list(SPLITS)}")
     return df.set_index("patient_id").split.sort_index()
+
+
+def read_cohorts(path: Path) -> dict[str, str]:
+    """patient_id → cohort from folds.parquet (empty when it has no ``cohort`` column)."""
+    df = pd.read_parquet(path)
+    if "cohort" not in df.columns:
+        return {}
+    return dict(zip(df.patient_id.astype(str), df.cohort.astype(str), strict=True))
 
 
 def _drop(keep: list[str], ok: Callable[[str], bool], why: str) -> list[str]:

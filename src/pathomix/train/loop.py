@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pathomix.train.cgc import GradientCoordinator
+from pathomix.train.cgc import GradientCoordinator, branch_losses
 from pathomix.train.data import Patient
 from pathomix.train.objectives import Objective
 from pathomix.train.optim import Adam
@@ -97,8 +97,8 @@ def _train_epoch(model: nn.Module, patients: Sequence[Patient], objective: Objec
         if coordinator is not None:
             loss = coordinator.backward(loss, out, p.target)
         else:
-            for logits in out.get("branch_logits", {}).values():
-                loss = loss + objective.loss(logits, p.target)
+            for branch in branch_losses(objective, out, p.target).values():
+                loss = loss + branch
             loss.backward()
         opt.step()
         losses.append(loss.item())

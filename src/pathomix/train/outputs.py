@@ -35,11 +35,16 @@ def save_checkpoint(path: Path, ckpt: Mapping[str, Any]) -> None:
         torch.save(dict(ckpt), tmp)
 
 
-def predictions_frame(pred: pd.DataFrame, fold: int, model: str, task: str) -> pd.DataFrame:
-    """Prefix the contract columns: patient_id, fold, split, model, task, then the task's columns."""
+def predictions_frame(pred: pd.DataFrame, fold: int, model: str, task: str,
+                      cohorts: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Prefix the contract columns: patient_id, fold, split, model, task, then the task's columns,
+    then ``cohort`` when the folds carry one (external cohorts are reported separately)."""
     rest = [c for c in pred.columns if c not in ("patient_id", "split")]
     out = pred.assign(fold=fold, model=model, task=task)
-    return out[["patient_id", "fold", "split", "model", "task", *rest]].reset_index(drop=True)
+    out = out[["patient_id", "fold", "split", "model", "task", *rest]].reset_index(drop=True)
+    if cohorts:
+        out["cohort"] = out.patient_id.astype(str).map(cohorts).fillna("main")
+    return out
 
 
 def write_outputs(out_dir: Path, ckpt: Mapping[str, Any], history: pd.DataFrame, predictions: pd.DataFrame,

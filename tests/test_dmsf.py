@@ -1,0 +1,225 @@
+"""DMSF mechanisms, each checked directly: CGC, Gram IGC, ITA (DPC-kNN), distillation schedule,
+variants (ablations as config) and gene importance. CPU, no files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pathomix.catalog import job_params, model_inputs, resolve
+from pathomix.io.tasks import get_task
+from pathomix.models import MODELS, ModelParams, wsi_key
+from pathomix.models.auxiliary import igc_gram
+from pathomix.models.ita import TokenAggregator, dpc_knn
+from pathomix.train.cgc import GradientCoordinator, coordinate
+from pathomix.train.distill import distill_term
+from pathomix.train.objectives import make_objective
+from pathomix.train.params import DistillParams, TrainParams
+
+DIMS = {"wsi": 16, "genes": 12, "genes_tumour": 5, "genes_tme": 4}
+PARAMS = ModelParams(hidden=8, dropout=0.0, modality_dropout=0.0)
+
+
+def _inputs(n20: int = 30, n10: int = 9, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    genes = torch.randn(1, DIMS["genes"], generator=g)
+    return {wsi_key("20x"): torch.randn(1, n20, DIMS["wsi"], generator=g),
+            wsi_key("10x"): torch.randn(1, n10, DIMS["wsi"], generator=g),
+            "genes": genes, "genes_tumour": genes[:, :5], "genes_tme": genes[:, 5:9]}
+
+
+# ---- CGC -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("conf_a, conf_b", [(0.9, 0.2), (0.1, 0.7)])
+def test_cgc_removes_the_conflicting_component_of_the_less_confident_branch(conf_a, conf_b) -> None:
+    g_a, g_b = torch.tensor([1.0, 0.0, 0.5]), torch.tensor([-1.0, 1.0, 0.0])
+    assert F.cosine_similarity(g_a, g_b, dim=0) < 0
+    out = coordinate(g_a, g_b, conf_a, conf_b)
+    assert out.conflict
+    assert F.cosine_similarity(*out.grads, dim=0) >= -1e-6  # no conflict left
+    kept, moved = (0, 1) if conf_a > conf_b else (1, 0)
+    assert torch.equal(out.grads[kept], (g_a, g_b)[kept])  # the confident branch keeps its direction
+    assert not torch.equal(out.grads[moved], (g_a, g_b)[moved])
+
+
+def test_cgc_leaves_agreeing_gradients_alone() -> None:
+    g_a, g_b = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.1])
+    out = coordinate(g_a, g_b, 0.1, 0.9)
+    assert not out.conflict and out.grads[0] is g_a and out.grads[1] is g_b
+
+
+def test_cgc_backward_puts_the_coordinated_branch_gradients_on_the_shared_parameters() -> None:
+    torch.manual_seed(0)
+    task = get_task("diagnosis")
+    model = MODELS["dmsf_teacher"].build(DIMS, task, PARAMS)
+    objective = make_objective(task, [{"y": 0}, {"y": 1}, {"y": 2}], torch.device("cpu"))
+    target = {"y": 1}
+    shared = model.shared_parameters()
+
+    def grads_of(loss_fn):
+        model.zero_grad()
+        out = model(_inputs())
+        loss_fn(out).backward()
+        return torch.cat([p.grad.reshape(-1) for p in shared])
+
+    g_t = grads_of(lambda o: objective.loss(o["branch_logits"]["tumour"], target) / 2)  # mean of the branches
+    g_m = grads_of(lambda o: objective.loss(o["branch_logits"]["tme"], target) / 2)
+    g_main = grads_of(lambda o: objective.loss(o["logits"], target))
+    model.zero_grad()
+    out = model(_inputs())
+    coordinator = GradientCoordinator(model, objective)
+    coordinator.backward(objective.loss(out["logits"], target), out, target)
+    conf = [objective.confidence(out["branch_logits"][s].detach(), target) for s in ("tumour", "tme")]
+    expected = g_main + sum(coordinate(g_t, g_m, *conf).grads)
+    got = torch.cat([p.grad.reshape(-1) for p in shared])
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert coordinator.take_conflict_rate() in (0.0, 1.0)
+
+
+def test_confidence_is_the_probability_of_the_observed_outcome() -> None:
+    task = get_task("diagnosis")
+    objective = make_objective(task, [{"y": 0}, {"y": 1}, {"y": 2}], torch.device("cpu"))
+    logits = torch.tensor([[0.0, 1.0, 2.0]])
+    assert objective.confidence(logits, {"y": 2}) == pytest.approx(torch.softmax(logits, -1)[0, 2].item())
+    surv = make_objective(get_task("survival"), [], torch.device("cpu"))
+    hazard_logits = torch.zeros(1, 4)  # h = 0.5 per bin: death in bin 1 has probability 0.5 · 0.5
+    assert surv.confidence(hazard_logits, {"bin": 1, "event": 1, "time": 1.0}) == pytest.approx(0.25, rel=1e-5)
+
+
+# ---- IGC -------------------------------------------------------------------------------------
+def test_igc_gram_is_zero_for_identical_magnifications_and_positive_otherwise() -> None:
+    torch.manual_seed(0)
+    t, m = torch.randn(2, 8), torch.randn(2, 8)
+    same = {"tumour": {"20x": t, "10x": t.clone()}, "tme": {"20x": m, "10x": m.clone()}}
+    assert igc_gram(same).item() == pytest.approx(0.0, abs=1e-6)
+    assert igc_gram({"tumour": {"20x": t, "10x": 5 * t}, "tme": {"20x": m, "10x": 2 * m}}).item() == pytest.approx(
+        0.0, abs=1e-6)  # scale-free
+    other = {"tumour": {"20x": t, "10x": torch.randn(2, 8)}, "tme": {"20x": m, "10x": -m}}
+    value = igc_gram(other).item()
+    assert 0.0 < value <= 6.0
+    assert igc_gram({"tumour": {"20x": t}, "tme": {"20x": m}}) is None  # one magnification
+
+
+# ---- ITA -------------------------------------------------------------------------------------
+def test_ita_returns_the_configured_number_of_tokens_and_every_patch_has_a_cluster() -> None:
+    torch.manual_seed(0)
+    agg = TokenAggregator(8, n_tokens=5)
+    x = torch.randn(40, 8)
+    tokens, assign, sizes = agg(x)
+    assert tokens.shape == (5, 8) and assign.shape == (40,)
+    assert int(sizes.sum()) == 40 and (sizes > 0).all()
+    few, assign_few, _ = agg(torch.randn(3, 8))  # fewer patches than tokens: one cluster each
+    assert few.shape == (3, 8) and sorted(assign_few.tolist()) == [0, 1, 2]
+
+
+def test_ita_is_permutation_invariant() -> None:
+    torch.manual_seed(0)
+    agg = TokenAggregator(8, n_tokens=6)
+    x = torch.randn(50, 8)
+    perm = torch.randperm(50)
+    a, assign_a, _ = agg(x)
+    b, assign_b, _ = agg(x[perm])
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.equal(assign_a[perm], assign_b)
+
+
+def test_dpc_knn_finds_separated_clusters() -> None:
+    torch.manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = torch.cat([c + 0.3 * torch.randn(20, 2) for c in centres])
+    clusters = dpc_knn(x, 3, k=5)
+    labels = clusters.assign.view(3, 20)
+    assert all(len(set(row.tolist())) == 1 for row in labels)  # each blob is one cluster
+    assert len({row[0].item() for row in labels}) == 3
+
+
+def test_dpc_knn_blocks_give_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pathomix.models.ita as ita
+
+    x = torch.randn(70, 4, generator=torch.Generator().manual_seed(1))
+    full = ita.dpc_knn(x, 7)
+    monkeypatch.setattr(ita, "BLOCK", 16)
+    blocked = ita.dpc_knn(x, 7)
+    assert torch.equal(full.centres, blocked.centres) and torch.equal(full.assign, blocked.assign)
+
+
+def test_student_attention_maps_clusters_back_to_patches() -> None:
+    student = MODELS["dmsf_student"].build(DIMS, get_task("diagnosis"), ModelParams(hidden=8, ita_tokens=4))
+    out = student.eval()(_inputs())
+    for by_mag in out["attention"].values():
+        assert by_mag["20x"].shape == (1, 30)
+        assert torch.allclose(by_mag["20x"].sum(-1), torch.ones(1), atol=1e-5)
+
+
+# ---- distillation schedule ----------------------------------------------------------------------
+def test_distillation_waits_for_the_warm_up_and_is_zero_when_student_equals_teacher() -> None:
+    from pathomix.train.losses import softmax_log_prob
+
+    target = {"logits": torch.tensor([[1.0, 0.0, -1.0]]), "features": torch.ones(1, 4)}
+    term = distill_term({"P1": target}, DistillParams(warmup_epochs=3, kl_weight=0.01, feature_weight=0.01),
+                        softmax_log_prob)
+
+    class P:
+        patient_id = "P1"
+
+    same = {k: v.clone() for k, v in target.items()}
+    assert term(P, same, 3) is None  # still warming up
+    assert term(P, same, 4).item() == pytest.approx(0.0, abs=1e-7)
+    assert term(P, {"logits": target["logits"], "features": torch.zeros(1, 4)}, 4).item() == pytest.approx(0.01)
+
+
+# ---- variants (ablations as config) --------------------------------------------------------------
+VARIANTS = {"dmsf_teacher-noCGC": {"model": "dmsf_teacher", "cgc": False},
+            "dmsf_teacher-20x": {"model": "dmsf_teacher", "mags": ["20x"], "aux_losses": {"igc": 0.0}},
+            "dmsf_student-scratch": {"model": "dmsf_student", "teacher": None},
+            "dmsf_student-noCGC": {"model": "dmsf_student", "teacher": "dmsf_teacher-noCGC"}}
+
+
+def test_variants_resolve_to_registered_models_with_their_inputs() -> None:
+    assert resolve("dmsf_student-scratch", VARIANTS).teacher is None
+    assert model_inputs("dmsf_student-scratch", VARIANTS) == {"wsi": True, "genes": False, "teacher": None}
+    assert model_inputs("dmsf_student-noCGC", VARIANTS)["teacher"] == "dmsf_teacher-noCGC"
+    assert model_inputs("dmsf_student", VARIANTS) == {"wsi": True, "genes": True, "teacher": "dmsf_teacher"}
+    with pytest.raises(KeyError, match="neither a registered model"):
+        resolve("dmsf_teacher-typo", VARIANTS)
+    with pytest.raises(KeyError, match="takes no `teacher`"):
+        resolve("x", {"x": {"model": "abmil", "teacher": "dmsf_teacher"}})
+    with pytest.raises(KeyError, match="is not a dmsf_teacher"):
+        resolve("x", {"x": {"model": "dmsf_student", "teacher": "abmil"}})
+
+
+def test_variant_params_override_only_their_keys() -> None:
+    train = {"models": ["dmsf_teacher-20x"], "tasks": ["diagnosis"], "variants": VARIANTS, "epochs": 7,
+             "cgc": True, "aux_losses": {"igc": 0.1, "igc_mse": 0.0}}
+    params = TrainParams.from_mapping(job_params("dmsf_teacher-20x", train))
+    assert params.epochs == 7 and params.cgc is True
+    assert params.model.mags == ("20x",) and params.model.aux_losses == {"igc": 0.0, "igc_mse": 0.0}
+    assert TrainParams.from_mapping(job_params("dmsf_teacher-noCGC", train)).cgc is False
+    model = MODELS["dmsf_teacher"].build(DIMS, get_task("diagnosis"), params.model).eval()
+    out = model(_inputs())
+    assert set(out["attention"]["tumour"]) == {"20x"} and out["aux"] == {}
+
+
+# ---- gene importance ----------------------------------------------------------------------------
+def test_gene_importance_ranks_the_gene_the_model_reads() -> None:
+    from pathomix.train.importance import gene_importance
+
+    torch.manual_seed(0)
+    task = get_task("diagnosis")
+    objective = make_objective(task, [{"y": 0}, {"y": 1}, {"y": 2}], torch.device("cpu"))
+
+    class OneGene(torch.nn.Module):  # reads gene 2 of the tumour subspace only
+        def forward(self, inputs):
+            g = inputs["genes_tumour"][:, 2:3]
+            return {"logits": torch.cat([g, -g, 0 * g], dim=-1)}
+
+    class P:
+        def __init__(self, y):
+            self.inputs = {"genes_tumour": torch.randn(5), "genes_tme": torch.randn(4)}
+            self.target = {"y": y}
+
+    stats = {"genes": [f"G{i}" for i in range(9)], "subspace": ["tumour"] * 5 + ["tme"] * 4}
+    table = gene_importance(OneGene(), [P(0), P(1), P(2)], objective, torch.device("cpu"), stats)
+    top = table[(table.input == "genes_tumour") & (table["rank"] == 1)]
+    assert top.gene.item() == "G2" and top.subspace.item() == "tumour"
+    assert (table[table.gene != "G2"].importance == 0).all()
