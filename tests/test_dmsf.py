@@ -223,3 +223,13 @@ def test_gene_importance_ranks_the_gene_the_model_reads() -> None:
     top = table[(table.input == "genes_tumour") & (table["rank"] == 1)]
     assert top.gene.item() == "G2" and top.subspace.item() == "tumour"
     assert (table[table.gene != "G2"].importance == 0).all()
+
+
+def test_a_variant_may_train_on_some_tasks_only() -> None:
+    from pathomix.catalog import model_tasks
+
+    train = {"tasks": ["diagnosis", "survival"],
+             "variants": {"t-dx": {"model": "dmsf_teacher", "tasks": ["diagnosis"]}}}
+    assert model_tasks("t-dx", train) == ["diagnosis"]
+    assert model_tasks("abmil", train) == ["diagnosis", "survival"]
+    assert TrainParams.from_mapping(job_params("t-dx", train)) == TrainParams()

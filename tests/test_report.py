@@ -135,6 +135,19 @@ def test_gene_view_summarises_the_selection(tmp_path):
     assert gene_view.main(["--genes", str(tmp_path / "genes.csv"), "--hvg", str(tmp_path / "hvg.parquet"),
                            "--subspaces", str(tmp_path / "sub.parquet"), "--out", str(out)]) == 0
     assert out.stat().st_size > 10_000
+    # with the teacher's gene importance (two folds), genes are ranked by the model's mean importance
+    ckpts = []
+    for k, top in enumerate((1.0, 3.0)):
+        fold = tmp_path / "models" / "dmsf_teacher" / "diagnosis" / f"fold{k}"
+        fold.mkdir(parents=True)
+        imp = pd.DataFrame({"input": "genes_tumour", "gene": hv.columns[::3], "subspace": "tumour",
+                            "importance": [top] + [0.1] * 3, "rank": [1, 2, 3, 4]})
+        imp.to_parquet(fold / "gene_importance.parquet")
+        ckpts.append(str(fold / "checkpoint.pt"))
+    mean, name = gene_view.model_importance(ckpts)
+    assert name == "dmsf_teacher" and mean[hv.columns[0]] == pytest.approx(2.0)
+    assert gene_view.main(["--hvg", str(tmp_path / "hvg.parquet"), "--subspaces", str(tmp_path / "sub.parquet"),
+                           "--importance", *ckpts, "--out", str(tmp_path / "genes2.png")]) == 0
 
 
 @pytest.mark.parametrize("weights", ["random-init", "ab" * 32])

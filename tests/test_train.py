@@ -263,3 +263,35 @@ def test_harrell_c_matches_lifelines() -> None:
     expected = concordance_index(time_, -risk, event)
     assert harrell_c(time_, risk, event) == pytest.approx(expected, abs=1e-12)
     assert np.isnan(harrell_c(time_[:3], risk[:3], np.zeros(3, bool)))
+
+
+def test_external_cohort_is_predicted_zero_shot(cohort: dict, tmp_path: Path) -> None:
+    """Patients of an external cohort (split `external` in folds.parquet) are never trained on and are
+    predicted by the fold's model, with their cohort in the predictions."""
+    folds = pd.read_parquet(cohort["folds"])
+    external = ["P02", "P05", "P08"]
+    folds["split"] = folds.split.where(~folds.patient_id.isin(external), "external")
+    folds["cohort"] = np.where(folds.patient_id.isin(external), "site-B", "site-A")
+    folds.to_parquet(tmp_path / "folds.parquet")
+    out = tmp_path / "abmil"
+    argv = _argv({**cohort, "folds": tmp_path / "folds.parquet"}, "abmil", "diagnosis", out,
+                 params={**PARAMS, "epochs": 3})
+    assert main(argv) == 0
+    pred = pd.read_parquet(out / "predictions.parquet")
+    ext = pred[pred.split == "external"]
+    assert sorted(ext.patient_id) == external and set(ext.cohort) == {"site-B"}
+    assert set(pred.cohort[pred.split != "external"]) == {"site-A"}
+
+
+def test_variant_trains_under_its_own_name(cohort: dict, trained: dict, tmp_path: Path) -> None:
+    out = tmp_path / "scratch"
+    argv = _argv(cohort, "dmsf_student", "diagnosis", out, params={**PARAMS, "epochs": 2})
+    assert main([*argv, "--name", "dmsf_student-scratch", "--scratch"]) == 0
+    pred = pd.read_parquet(out / "predictions.parquet")
+    assert set(pred.model) == {"dmsf_student-scratch"}
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert (ckpt["model"], ckpt["base_model"], ckpt["teacher"]) == ("dmsf_student-scratch", "dmsf_student", None)
+    # a scratch student does not read genes: the patient without genes is used
+    assert NO_GENES[0] in set(pred.patient_id)
+    teacher = trained[("dmsf_teacher", "diagnosis")] / "checkpoint.pt"
+    assert main([*_argv(cohort, "dmsf_student", "diagnosis", tmp_path / "x", teacher=teacher), "--scratch"]) == 2

@@ -11,9 +11,10 @@ with some ``train:`` keys overridden, e.g. the ablations of the DMSF paper::
     dmsf_teacher-noCGC: {model: dmsf_teacher, cgc: false}
     dmsf_student-scratch: {model: dmsf_student, teacher: null}
 
-``teacher`` (only for a model that has one) names the model it is distilled from: the
-registered teacher by default, another variant, or null for training from scratch. A variant
-trains through the same rule on the same folds and is reported under its own name.
+``tasks`` restricts a variant to some of ``train.tasks``. ``teacher`` (only for a model that
+has one) names the model it is distilled from: the registered teacher by default, another
+variant, or null for training from scratch. A variant trains through the same rule on the same
+folds and is reported under its own name.
 
 :func:`missing_cohort_inputs` checks a config's models against the cohort it names (a
 genes-only cohort has ``slides: null``).
@@ -114,3 +115,10 @@ def missing_cohort_inputs(models: list[str], config: Mapping[str, Any]) -> list[
     return [f"model {m} needs {what} but `{key}` is null; remove it from train.models or {fix}"
             for m in models for kind, (key, what, fix) in COHORT_KEYS.items()
             if model_inputs(m, variants)[kind] and not config.get(key)]
+
+
+def model_tasks(name: str, train: Mapping[str, Any]) -> list[str]:
+    """The tasks ``name`` trains on: ``train.tasks``, or the subset a variant lists in ``tasks``
+    (e.g. ablations on the diagnosis task only)."""
+    own = resolve(name, train.get("variants")).overrides.get("tasks")
+    return [t for t in train["tasks"] if own is None or t in own]

@@ -13,7 +13,7 @@ from snakemake.utils import validate
 
 import pathomix
 from pathomix import paths as P
-from pathomix.catalog import job_params, missing_cohort_inputs, model_inputs, resolve
+from pathomix.catalog import job_params, missing_cohort_inputs, model_inputs, model_tasks, resolve
 from pathomix.io.sheets import read_slides
 
 RESULTS = config["results_dir"]
@@ -31,6 +31,8 @@ for _name in config["train"]["models"]:  # fail at parse time, naming the model 
         raise WorkflowError(f"config train.models: {err.args[0]}") from None
 if missing := missing_cohort_inputs(config["train"]["models"], config):  # e.g. abmil with slides: null
     raise WorkflowError("\n".join(missing))
+# (model, task) pairs that train: every model on train.tasks, a variant on its own `tasks` if it lists them
+MODEL_TASKS = [(m, t) for m in config["train"]["models"] for t in model_tasks(m, config["train"])]
 # GPU rules claim resources gpu=1 (profiles/default caps it at 1) only where a GPU exists.
 GPU = int(shutil.which("nvidia-smi") is not None and config["features"]["device"] != "cpu")
 

@@ -15,7 +15,7 @@ FIGURE_LABEL = {"roc": "ROC + confusion matrix", "km": "Kaplan–Meier by predic
 
 def model_files(name, wildcards=None):
     return [str(P.model_dir(RESULTS, m, t, k) / name)
-            for m in config["train"]["models"] for t in config["train"]["tasks"] for k in FOLDS]
+            for m, t in MODEL_TASKS for k in FOLDS]
 
 
 def all_predictions(wildcards=None):
@@ -25,12 +25,11 @@ def all_predictions(wildcards=None):
 def figure_outputs():
     """Named, report-tagged outputs: one per model × task × figure kind of the task's kind."""
     out = {}
-    for m in config["train"]["models"]:
-        for t in config["train"]["tasks"]:
-            for kind, name in L.figure_names(m, t, TASKS[t].kind).items():
-                out[f"{kind}_{m}_{t}"] = report(str(P.figures(RESULTS) / name), category=CATEGORY[kind],
-                                                subcategory=t, labels={"model": m, "figure": FIGURE_LABEL[kind]},
-                                                caption=f"../report/{kind}.rst")
+    for m, t in MODEL_TASKS:
+        for kind, name in L.figure_names(m, t, TASKS[t].kind).items():
+            out[f"{kind}_{m}_{t}"] = report(str(P.figures(RESULTS) / name), category=CATEGORY[kind],
+                                            subcategory=t, labels={"model": m, "figure": FIGURE_LABEL[kind]},
+                                            caption=f"../report/{kind}.rst")
     return out
 
 
@@ -77,9 +76,17 @@ rule evaluate:
         "{params.cohorts} > {log:q} 2>&1"
 
 
+def subspace_model_checkpoints(wildcards=None):
+    """checkpoint.pt of every task and fold of the first model that reads the gene subspaces."""
+    models = [m for m in config["train"]["models"] if resolve(m, VARIANTS).model == "dmsf_teacher"]
+    return [str(P.model_dir(RESULTS, m, t, k) / "checkpoint.pt")
+            for m, t in MODEL_TASKS if models and m == models[0] for k in FOLDS]
+
+
 rule gene_view:
     input:
         genes=config["genes"] or [],
+        importance=subspace_model_checkpoints,
         hvg=str(P.hvg(RESULTS)),
         subspaces=str(P.subspaces(RESULTS)),
     output:
@@ -96,7 +103,7 @@ rule gene_view:
     threads: 1
     shell:
         "python -m pathomix.evaluate.gene_view {params.genes} --hvg {input.hvg:q} --subspaces {input.subspaces:q} "
-        "--params {params.cfg:q} --out {output:q} > {log:q} 2>&1"
+        "--importance {input.importance:q} --params {params.cfg:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule provenance:

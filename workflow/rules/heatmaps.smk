@@ -9,7 +9,7 @@ def wsi_models():
 
 def wsi_predictions(wildcards=None):
     return [str(P.model_dir(RESULTS, m, t, k) / "predictions.parquet")
-            for m in wsi_models() for t in config["train"]["tasks"] for k in FOLDS]
+            for m, t in MODEL_TASKS if m in wsi_models() for k in FOLDS]
 
 
 def he_slides():

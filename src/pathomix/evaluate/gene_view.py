@@ -2,8 +2,10 @@
 
 HVG selection summary (variance of every gene of the table after the genes stage's transform,
 the kept top fraction and its threshold; kept genes per subspace out of the genes each subspace
-has in the table) and the top genes per subspace by importance = variance of the log-expression
-over all patients (the unsupervised criterion of the selection itself).
+has in the table) and the top genes per subspace by importance: the trained gene-subspace model's
+gradient × input importance (``gene_importance.parquet`` of each fold and task, averaged) when
+``--importance`` names those training outputs, else the variance of the log-expression over
+all patients (the unsupervised criterion of the selection itself).
 """
 
 from __future__ import annotations
@@ -43,7 +45,24 @@ def gene_variances(genes: str | None, hvg: pd.DataFrame, params: GeneParams) -> 
     return pd.DataFrame({"gene": var.index, "variance": var.values, "kept": var.index.isin(kept.index)})
 
 
-def gene_figure(var: pd.DataFrame, subspaces: pd.DataFrame, all_sets: pd.Series, path: Path) -> None:
+IMPORTANCE = "gene_importance.parquet"  # written by the training stage next to checkpoint.pt
+
+
+def model_importance(checkpoints: list[str]) -> tuple[pd.Series, str] | None:
+    """Mean importance per gene over the ``gene_importance.parquet`` files next to ``checkpoints``
+    (subspace inputs only), and the model's name; None when there are none."""
+    frames = [pd.read_parquet(Path(c).with_name(IMPORTANCE)) for c in checkpoints
+              if Path(c).with_name(IMPORTANCE).exists()]
+    frames = [f[f.input != "genes"] for f in frames]
+    if not any(len(f) for f in frames):
+        return None
+    table = pd.concat(frames, ignore_index=True)
+    name = Path(checkpoints[0]).parents[2].name  # models/{model}/{task}/fold{k}/checkpoint.pt
+    return table.groupby("gene").importance.mean(), name
+
+
+def gene_figure(var: pd.DataFrame, subspaces: pd.DataFrame, all_sets: pd.Series, path: Path,
+                importance: tuple[pd.Series, str] | None = None) -> None:
     sub = subspaces.set_index("gene").subspace
     kept = var[var.kept].assign(subspace=lambda d: d.gene.map(sub).fillna("other"))
     fig = plt.figure(figsize=(12, 7.5), layout="constrained")
@@ -71,11 +90,16 @@ def gene_figure(var: pd.DataFrame, subspaces: pd.DataFrame, all_sets: pd.Series,
     axes["bars"].set_xticks(x, names)
     axes["bars"].set(ylabel="genes", title="genes per subspace (other = in no gene set)")
     axes["bars"].legend(fontsize=8)
+    score, xlabel = "variance", "variance (importance for the HVG selection)"
+    if importance is not None:
+        kept = kept.assign(model=kept.gene.map(importance[0]).fillna(0.0))
+        score = "model"
+        xlabel = f"|gradient × input| in {importance[1]} (mean over test patients, folds, tasks)"
     for name in ("tumour", "tme"):
-        top = kept[kept.subspace == name].nlargest(TOP_N, "variance").iloc[::-1]
+        top = kept[kept.subspace == name].nlargest(TOP_N, score).iloc[::-1]
         ax = axes[name]
-        ax.barh(top.gene, top.variance, color=COLOURS[name])
-        ax.set(xlabel="variance (importance for the HVG selection)", title=f"top {len(top)} {name} genes")
+        ax.barh(top.gene, top[score], color=COLOURS[name])
+        ax.set(xlabel=xlabel, title=f"top {len(top)} {name} genes")
         ax.tick_params(axis="y", labelsize=8)
         if top.empty:
             ax.text(0.5, 0.5, f"no HVG in the {name} subspace", ha="center", transform=ax.transAxes)
@@ -89,12 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hvg", required=True)
     p.add_argument("--subspaces", required=True)
     p.add_argument("--params", default="{}", help="JSON of the config's `genes_params:` subtree")
+    p.add_argument("--importance", nargs="*", default=[],
+                   help=f"checkpoint.pt files of a gene-subspace model; reads the {IMPORTANCE} next to each")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     setup_logging()
     params = GeneParams(**json.loads(args.params))
     var = gene_variances(args.genes, pd.read_parquet(args.hvg), params)
-    gene_figure(var, pd.read_parquet(args.subspaces), load_gene_sets(params.gene_sets), Path(args.out))
+    gene_figure(var, pd.read_parquet(args.subspaces), load_gene_sets(params.gene_sets), Path(args.out),
+                model_importance(args.importance))
     log.info("gene view %s: %d of %d genes kept", args.out, int(var.kept.sum()), len(var))
     return 0
 
