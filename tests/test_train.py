@@ -295,3 +295,36 @@ def test_variant_trains_under_its_own_name(cohort: dict, trained: dict, tmp_path
     assert NO_GENES[0] in set(pred.patient_id)
     teacher = trained[("dmsf_teacher", "diagnosis")] / "checkpoint.pt"
     assert main([*_argv(cohort, "dmsf_student", "diagnosis", tmp_path / "x", teacher=teacher), "--scratch"]) == 2
+
+
+# ---- tile-grid positions (pos_{mag}) ----------------------------------------------------------------
+def test_tile_positions_are_in_tile_units() -> None:
+    from pathomix.train.bags import tile_positions
+
+    coords = np.array([[512, 256], [768, 256], [512, 768]])
+    pos = tile_positions(coords, {"patch_size_level0": 256, "patch_size": 256, "overlap": 0})
+    assert pos.tolist() == [[0, 0], [1, 0], [0, 2]]
+    # 10x tiles read at level 0 of a 20x slide: 512 level-0 px per tile; overlap in px at target
+    assert tile_positions(coords * 2, {"patch_size_level0": 512, "patch_size": 256}).tolist() == pos.tolist()
+    assert tile_positions(coords, {"patch_size_level0": 256, "patch_size": 256, "overlap": 128})[1].tolist() == [2, 0]
+    assert tile_positions(coords, {}).tolist() == pos.tolist()  # a store without attributes: inferred spacing
+
+
+def test_bags_carry_positions_and_subsample_them_with_their_tiles(cohort: dict) -> None:
+    from pathomix.io.tasks import get_task
+    from pathomix.train.data import Needs, Sources, load_cohort
+    from pathomix.train.loop import batch_inputs
+
+    src = Sources(cohort["clinical"], cohort["folds"], cohort["manifest"])
+    patients = load_cohort(src, get_task("diagnosis"), 0, Needs(mags=("20x",), load_wsi=True, require_wsi=True))
+    p = next(q for q in patients.patients if q.patient_id == MULTI_SLIDE[1])  # two slides side by side
+    pos, bag = p.inputs["pos_20x"], p.bags["20x"]
+    assert pos.shape == (len(bag), 2) and pos[:, 1].eq(0).all()
+    first = torch.from_numpy(bag.slide_ids == bag.slide_ids[0])
+    assert pos[first, 0].tolist() == list(range(int(first.sum())))  # the synthetic stores are one row of tiles
+    assert pos[~first, 0].min() == pos[first, 0].max() + 2  # the second slide starts one empty column later
+    g = torch.Generator().manual_seed(0)
+    batch = batch_inputs(p, torch.device("cpu"), max_tiles=5, generator=g)
+    assert batch["wsi_20x"].shape == (1, 5, D) and batch["pos_20x"].shape == (1, 5, 2)
+    rows = [int((pos == xy).all(dim=1).nonzero()) for xy in batch["pos_20x"][0]]  # positions are unique
+    assert torch.equal(batch["wsi_20x"][0], p.inputs["wsi_20x"][rows].float())

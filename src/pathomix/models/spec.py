@@ -5,6 +5,7 @@ A model is built by ``build(dims, task, params)`` and called as ``model(inputs)`
 
 - ``wsi_20x``, ``wsi_10x``, ... : H&E patch features ``(B, N, D)`` of the patient's bag at
   that magnification (key built by :func:`wsi_key`; absent when the bag is empty there);
+- ``pos_20x``, ... (:func:`pos_key`): the tiles' (x, y) positions ``(B, N, 2)`` on the tile grid, in tile units;
 - ``genes`` ``(B, G)``: all standardised HVG genes; ``genes_tumour`` / ``genes_tme``: the
   columns of the tumour and TME subspaces.
 
@@ -34,6 +35,11 @@ GENE_INPUTS = ("genes", "genes_tumour", "genes_tme")
 def wsi_key(mag: str) -> str:
     """Input name of the H&E bag at magnification ``mag`` (e.g. ``wsi_20x``)."""
     return f"wsi_{mag}"
+
+
+def pos_key(mag: str) -> str:
+    """Input name of the tile-grid positions of the bag at ``mag`` (e.g. ``pos_20x``)."""
+    return f"pos_{mag}"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from pathomix.io.errors import PathomixInputError
 from pathomix.io.sheets import read_clinical
 from pathomix.io.tasks import Task, discretise, survival_bins
 from pathomix.models import wsi_key
+from pathomix.models.spec import pos_key
 from pathomix.train.bags import Bag, load_bags, read_manifest
 from pathomix.train.genes import fit_gene_stats, gene_dims, gene_inputs, read_hvg
 
@@ -185,7 +186,9 @@ def load_cohort(src: Sources, task: Task, fold: int, needs: Needs,
     targets, edges = TARGETS[task.kind](clin, label, pids, train)
     patients = []
     for p in pids:
-        inputs = {wsi_key(m): b.features for m, b in bags.get(p, {}).items()} | genes.get(p, {})
+        by_mag = bags.get(p, {})
+        inputs = ({wsi_key(m): b.features for m, b in by_mag.items()}
+                  | {pos_key(m): torch.from_numpy(b.positions) for m, b in by_mag.items()} | genes.get(p, {}))
         patients.append(Patient(p, str(split[p]), targets[p], inputs, bags.get(p, {})))
     counts = {s: sum(q.split == s for q in patients) for s in SPLITS}
     log.info("fold %d, task %s: %d patients used (%s)", fold, task.name, len(patients), counts)

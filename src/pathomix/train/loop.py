@@ -41,11 +41,16 @@ class FitResult:
 
 def batch_inputs(patient: Patient, device: torch.device, max_tiles: int | None = None,
                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """One patient's inputs as float32 batch-of-one tensors on ``device``."""
+    """One patient's inputs as float32 batch-of-one tensors on ``device``; a bag larger than
+    ``max_tiles`` is subsampled, its tile positions (``pos_{mag}``) with the same tiles."""
+    picks = {key[len("wsi_"):]: torch.randperm(len(value), generator=generator)[:max_tiles].sort().values
+             for key, value in patient.inputs.items()
+             if max_tiles and key.startswith("wsi_") and len(value) > max_tiles}
     out = {}
     for key, value in patient.inputs.items():
-        if max_tiles and key.startswith("wsi_") and len(value) > max_tiles:
-            value = value[torch.randperm(len(value), generator=generator)[:max_tiles].sort().values]
+        kind, _, mag = key.partition("_")
+        if kind in ("wsi", "pos") and mag in picks:
+            value = value[picks[mag]]
         out[key] = value.to(device=device, dtype=torch.float32).unsqueeze(0)
     return out
 
