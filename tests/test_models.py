@@ -33,6 +33,7 @@ def _inputs(n20: int = 7, n10: int | None = 3, seed: int = 0) -> dict[str, torch
         out[wsi_key("10x")] = torch.randn(1, n10, DIMS["wsi"], generator=g)
     out["genes_tumour"] = out["genes"][:, :5]
     out["genes_tme"] = out["genes"][:, 5:9]
+    out["pos_20x"] = torch.stack([torch.arange(n20) % 3, torch.arange(n20) // 3], dim=-1)[None].float()  # tile units
     return out
 
 
@@ -44,13 +45,14 @@ def test_registry_lists_the_four_models() -> None:
     assert MODELS["dmsf_teacher"].needs_wsi and MODELS["dmsf_teacher"].needs_genes
     assert set(MODELS["dmsf_teacher"].mags) == {"10x", "20x"}
     assert not MODELS["dmsf_student"].needs_genes
+    assert MODELS["ksfusion"].needs_wsi and MODELS["ksfusion"].needs_genes and MODELS["ksfusion"].mags == ("20x",)
     with pytest.raises(KeyError, match="known models"):
         get_model("nope")
     assert required_inputs("dmsf_student") == {"wsi": True, "genes": True, "teacher": "dmsf_teacher"}
     assert required_inputs("abmil") == {"wsi": True, "genes": False, "teacher": None}
 
 
-@pytest.mark.parametrize("name", ["abmil", "snn", "dmsf_teacher", "dmsf_student"])
+@pytest.mark.parametrize("name", ["abmil", "snn", "dmsf_teacher", "dmsf_student", "ksfusion"])
 @pytest.mark.parametrize("task_name", ["diagnosis", "survival"])
 def test_forward_contract(name: str, task_name: str) -> None:
     task = get_task(task_name)

@@ -328,3 +328,32 @@ def test_bags_carry_positions_and_subsample_them_with_their_tiles(cohort: dict) 
     assert batch["wsi_20x"].shape == (1, 5, D) and batch["pos_20x"].shape == (1, 5, 2)
     rows = [int((pos == xy).all(dim=1).nonzero()) for xy in batch["pos_20x"][0]]  # positions are unique
     assert torch.equal(batch["wsi_20x"][0], p.inputs["wsi_20x"][rows].float())
+
+
+# ---- seed models (KS-Fusion, UMEML) on diagnosis -----------------------------------------------------
+SEED_MODELS = ["ksfusion"]
+
+
+@pytest.fixture(scope="session")
+def seed_trained(cohort: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("seed_models")
+    for model in SEED_MODELS:
+        assert main(_argv(cohort, model, "diagnosis", root / model)) == 0
+    return {m: root / m for m in SEED_MODELS}
+
+
+@pytest.mark.parametrize("model", SEED_MODELS)
+def test_seed_model_diagnosis_beats_chance(seed_trained: dict, cohort: dict, model: str) -> None:
+    out = seed_trained[model]
+    pred = pd.read_parquet(out / "predictions.parquet")
+    test = pred[pred.split == "test"]
+    auc = roc_auc_score(test.y_true, test[[f"prob_{c}" for c in DIAGNOSES]].to_numpy(), multi_class="ovr")
+    assert auc >= 0.85 and (test.y_true == test.y_pred).mean() >= 0.7, f"{model} test AUC {auc:.2f}"
+    used = set(pred.patient_id)
+    assert NO_GENES[0] not in used and EMPTY_HE not in used and MULTI_SLIDE[0] in used  # WSI + genes
+    hist = pd.read_parquet(out / "history.parquet")
+    assert ("cgc_conflicts" in hist.columns) == (model == "ksfusion")  # CGC on the tumour/TME halves
+    att = pd.read_parquet(out / "attention.parquet")
+    assert set(att.patient_id) == set(test.patient_id) and (att.mag == "20x").all()
+    assert np.allclose(att.groupby(["patient_id", "head"]).weight.sum(), 1.0, atol=1e-4)
+    assert (out / "gene_importance.parquet").exists()

@@ -7,7 +7,7 @@ names from here.
 
 from __future__ import annotations
 
-from pathomix.models import abmil, dmsf, snn
+from pathomix.models import abmil, dmsf, ksfusion, snn
 from pathomix.models.spec import GENE_INPUTS, OUTPUT_KEYS, ModelParams, ModelSpec, wsi_key
 
 MODELS: dict[str, ModelSpec] = {
@@ -22,6 +22,8 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("dmsf_student", dmsf.build_student, needs_wsi=True, needs_genes=False, mags=dmsf.MAGS,
                   teacher="dmsf_teacher",
                   description="DMSF WSI-only student distilled from dmsf_teacher"),
+        ModelSpec("ksfusion", ksfusion.build, needs_wsi=True, needs_genes=True, mags=ksfusion.MAGS,
+                  description="KS-Fusion: tumour/TME gene queries, deformable attention on the 20x tile grid"),
     )
 }
 

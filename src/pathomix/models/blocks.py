@@ -96,9 +96,13 @@ class CrossAttention(nn.Module):
         b, n, d = x.shape
         return x.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, h, n, d/h)
 
-    def forward(self, query: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, query: torch.Tensor, patches: torch.Tensor, bias: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``bias`` (B, Q, N), optional, is added to the attention logits (e.g. log-masks)."""
         q, k, v = self._split(self.q(query)), self._split(self.k(patches)), self._split(self.v(patches))
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, h, Q, N)
+        if bias is not None:
+            scores = scores + bias[:, None]
         weights = torch.softmax(scores, dim=-1)
         ctx = (self.drop(weights) @ v).transpose(1, 2).reshape(query.shape)  # (B, Q, H)
         return self.out(ctx), weights.mean(dim=1)
