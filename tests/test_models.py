@@ -45,14 +45,15 @@ def test_registry_lists_the_four_models() -> None:
     assert MODELS["dmsf_teacher"].needs_wsi and MODELS["dmsf_teacher"].needs_genes
     assert set(MODELS["dmsf_teacher"].mags) == {"10x", "20x"}
     assert not MODELS["dmsf_student"].needs_genes
-    assert MODELS["ksfusion"].needs_wsi and MODELS["ksfusion"].needs_genes and MODELS["ksfusion"].mags == ("20x",)
+    for name in ("ksfusion", "umeml"):
+        assert MODELS[name].needs_wsi and MODELS[name].needs_genes and MODELS[name].mags == ("20x",), name
     with pytest.raises(KeyError, match="known models"):
         get_model("nope")
     assert required_inputs("dmsf_student") == {"wsi": True, "genes": True, "teacher": "dmsf_teacher"}
     assert required_inputs("abmil") == {"wsi": True, "genes": False, "teacher": None}
 
 
-@pytest.mark.parametrize("name", ["abmil", "snn", "dmsf_teacher", "dmsf_student", "ksfusion"])
+@pytest.mark.parametrize("name", ["abmil", "snn", "dmsf_teacher", "dmsf_student", "ksfusion", "umeml"])
 @pytest.mark.parametrize("task_name", ["diagnosis", "survival"])
 def test_forward_contract(name: str, task_name: str) -> None:
     task = get_task(task_name)

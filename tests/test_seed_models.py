@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pathomix.io.tasks import get_task
 from pathomix.models import MODELS, ModelParams, wsi_key
@@ -141,3 +142,83 @@ def test_ksfusion_cgc_coordinates_the_shared_patch_encoder() -> None:
     coordinator.backward(objective.loss(out["logits"], {"y": 1}), out, {"y": 1})
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in shared)
     assert coordinator.take_conflict_rate() in (0.0, 1.0)
+
+
+# ---- UMEML: modularity, prototypes, registers, shared decoder ---------------------------------------
+def _two_triangles() -> torch.Tensor:
+    """Two triangles {0, 1, 2} and {3, 4, 5} joined by the edge 2–3: 7 edges, degrees 2,2,3,3,2,2."""
+    a = torch.zeros(6, 6)
+    for i, j in ((0, 1), (0, 2), (1, 2), (3, 4), (3, 5), (4, 5), (2, 3)):
+        a[i, j] = a[j, i] = 1.0
+    return a[None]
+
+
+def test_modularity_of_a_known_hard_partition_equals_newmans_q() -> None:
+    from pathomix.models.modularity import newman_modularity
+
+    adj = _two_triangles()
+    halves = torch.tensor([0, 0, 0, 1, 1, 1])
+    # Q = Σ_c [L_c / m − (d_c / 2m)²] = 2 · (3/7 − (7/14)²) = 5/14
+    assert newman_modularity(adj, F.one_hot(halves, 2).float()[None]).item() == pytest.approx(5 / 14, abs=1e-6)
+    one = torch.zeros(6, dtype=torch.long)  # everything in one community: Q = 1 − 1 = 0
+    assert newman_modularity(adj, F.one_hot(one, 1).float()[None]).item() == pytest.approx(0.0, abs=1e-6)
+    # singletons: Q = −Σ_i (k_i / 2m)² = −(4 · 2² + 2 · 3²) / 14²
+    assert newman_modularity(adj, torch.eye(6)[None]).item() == pytest.approx(-34 / 196, abs=1e-6)
+    # a wrong split scores lower than the right one; an unused prototype column changes nothing
+    mixed = torch.tensor([0, 1, 0, 1, 0, 1])
+    assert newman_modularity(adj, F.one_hot(mixed, 2).float()[None]) < 5 / 14
+    assert newman_modularity(adj, F.one_hot(halves, 3).float()[None]).item() == pytest.approx(5 / 14, abs=1e-6)
+    # a soft assignment is the expectation over the co-assignment: halfway between the halves and one block
+    soft = (0.5 * F.one_hot(halves, 2).float() + 0.5 * torch.tensor([1.0, 0.0]))[None]
+    assert newman_modularity(adj, soft).item() < 5 / 14
+    assert newman_modularity(torch.zeros(1, 3, 3), torch.eye(3)[None]).item() == 0.0  # no edges
+
+
+def test_modularity_loss_prefers_prototypes_at_the_patch_clusters() -> None:
+    from pathomix.models.modularity import modularity_loss
+
+    torch.manual_seed(0)
+    centres = torch.eye(4)[:2] * 5  # two orthogonal clusters of patches
+    patches = torch.cat([c + 0.3 * torch.randn(10, 4) for c in centres])[None]
+    good = modularity_loss(patches, centres[None], temperature=0.1)
+    bad = modularity_loss(patches, torch.tensor([[[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]]), 0.1)
+    assert good < bad and good.item() == pytest.approx(-0.5, abs=0.05)  # two equal communities: Q → 1/2
+
+
+def test_umeml_modularity_is_a_training_term_with_its_weight_and_reaches_the_prototypes() -> None:
+    torch.manual_seed(0)
+    task = get_task("diagnosis")
+    model = MODELS["umeml"].build(DIMS, task, PARAMS)
+    assert model.prototypes.shape == (5, 8) and model.registers.shape == (3, 8)  # paper: 5 prototypes, 3 registers
+    out = model.train()(_inputs())
+    assert set(out["aux"]) == {"modularity"} and -2.5 - 1e-6 <= out["aux"]["modularity"].item() <= 5.0
+    out["aux"]["modularity"].backward()
+    assert model.prototypes.grad is not None and model.prototypes.grad.abs().sum() > 0
+    assert model.eval()(_inputs())["aux"] == {}  # not at evaluation: it needs the N x N patch graph
+    off = MODELS["umeml"].build(DIMS, task, ModelParams(hidden=8, umeml_modularity=0.0)).train()
+    assert off(_inputs())["aux"] == {}
+
+
+def test_umeml_registers_change_the_output() -> None:
+    torch.manual_seed(0)
+    model = MODELS["umeml"].build(DIMS, get_task("diagnosis"), PARAMS).eval()
+    before = model(_inputs())["logits"]
+    with torch.no_grad():
+        model.registers.add_(torch.randn_like(model.registers))  # (a constant shift is normalised away)
+    assert not torch.allclose(before, model(_inputs())["logits"])
+    none = MODELS["umeml"].build(DIMS, get_task("diagnosis"), ModelParams(hidden=8, umeml_registers=0)).eval()
+    assert torch.isfinite(none(_inputs())["logits"]).all()
+
+
+def test_umeml_decoder_serves_several_tasks_from_one_pass() -> None:
+    from pathomix.models.umeml import UMEML
+
+    torch.manual_seed(0)
+    tasks = {t: get_task(t).n_outputs for t in ("grading", "diagnosis", "survival")}
+    model = UMEML(DIMS, tasks, PARAMS, primary="diagnosis").eval()
+    logits = model.predict_tasks(_inputs())
+    assert {t: v.shape[-1] for t, v in logits.items()} == tasks == {"grading": 3, "diagnosis": 3, "survival": 4}
+    assert torch.equal(model(_inputs())["logits"], logits["diagnosis"])
+    # the heads share every parameter but their own
+    shared = {n for n, _ in model.named_parameters() if not n.startswith("heads.")}
+    assert shared and all(n.startswith("heads.") for n, _ in model.named_parameters() if n not in shared)

@@ -331,7 +331,7 @@ def test_bags_carry_positions_and_subsample_them_with_their_tiles(cohort: dict) 
 
 
 # ---- seed models (KS-Fusion, UMEML) on diagnosis -----------------------------------------------------
-SEED_MODELS = ["ksfusion"]
+SEED_MODELS = ["ksfusion", "umeml"]
 
 
 @pytest.fixture(scope="session")

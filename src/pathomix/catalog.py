@@ -33,6 +33,7 @@ MODEL_INPUTS: dict[str, dict[str, bool | str | None]] = {
     # a distilled student reads the genes too: it runs its frozen teacher during training
     "dmsf_student": {"wsi": True, "genes": True, "teacher": "dmsf_teacher"},
     "ksfusion": {"wsi": True, "genes": True, "teacher": None},
+    "umeml": {"wsi": True, "genes": True, "teacher": None},
 }
 OWN_INPUTS: dict[str, dict[str, bool]] = {  # what the model itself reads, without its teacher
     "abmil": {"wsi": True, "genes": False},
@@ -40,6 +41,7 @@ OWN_INPUTS: dict[str, dict[str, bool]] = {  # what the model itself reads, witho
     "dmsf_teacher": {"wsi": True, "genes": True},
     "dmsf_student": {"wsi": True, "genes": False},
     "ksfusion": {"wsi": True, "genes": True},
+    "umeml": {"wsi": True, "genes": True},
 }
 _KEEP = object()
 # input kind → (config key that names it, what it is, how to add it)

@@ -7,7 +7,7 @@ names from here.
 
 from __future__ import annotations
 
-from pathomix.models import abmil, dmsf, ksfusion, snn
+from pathomix.models import abmil, dmsf, ksfusion, snn, umeml
 from pathomix.models.spec import GENE_INPUTS, OUTPUT_KEYS, ModelParams, ModelSpec, wsi_key
 
 MODELS: dict[str, ModelSpec] = {
@@ -24,6 +24,8 @@ MODELS: dict[str, ModelSpec] = {
                   description="DMSF WSI-only student distilled from dmsf_teacher"),
         ModelSpec("ksfusion", ksfusion.build, needs_wsi=True, needs_genes=True, mags=ksfusion.MAGS,
                   description="KS-Fusion: tumour/TME gene queries, deformable attention on the 20x tile grid"),
+        ModelSpec("umeml", umeml.build, needs_wsi=True, needs_genes=True, mags=umeml.MAGS,
+                  description="UMEML: prototype queries + modularity, register tokens, one shared decoder"),
     )
 }
 
