@@ -35,8 +35,9 @@ def newman_modularity(adjacency: torch.Tensor, assign: torch.Tensor) -> torch.Te
     (symmetric, non-negative); 0 for a graph without edges."""
     degree = adjacency.sum(dim=-1)  # (B, N)
     two_m = degree.sum(dim=-1)  # (B,)
-    within = torch.einsum("bnp,bnk,bkp->b", assign, adjacency, assign)  # tr(Sᵀ A S)
-    expected = (assign.transpose(1, 2) @ degree[..., None]).pow(2).sum(dim=(1, 2)) / two_m.clamp_min(1e-12)
+    st = assign.transpose(1, 2)  # (B, P, N)
+    within = ((st @ adjacency) * st).sum(dim=(1, 2))  # tr(Sᵀ A S), without an N × N × P intermediate
+    expected = (st @ degree[..., None]).pow(2).sum(dim=(1, 2)) / two_m.clamp_min(1e-12)  # ‖Sᵀ k‖² / 2m
     return torch.where(two_m > 0, (within - expected) / two_m.clamp_min(1e-12), torch.zeros_like(two_m))
 
 
