@@ -16,6 +16,8 @@ from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk
 
+from pathomix.demo.he import write_pyramidal_tiff
+from pathomix.io import slide as slide_io
 from pathomix.io.errors import PathomixInputError
 from pathomix.io.h5store import COORD_ATTRS, read_coords
 from pathomix.io.slide import open_slide
@@ -282,3 +284,22 @@ def test_tissue_fractions_equal_full_integral_image() -> None:
         expected = total / np.maximum((y1 - y0) * (x1 - x0), 1)
         assert np.array_equal(tissue_fractions(mask, (width, height), xs, ys, size), expected)
 
+
+def test_thumbnail_decoded_with_tifffile_equals_openslide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pyramid = tmp_path / "odd.tiff"   # odd sizes: non-integer downsamples, so strips can start between rows
+    write_pyramidal_tiff(pyramid, _smooth_he(np.random.default_rng(3), (1201, 1603)), mpp=0.5)
+    cases = [(pyramid, None), (DATA / "openslide-fixtures" / "boxes.tiff", 0.5)] + ([(CMU, None)] * CMU.exists())
+    used = []
+    original = slide_io.WSISlide._level_pixels
+    monkeypatch.setattr(slide_io.WSISlide, "_level_pixels",
+                        lambda self, level: used.append(level) or original(self, level))
+    for path, mpp in cases:
+        with open_slide(need(path), mpp=mpp) as slide:
+            for strip_pixels in (slide_io._STRIP_PIXELS, 40_000):   # one strip, many strips
+                monkeypatch.setattr(slide_io, "_STRIP_PIXELS", strip_pixels)
+                for target in (1.0, 2.0, 4.0, 8.0):
+                    fast = slide.thumbnail(target)
+                    with monkeypatch.context() as m:
+                        m.setattr(slide_io.WSISlide, "_level_pixels", lambda self, level: None)
+                        assert np.array_equal(fast, slide.thumbnail(target)), (path.name, strip_pixels, target)
+    assert used, "the tifffile path was never taken"
