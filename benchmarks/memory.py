@@ -17,12 +17,15 @@ Memory is sampled every 50 ms: RSS of this process, and PSS (proportional set si
 counted once) of this process plus its DataLoader workers. Printed: peak RSS of this process,
 peak PSS of the process tree, peak RSS summed over the tree (an upper bound), then the RSS of
 this process after each of the ``--slides`` slides and its least-squares slope (MiB per slide)
-over all slides and after the first ten (allocator warm-up). Targets (issue "Speed"): peak < 4 GiB, no growth.
+over all slides and over the last half (after the allocator's one-off steps); ``--malloc-trim``
+also returns freed heap to the system after each slide and prints RSS after that.
+Targets (issue "Speed"): peak < 4 GiB, no growth.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import logging
@@ -149,6 +152,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the CLI's --threads)")
+    ap.add_argument("--malloc-trim", action="store_true",
+                    help="after each slide also call glibc's malloc_trim(0) and print RSS after it")
     ap.add_argument("--workdir", type=Path, default=None, help="keep slides and stores here (default: temp)")
     args = ap.parse_args()
     os.environ.setdefault("PATHOMIX_LOGLEVEL", "WARNING")
@@ -176,21 +181,28 @@ def main() -> None:
         print(f"big slide: {n_big} tiles of {args.tile_px} px in {seconds:.0f} s ({n_big / seconds:.0f} tiles/s); "
               f"RSS before {base / MIB:.0f} MiB; peak RSS {big[0] / MIB:.0f} MiB (this process), peak PSS "
               f"{big[1] / MIB:.0f} MiB (process + workers), peak RSS summed over them {big[2] / MIB:.0f} MiB")
-        after, tiles = [], 0
+        after, trimmed, tiles = [], [], 0
         for slide_id, path, store in slides[1:]:
             tiles += _n_tiles(store)
             extract(slide_id, path, store, work, args)
             gc.collect()
             after.append(psutil.Process().memory_info().rss / MIB)
+            if args.malloc_trim:   # freed heap glibc keeps is not a leak: hand it back and measure again
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+                trimmed.append(psutil.Process().memory_info().rss / MIB)
         sampler.stop()
         rss = np.array(after)
     if len(rss):
         print(f"{len(rss)} slides ({tiles} tiles) in one process: RSS after each (MiB): "
               + " ".join(f"{v:.0f}" for v in rss))
-        warm = min(10, len(rss) // 2)
-        print(f"RSS slope {slope(rss):+.3f} MiB/slide over all, {slope(rss[warm:]):+.3f} MiB/slide after the first "
-              f"{warm} (allocator warm-up); first {rss[0]:.0f}, slide {warm + 1} {rss[warm]:.0f}, last {rss[-1]:.0f}, "
+        half = len(rss) // 2
+        print(f"RSS slope {slope(rss):+.3f} MiB/slide over all, {slope(rss[half:]):+.3f} MiB/slide over the last "
+              f"{len(rss) - half}; first {rss[0]:.0f}, slide {half + 1} {rss[half]:.0f}, last {rss[-1]:.0f}, "
               f"max {rss.max():.0f} MiB")
+        if trimmed:
+            t = np.array(trimmed)
+            print("RSS after malloc_trim(0) (MiB): " + " ".join(f"{v:.0f}" for v in t)
+                  + f"; slope {slope(t):+.3f} MiB/slide over all, {slope(t[half:]):+.3f} over the last {len(t) - half}")
     print(f"overall peak RSS {sampler.peak_rss / MIB:.0f} MiB (this process), peak PSS "
           f"{sampler.peak_tree_pss / MIB:.0f} MiB (with workers); target < 4096 MiB")
 
