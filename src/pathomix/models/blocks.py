@@ -106,3 +106,31 @@ class CrossAttention(nn.Module):
         weights = torch.softmax(scores, dim=-1)
         ctx = (self.drop(weights) @ v).transpose(1, 2).reshape(query.shape)  # (B, Q, H)
         return self.out(ctx), weights.mean(dim=1)
+
+
+class GeneTokens(nn.Module):
+    """One :class:`SNNEncoder` per gene input (``{name: input key}``), each giving a token ``(B, H)``,
+    with modality dropout: on a ``modality_dropout`` share of training steps every token is zero
+    (a histology-only step), so a multimodal model cannot lean on the genes alone.
+
+    ``forward`` returns ``(tokens {name: (B, H)}, genes_seen)``. An input of size 0 raises a
+    ValueError naming it (the caller turns it into an input error).
+    """
+
+    def __init__(self, dims: dict, inputs: dict[str, str], hidden: int, dropout: float,
+                 modality_dropout: float) -> None:
+        super().__init__()
+        empty = [name for name, key in inputs.items() if not int(dims.get(key, 0))]
+        if empty:
+            raise ValueError(f"gene input(s) {empty} have no genes")
+        self.inputs = dict(inputs)
+        self.encoders = nn.ModuleDict({name: SNNEncoder(int(dims[key]), hidden, dropout)
+                                       for name, key in self.inputs.items()})
+        self.modality_dropout = modality_dropout
+
+    def forward(self, inputs) -> tuple[dict[str, torch.Tensor], bool]:
+        tokens = {name: self.encoders[name](inputs[key]) for name, key in self.inputs.items()}
+        seen = not (self.training and self.modality_dropout and torch.rand(()) < self.modality_dropout)
+        if not seen:
+            tokens = {name: torch.zeros_like(t) for name, t in tokens.items()}
+        return tokens, seen

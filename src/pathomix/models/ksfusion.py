@@ -45,7 +45,7 @@ from torch import nn
 from pathomix.io.errors import PathomixInputError
 from pathomix.io.tasks import Task
 from pathomix.models.auxiliary import GENE_VIEW, aux_losses
-from pathomix.models.blocks import PatchEncoder, ProjectionHead, SNNEncoder
+from pathomix.models.blocks import GeneTokens, PatchEncoder, ProjectionHead
 from pathomix.models.deformable import DeformableCrossAttention, raster_positions, scatter_to_grid, splat_to_tiles
 from pathomix.models.spec import ModelParams, pos_key, wsi_key
 
@@ -64,8 +64,8 @@ class KSFusion(nn.Module):
             raise PathomixInputError(f"ksfusion: gene subspace(s) {empty} have no HVG genes; check "
                                      "genes/subspaces.parquet and the gene sets (genes_params.gene_sets)")
         self.mag, self.grid_size = mag, params.ksf_grid
-        self.gene_encoders = nn.ModuleDict({s: SNNEncoder(int(dims[f"genes_{s}"]), h, params.dropout)
-                                            for s in SUBSPACES})
+        self.genes = GeneTokens(dims, {s: f"genes_{s}" for s in SUBSPACES}, h, params.dropout,
+                                params.modality_dropout)
         self.patch = PatchEncoder(int(dims["wsi"]), h, params.dropout)
         self.query_base = nn.Parameter(torch.randn(len(SUBSPACES), h))
         self.deform = nn.ModuleDict({s: DeformableCrossAttention(h, params.ksf_points, params.ksf_offset_scale,
@@ -73,7 +73,6 @@ class KSFusion(nn.Module):
                                      for s in SUBSPACES})
         self.heads = nn.ModuleDict({s: ProjectionHead(2 * h, n_outputs) for s in SUBSPACES})
         self.aux_weights = dict(params.aux_losses)
-        self.modality_dropout = params.modality_dropout
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters both subspace streams depend on (CGC coordinates their gradients)."""
@@ -85,10 +84,7 @@ class KSFusion(nn.Module):
         if pos is None:  # no coordinates: lay the tiles out row by row (the reference code's layout)
             pos = raster_positions(bag.shape[0], bag.shape[1], bag.device)
         grid = scatter_to_grid(self.patch(bag), pos, self.grid_size)
-        tokens = {s: self.gene_encoders[s](inputs[f"genes_{s}"]) for s in SUBSPACES}
-        genes_seen = not (self.training and self.modality_dropout and torch.rand(()) < self.modality_dropout)
-        if not genes_seen:  # a histology-only step
-            tokens = {s: torch.zeros_like(t) for s, t in tokens.items()}
+        tokens, genes_seen = self.genes(inputs)  # zero tokens on a histology-only step
         reps, attention, branch = {}, {}, {}
         for i, s in enumerate(SUBSPACES):
             rep, weights, points = self.deform[s](self.query_base[i] + tokens[s], grid)

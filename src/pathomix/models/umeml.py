@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from pathomix.io.tasks import Task
-from pathomix.models.blocks import CrossAttention, PatchEncoder, ProjectionHead, SNNEncoder
+from pathomix.models.blocks import CrossAttention, GeneTokens, PatchEncoder, ProjectionHead
 from pathomix.models.modularity import modularity_loss
 from pathomix.models.spec import ModelParams, wsi_key
 
@@ -98,8 +98,7 @@ class UMEML(nn.Module):
         self.prototype_blocks = nn.ModuleList(PrototypeBlock(h, params.attn_heads, params.dropout) for _ in range(2))
         self.path_token, self.gene_token = nn.Parameter(torch.rand(1, h)), nn.Parameter(torch.rand(1, h))
         self.path_decoder = _stack(1, h, params)
-        self.gene_encoders = nn.ModuleDict({g: SNNEncoder(int(dims[key]), h, params.dropout)
-                                            for g, key in self.groups.items()})
+        self.genes = GeneTokens(dims, self.groups, h, params.dropout, params.modality_dropout)
         self.gene_encoder, self.gene_decoder = _stack(2, h, params), _stack(1, h, params)
         self.path_norm, self.gene_norm = nn.LayerNorm(h), nn.LayerNorm(h)
         self.registers = nn.Parameter(torch.rand(params.umeml_registers, h))
@@ -107,7 +106,6 @@ class UMEML(nn.Module):
         self.fuse = nn.Sequential(nn.Linear(2 * h, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU())
         self.heads = nn.ModuleDict({task: ProjectionHead(h, n) for task, n in heads.items()})
         self.modularity_weight, self.temperature = params.umeml_modularity, params.umeml_temperature
-        self.modality_dropout = params.modality_dropout
 
     def encode(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         """The shared part: ``features`` (B, H), ``attention`` and ``aux`` (modularity, training only)."""
@@ -117,10 +115,8 @@ class UMEML(nn.Module):
         for block in self.prototype_blocks:
             protos, weights = block(protos, patches)
         path = self.path_norm(self.path_decoder(torch.cat([self.path_token.expand(b, 1, -1), protos], dim=1)))
-        genes = torch.stack([self.gene_encoders[g](inputs[key]) for g, key in self.groups.items()], dim=1)
-        genes_seen = not (self.training and self.modality_dropout and torch.rand(()) < self.modality_dropout)
-        if not genes_seen:  # a histology-only step
-            genes = torch.zeros_like(genes)
+        tokens, genes_seen = self.genes(inputs)  # zero tokens on a histology-only step
+        genes = torch.stack(list(tokens.values()), dim=1)
         genes = self.gene_encoder(torch.cat([self.gene_token.expand(b, 1, -1), genes], dim=1))
         gene_tokens = genes[:, 1:]
         genes = self.gene_norm(self.gene_decoder(genes))
