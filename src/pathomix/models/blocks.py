@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from pathomix.io.errors import PathomixInputError
+
 
 class PatchEncoder(nn.Sequential):
     """Per-tile embedding ``Linear(D → hidden) + ReLU + Dropout`` (CLAM's ``fc`` stem)."""
@@ -113,16 +115,17 @@ class GeneTokens(nn.Module):
     with modality dropout: on a ``modality_dropout`` share of training steps every token is zero
     (a histology-only step), so a multimodal model cannot lean on the genes alone.
 
-    ``forward`` returns ``(tokens {name: (B, H)}, genes_seen)``. An input of size 0 raises a
-    ValueError naming it (the caller turns it into an input error).
+    ``forward`` returns ``(tokens {name: (B, H)}, genes_seen)``. An input without genes is a
+    :class:`PathomixInputError` that names ``owner`` and the fix.
     """
 
     def __init__(self, dims: dict, inputs: dict[str, str], hidden: int, dropout: float,
-                 modality_dropout: float) -> None:
+                 modality_dropout: float, owner: str = "model") -> None:
         super().__init__()
         empty = [name for name, key in inputs.items() if not int(dims.get(key, 0))]
         if empty:
-            raise ValueError(f"gene input(s) {empty} have no genes")
+            raise PathomixInputError(f"{owner}: gene subspace(s) {empty} have no HVG genes; check "
+                                     "genes/subspaces.parquet and the gene sets (genes_params.gene_sets)")
         self.inputs = dict(inputs)
         self.encoders = nn.ModuleDict({name: SNNEncoder(int(dims[key]), hidden, dropout)
                                        for name, key in self.inputs.items()})

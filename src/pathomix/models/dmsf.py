@@ -35,7 +35,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from pathomix.io.errors import PathomixInputError
 from pathomix.io.tasks import Task
 from pathomix.models.auxiliary import aux_losses
 from pathomix.models.blocks import CrossAttention, GeneTokens, PatchEncoder, ProjectionHead
@@ -143,12 +142,8 @@ class DMSFTeacher(nn.Module):
                  mags: Sequence[str] = MAGS) -> None:
         super().__init__()
         h = params.hidden
-        empty = [s for s in SUBSPACES if not int(dims.get(f"genes_{s}", 0))]
-        if empty:
-            raise PathomixInputError(f"DMSF teacher: gene subspace(s) {empty} have no HVG genes; check "
-                             "genes/subspaces.parquet and the gene sets (genes_params.gene_sets)")
         self.genes = GeneTokens(dims, {s: f"genes_{s}" for s in SUBSPACES}, h, params.dropout,
-                                params.modality_dropout)  # hides the genes on a share of steps
+                                params.modality_dropout, "DMSF teacher")
         # a learned base per subspace, shifted by the patient's gene token: patch selection stays
         # sensible when a subspace's genes are noisy, and follows them where they are informative
         self.query_base = nn.Parameter(torch.randn(len(SUBSPACES), h))

@@ -42,7 +42,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from pathomix.io.errors import PathomixInputError
 from pathomix.io.tasks import Task
 from pathomix.models.auxiliary import GENE_VIEW, aux_losses
 from pathomix.models.blocks import GeneTokens, PatchEncoder, ProjectionHead
@@ -59,13 +58,9 @@ class KSFusion(nn.Module):
     def __init__(self, dims: Mapping[str, Any], n_outputs: int, params: ModelParams, mag: str = MAGS[0]) -> None:
         super().__init__()
         h = params.hidden
-        empty = [s for s in SUBSPACES if not int(dims.get(f"genes_{s}", 0))]
-        if empty:
-            raise PathomixInputError(f"ksfusion: gene subspace(s) {empty} have no HVG genes; check "
-                                     "genes/subspaces.parquet and the gene sets (genes_params.gene_sets)")
         self.mag, self.grid_size = mag, params.ksf_grid
         self.genes = GeneTokens(dims, {s: f"genes_{s}" for s in SUBSPACES}, h, params.dropout,
-                                params.modality_dropout)
+                                params.modality_dropout, "ksfusion")
         self.patch = PatchEncoder(int(dims["wsi"]), h, params.dropout)
         self.query_base = nn.Parameter(torch.randn(len(SUBSPACES), h))
         self.deform = nn.ModuleDict({s: DeformableCrossAttention(h, params.ksf_points, params.ksf_offset_scale,
