@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from pathomix.io.errors import PathomixInputError
-from pathomix.io.h5store import read_coords, read_features
+from pathomix.io.h5store import read_features
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,12 @@ def tile_positions(coords: np.ndarray, attrs: dict) -> np.ndarray:
 
 
 def _read_store(row: pd.Series) -> tuple[np.ndarray, str, np.ndarray]:
-    feats, coords, _ = read_features(row.path)
+    feats, coords, _, coord_attrs = read_features(row.path)
     if feats.ndim != 2 and len(feats):
         raise PathomixInputError(
             f"feature store {row.path} (slide {row.slide_id}) has shape {feats.shape}; H&E features "
             "must be (N, D) — is it an mIF store listed as modality 'he'?")
-    positions = tile_positions(coords, read_coords(row.path)[1]) if len(feats) else np.zeros((0, 2), np.float32)
+    positions = tile_positions(coords, coord_attrs)
     return feats, row.slide_id, positions
 
 
