@@ -175,12 +175,13 @@ def test_survival_distribution_sums_to_one_and_distils_to_zero() -> None:
 
 def test_catalog_matches_registry():
     """The Snakefile's torch-free table of model inputs agrees with the registry."""
-    from pathomix.catalog import MODEL_INPUTS, OWN_INPUTS
+    from pathomix.catalog import MODEL_INPUTS, OWN_INPUTS, TEACHERS
     from pathomix.models import MODELS, required_inputs
 
     assert set(MODEL_INPUTS) == set(MODELS) == set(OWN_INPUTS)
     for name in MODELS:
         assert MODEL_INPUTS[name] == required_inputs(name), name
+        assert TEACHERS.get(name) == MODELS[name].teacher, name
         assert OWN_INPUTS[name] == {"wsi": MODELS[name].needs_wsi, "genes": MODELS[name].needs_genes}, name
 
 
