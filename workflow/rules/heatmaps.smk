@@ -8,8 +8,9 @@ def wsi_models():
 
 
 def wsi_predictions(wildcards=None):
+    wsi = set(wsi_models())
     return [str(P.model_dir(RESULTS, m, t, k) / "predictions.parquet")
-            for m, t in MODEL_TASKS if m in wsi_models() for k in FOLDS]
+            for m, t in MODEL_TASKS if m in wsi for k in FOLDS]
 
 
 def he_slides():
