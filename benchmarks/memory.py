@@ -128,7 +128,7 @@ def prepare(work: Path, args: argparse.Namespace) -> list[tuple[str, Path, Path]
 
 def extract(slide_id: str, path: Path, store: Path, work: Path, args: argparse.Namespace) -> float:
     """One slide through the CLI's code path; → seconds."""
-    params = {"encoder": args.encoder, "batch_size": args.batch, "num_workers": args.workers, "device": "cpu"}
+    params = {"encoder": args.encoder, "batch_size": args.batch, "num_workers": args.workers, "device": args.device}
     start = time.perf_counter()
     rc = features_cli.main(["--slide-id", slide_id, "--path", str(path), "--modality", "he", "--tiles", str(store),
                             "--out", str(work / "features" / f"{slide_id}.h5"), "--params", json.dumps(params),
@@ -151,6 +151,7 @@ def main() -> None:
     ap.add_argument("--encoder", default="bench_tiny")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda: peak host memory with a GPU encoder")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the CLI's --threads)")
     ap.add_argument("--malloc-trim", action="store_true",
                     help="after each slide also call glibc's malloc_trim(0) and print RSS after it")
@@ -176,8 +177,10 @@ def main() -> None:
         seconds = extract(slide_id, path, store, work, args)
         sampler.sample()
         big = (sampler.peak_rss, sampler.peak_tree_pss, sampler.peak_tree_rss)
-        print(f"device: CPU ({torch.get_num_threads()} torch threads), encoder {args.encoder} (random init), "
-              f"batch {args.batch}, {args.workers} workers")
+        gpu = (f"; peak GPU memory {torch.cuda.max_memory_allocated() / MIB:.0f} MiB on {torch.cuda.get_device_name()}"
+               if args.device == "cuda" else "")
+        print(f"device: {args.device} ({torch.get_num_threads()} torch threads){gpu}, encoder {args.encoder} "
+              f"(random init), batch {args.batch}, {args.workers} workers")
         print(f"big slide: {n_big} tiles of {args.tile_px} px in {seconds:.0f} s ({n_big / seconds:.0f} tiles/s); "
               f"RSS before {base / MIB:.0f} MiB; peak RSS {big[0] / MIB:.0f} MiB (this process), peak PSS "
               f"{big[1] / MIB:.0f} MiB (process + workers), peak RSS summed over them {big[2] / MIB:.0f} MiB")

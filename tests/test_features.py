@@ -12,7 +12,16 @@ import yaml
 
 from pathomix.features.cli import main
 from pathomix.features.encoders import ENCODERS, RANDOM_INIT, build_encoder
-from pathomix.features.extract import DeviceTransform, _Encoder, padded_size
+from pathomix.features.extract import (
+    AUTO_BATCH,
+    READ_CHUNK,
+    BatchEncoder,
+    DeviceTransform,
+    ExtractParams,
+    extract_tiles,
+    padded_size,
+)
+from pathomix.features.tiles import SlideRef, TileDataset
 from pathomix.io.errors import PathomixInputError
 from pathomix.tiling import main as tile_main
 
@@ -121,10 +130,32 @@ def test_partial_batches_are_padded_to_few_shapes():
     assert [padded_size(n, 64) for n in (1, 3, 5, 9, 17, 33, 63, 64)] == [1, 4, 8, 16, 32, 64, 64, 64]
     assert padded_size(65, 100) == 100 and padded_size(7, 4) == 7
     model, spec, _ = build_encoder("resnet18_trunc", None)
-    encode = _Encoder(model, spec, torch.device("cpu"), "fp32", 0, 16)
+    encode = BatchEncoder(model, spec, torch.device("cpu"), "fp32", 0, 16)
     tiles = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     with torch.inference_mode():
         want = model(DeviceTransform(spec)(tiles, False)).numpy()
         got = encode(tiles)
     assert got.shape == (5, spec.dim)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_pipeline_keeps_tile_order_across_chunks_and_buffers(shared_data):
+    """Chunks from the workers (READ_CHUNK) are regrouped into batches in two rotating buffers:
+    every tile's features come back in dataset order, equal to encoding that tile alone."""
+    slide = shared_data / "wsi" / "CMU-1-Small-Region.svs"
+    coords = np.array([(x, y) for y in range(0, 2800, 200) for x in range(0, 2000, 250)])[:70]
+    dataset = TileDataset(SlideRef("S", str(slide)), coords, 128, 32)
+    model, spec, _ = build_encoder("resnet18_trunc", None)
+    params = ExtractParams(encoder="resnet18_trunc", batch_size=4, num_workers=2, device="cpu")
+    got = extract_tiles(dataset, model.eval(), spec, params).features
+    assert len(coords) > 2 * READ_CHUNK and got.shape == (len(coords), spec.dim)
+    encode = BatchEncoder(model, spec, torch.device("cpu"), "fp32", 0, 1)
+    with torch.inference_mode(), dataset.ref.open() as s:
+        want = np.concatenate([encode(dataset.read(s, i)[None]) for i in range(len(coords))])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_batch_size_on_cpu_is_the_cpu_default():
+    model, spec, _ = build_encoder("resnet18_trunc", None)
+    params = ExtractParams(encoder="resnet18_trunc", batch_size="auto", device="cpu")
+    assert BatchEncoder(model, spec, torch.device("cpu"), "fp32", 0, params).batch_size == AUTO_BATCH[0]

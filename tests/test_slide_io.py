@@ -96,6 +96,33 @@ def test_unreadable_svs_raises_on_read_not_blank_tile() -> None:
             s.read_region(4, 2, 0, 8, 8)
 
 
+@pytest.mark.parametrize("name, mpp", [("wsi/CMU-1-Small-Region.svs", None), ("openslide-fixtures/boxes.tiff", 0.5),
+                                       ("openslide-fixtures/small.svs", None)])
+def test_direct_tiff_reads_equal_openslide(name: str, mpp: float | None) -> None:
+    """Regions decoded straight from the TIFF tiles (the fast path) have openslide's exact pixels,
+    at any offset and size, on every level; regions it cannot serve fall back to openslide."""
+    rng = np.random.default_rng(0)
+    with open_slide(need(DATA / name), slide_id="s", mpp=mpp) as s:
+        assert s._direct_tiles() is not None
+        for level, (lw, lh) in enumerate(s.level_dimensions):
+            ds = s.level_downsamples[level]
+            for _ in range(12):
+                w, h = int(rng.integers(1, min(600, lw) + 1)), int(rng.integers(1, min(600, lh) + 1))
+                lx, ly = int(rng.integers(0, lw - w + 1)), int(rng.integers(0, lh - h + 1))
+                x, y = round(lx * ds), round(ly * ds)
+                np.testing.assert_array_equal(s.read_region(x, y, level, w, h), s._openslide_region(x, y, level, w, h))
+        w, h = s.dimensions   # partly outside the slide: openslide's white fill
+        edge = (w - 5, h - 5, 0, 10, 10)
+        np.testing.assert_array_equal(s.read_region(*edge), s._openslide_region(*edge))
+
+
+def test_unreadable_svs_fails_the_same_way_through_the_direct_path() -> None:
+    with open_slide(need(DATA / "openslide-fixtures" / "unreadable.svs"), slide_id="bad1") as s:
+        assert s._direct_tiles() is not None   # its header qualifies; the tile data is corrupt
+        with pytest.raises(PathomixInputError, match=r"corrupt"):
+            s.read_tile(0, 0, 16, 16)
+
+
 def test_bad_modality_and_bad_override() -> None:
     path = need(DATA / "openslide-fixtures" / "small.svs")
     with pytest.raises(PathomixInputError, match="modality"):

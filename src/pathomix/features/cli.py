@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from pathomix.features.encoders import ENCODERS, EncoderSpec, build_encoder
-from pathomix.features.extract import BAD_TILE_POLICIES, Extracted, ExtractParams, extract_tiles
+from pathomix.features.extract import BAD_TILE_POLICIES, BatchEncoder, Extracted, ExtractParams, extract_tiles
 from pathomix.features.tiles import SlideRef, TileDataset
 from pathomix.io.errors import PathomixInputError
 from pathomix.io.h5store import read_coords, write_features
@@ -68,13 +68,19 @@ def _skipped(slide_id: str, tiles: str, out: str, coords: np.ndarray, result: Ex
 
 
 def extract_store(args: argparse.Namespace, ref: SlideRef, encoder: tuple[nn.Module, EncoderSpec, str],
-                  params: ExtractParams, tiles: str, out: str) -> None:
-    """One coords store → one feature store."""
+                  params: ExtractParams, tiles: str, out: str, batch_encoders: dict[int, BatchEncoder]) -> None:
+    """One coords store → one feature store. ``batch_encoders`` (by marker count) is shared by the
+    stores of one slide, so a compiled encoder or an automatic batch size is set up once."""
     model, spec, digest = encoder
     coords, attrs = read_coords(tiles)
     markers = _markers(attrs) if args.modality == "mif" else []
     dataset = TileDataset(ref, coords, int(attrs["patch_size_level0"]), int(attrs["patch_size"]))
-    result = extract_tiles(dataset, model, spec, params, n_markers=len(markers), on_bad_tile=args.on_bad_tile)
+    if len(markers) not in batch_encoders and len(coords):
+        device = params.resolve_device()
+        batch_encoders[len(markers)] = BatchEncoder(model, spec, device, params.resolve_precision(device), len(markers),
+                                                    params, dataset.tile_px)
+    result = extract_tiles(dataset, model, spec, params, n_markers=len(markers), on_bad_tile=args.on_bad_tile,
+                           encoder=batch_encoders.get(len(markers)))
     feature_attrs = {"encoder": spec.name, "encoder_weights_sha256": digest, "precision": result.precision,
                      "n_skipped": result.n_skipped}
     if args.modality == "mif":
@@ -94,8 +100,9 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(max(1, args.threads))
     ref = SlideRef(args.slide_id, args.path, args.modality, args.mpp, args.channels_sheet)
     encoder = build_encoder(params.encoder, params.weights)
+    batch_encoders: dict[int, BatchEncoder] = {}
     for tiles, out in zip(args.tiles, args.out, strict=True):
-        extract_store(args, ref, encoder, params, tiles, out)
+        extract_store(args, ref, encoder, params, tiles, out, batch_encoders)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,13 @@
 """The extraction loop: DataLoader workers read uint8 tiles, the device resizes, normalises
 and encodes them (AMP on CUDA). H&E → (N, D); mIF → (N, C, D), one grayscale pass per marker.
 
+Workers hand over small chunks (:data:`READ_CHUNK` tiles), so every worker has a share of even a
+small slide; the main process gathers chunks into encoder batches in two staging buffers (pinned
+on CUDA): one fills while the device encodes the other, and features come back through a
+non-blocking copy collected one batch later. ``batch_size: auto`` sizes batches from free GPU
+memory; ``compile: true`` runs the encoder through ``torch.compile`` (worth it for long jobs only:
+compiling takes tens of seconds).
+
 A tile whose image data cannot be read (``tiling.on_bad_tile``) fails the slide with the reader's
 message (``error``, the default) or is left out and reported (``skip``); a blank stand-in tile is
 never encoded."""
@@ -9,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -27,16 +35,19 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BAD_TILE_POLICIES = ("error", "skip")
+READ_CHUNK = 32          # tiles per DataLoader item
+AUTO_BATCH = (64, 1024)  # ``batch_size: auto``: on CPU the first, on CUDA at most the second
 
 
 @dataclass(frozen=True)
 class ExtractParams:
     encoder: str = "resnet50_trunc"
     weights: str | None = None
-    batch_size: int = 64
+    batch_size: int | str = 64      # or "auto": from free GPU memory (see auto_batch_size)
     num_workers: int = 2
     device: str = "auto"
     precision: str = "auto"
+    compile: bool = False
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -82,10 +93,9 @@ class Extracted:
         return int((~self.ok).sum())
 
 
-def _loader(tiles: CheckedTiles, params: ExtractParams, device: torch.device) -> DataLoader:
-    workers = params.num_workers if len(tiles) > params.batch_size else 0  # one batch: no fork needed
-    return DataLoader(tiles, batch_size=params.batch_size, num_workers=workers,
-                      pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+def _loader(tiles: CheckedTiles, params: ExtractParams) -> DataLoader:
+    workers = params.num_workers if len(tiles) > READ_CHUNK else 0  # one chunk: no fork needed
+    return DataLoader(tiles, batch_size=READ_CHUNK, num_workers=workers, prefetch_factor=4 if workers else None)
 
 
 def _bad_tiles(slide_id: str, ok: torch.Tensor, errors: list[str], on_bad_tile: str) -> str:
@@ -103,35 +113,37 @@ def _bad_tiles(slide_id: str, ok: torch.Tensor, errors: list[str], on_bad_tile: 
 
 @torch.inference_mode()
 def extract_tiles(dataset: TileDataset, model: nn.Module, spec: EncoderSpec, params: ExtractParams,
-                  n_markers: int = 0, on_bad_tile: str = "error") -> Extracted:
-    """Encode every readable tile of ``dataset``; unreadable tiles raise or are skipped (``on_bad_tile``)."""
+                  n_markers: int = 0, on_bad_tile: str = "error", encoder: BatchEncoder | None = None) -> Extracted:
+    """Encode every readable tile of ``dataset``; unreadable tiles raise or are skipped (``on_bad_tile``).
+
+    ``encoder`` reuses a :class:`BatchEncoder` across slides (one compile, one batch-size probe)."""
     if on_bad_tile not in BAD_TILE_POLICIES:
         raise ValueError(f"on_bad_tile={on_bad_tile!r} must be one of {BAD_TILE_POLICIES}")
     device = params.resolve_device()
     precision = params.resolve_precision(device)
     grayscale = n_markers > 0
-    shape = (len(dataset), n_markers, spec.dim) if grayscale else (len(dataset), spec.dim)
-    out, ok = np.zeros(shape, np.float32), np.ones(len(dataset), bool)
+    ok = np.ones(len(dataset), bool)
     if len(dataset) == 0:
-        return Extracted(out, ok, precision)
+        shape = (0, n_markers, spec.dim) if grayscale else (0, spec.dim)
+        return Extracted(np.zeros(shape, np.float32), ok, precision)
     dataset.prepare()  # an unusable slide fails here, with its own message
-    encode = _Encoder(model, spec, device, precision, n_markers, params.batch_size)
+    encoder = encoder or BatchEncoder(model, spec, device, precision, n_markers, params, dataset.tile_px)
+    pipeline = _Pipeline(encoder, dataset.tile_shape(), (n_markers, spec.dim) if grayscale else (spec.dim,))
     start, done, first_error = time.perf_counter(), 0, ""
     try:
-        for tiles, good, errors in tqdm(_loader(CheckedTiles(dataset), params, device),
-                                        desc=f"encode {dataset.ref.slide_id}", unit="batch", leave=False):
+        for tiles, good, errors in tqdm(_loader(CheckedTiles(dataset), params), desc=f"encode {dataset.ref.slide_id}",
+                                        unit="chunk", leave=False):
             if not good.all():
                 first_error = first_error or _bad_tiles(dataset.ref.slide_id, good, errors, on_bad_tile)
-            ok[done:done + len(tiles)] = good.numpy()
-            if good.all():  # the common case keeps the pinned batch
-                out[done:done + len(tiles)] = encode(tiles)
-            elif good.any():
-                out[done:done + len(tiles)][good.numpy()] = encode(tiles[good])
-            done += len(tiles)
+                tiles = tiles[good]
+            ok[done:done + len(good)] = good.numpy()
+            done += len(good)
+            pipeline.add(tiles)
+        features = pipeline.finish()
     finally:
         dataset.close()
     _log_speed(dataset.ref.slide_id, int(ok.sum()), time.perf_counter() - start, precision, device)
-    return Extracted(out[ok], ok, precision, first_error)
+    return Extracted(features, ok, precision, first_error)
 
 
 def padded_size(n: int, batch_size: int) -> int:
@@ -145,26 +157,119 @@ def padded_size(n: int, batch_size: int) -> int:
     return min(max(batch_size, n), 1 << max(n - 1, 0).bit_length())
 
 
-class _Encoder:
-    """uint8 batch on the host → float32 features (B, D) or (B, C, D) on the host."""
+def auto_batch_size(model: nn.Module, transform: nn.Module, device: torch.device, autocast, input_shape,
+                    grayscale: bool) -> int:
+    """Largest power of two ≤ ``AUTO_BATCH[1]`` whose activations fit in half the free GPU memory,
+    from the peak memory of one probe batch of 16; ``AUTO_BATCH[0]`` on the CPU."""
+    if device.type != "cuda":
+        return AUTO_BATCH[0]
+    probe = 16
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    with autocast:
+        model(transform(torch.zeros((probe, *input_shape), dtype=torch.uint8, device=device), grayscale))
+    torch.cuda.synchronize(device)
+    per_tile = max(1, (torch.cuda.max_memory_allocated(device) - base) // probe)
+    free, _ = torch.cuda.mem_get_info(device)
+    fit = max(1, int(0.5 * free // per_tile))
+    size = min(AUTO_BATCH[1], 1 << (fit.bit_length() - 1))
+    log.info("batch_size auto: %d (%.1f MiB per tile, %.1f GiB free)", size, per_tile / 2**20, free / 2**30)
+    return size
+
+
+class _Pending:
+    """Features of one submitted batch; ``result()`` waits for their copy to the host."""
+
+    def __init__(self, host: torch.Tensor, event: torch.cuda.Event | None) -> None:
+        self.host, self.event = host, event
+
+    def result(self) -> np.ndarray:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.numpy()
+
+
+class BatchEncoder:
+    """uint8 batch on the host → float32 features (B, D) or (B, C, D) on the host.
+
+    ``submit`` queues a batch on the device and returns at once on CUDA; calling the encoder
+    waits for the result."""
 
     def __init__(self, model: nn.Module, spec: EncoderSpec, device: torch.device, precision: str,
-                 n_markers: int, batch_size: int):
+                 n_markers: int, params: ExtractParams | int, tile_px: int | None = None):
+        if isinstance(params, int):   # a plain batch size
+            params = ExtractParams(batch_size=params)
         self.model = model.to(device).to(memory_format=torch.channels_last)
+        if params.compile:
+            self.model = torch.compile(self.model)
         self.transform = DeviceTransform(spec).to(device)
-        self.device, self.n_markers, self.batch_size = device, n_markers, batch_size
+        self.device, self.n_markers = device, n_markers
         self.autocast = (torch.autocast(device.type, dtype=PRECISIONS[precision])
                          if precision != "fp32" else nullcontext())
+        if params.batch_size == "auto":
+            px = tile_px or spec.input_px
+            shape = (n_markers or 3, px, px)
+            self.batch_size = auto_batch_size(self.model, self.transform, device, self.autocast, shape, n_markers > 0)
+        else:
+            self.batch_size = int(params.batch_size)
 
-    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+    def submit(self, batch: torch.Tensor) -> _Pending:
         b, grayscale = len(batch), self.n_markers > 0
         size = padded_size(b, self.batch_size)
         if size > b:   # blank tiles fill the bucket; their rows are dropped below
             batch = torch.cat([batch, batch.new_zeros((size - b, *batch.shape[1:]))])
         with self.autocast:
             feats = self.model(self.transform(batch.to(self.device, non_blocking=True), grayscale))
-        feats = feats.float().reshape(size, self.n_markers, -1) if grayscale else feats.float()
-        return feats[:b].cpu().numpy()
+        feats = (feats.float().reshape(size, self.n_markers, -1) if grayscale else feats.float())[:b]
+        if self.device.type != "cuda":
+            return _Pending(feats, None)
+        host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
+        host.copy_(feats, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return _Pending(host, event)
+
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        return self.submit(batch).result()
+
+
+class _Pipeline:
+    """Readable tiles in, in order → their features out, in order.
+
+    Two staging buffers of one batch each (pinned on CUDA): one fills from the loader while the
+    device encodes the other. A buffer is refilled only after the batch that used it came back."""
+
+    def __init__(self, encoder: BatchEncoder, tile_shape: tuple[int, int, int], feature_shape: tuple[int, ...]) -> None:
+        pinned = encoder.device.type == "cuda"
+        self.feature_shape = feature_shape
+        self.encoder, self.size = encoder, encoder.batch_size
+        self.buffers = [torch.empty((self.size, *tile_shape), dtype=torch.uint8, pin_memory=pinned)
+                        for _ in range(2)]
+        self.slot, self.fill = 0, 0
+        self.pending: deque[_Pending] = deque()
+        self.done: list[np.ndarray] = []
+
+    def add(self, tiles: torch.Tensor) -> None:
+        while len(tiles):
+            n = min(len(tiles), self.size - self.fill)
+            self.buffers[self.slot][self.fill:self.fill + n] = tiles[:n]
+            self.fill, tiles = self.fill + n, tiles[n:]
+            if self.fill == self.size:
+                self._submit()
+
+    def _submit(self) -> None:
+        self.pending.append(self.encoder.submit(self.buffers[self.slot][:self.fill]))
+        self.slot, self.fill = 1 - self.slot, 0
+        if len(self.pending) == len(self.buffers):   # the next buffer's batch must be back first
+            self.done.append(self.pending.popleft().result())
+
+    def finish(self) -> np.ndarray:
+        if self.fill:
+            self._submit()
+        while self.pending:
+            self.done.append(self.pending.popleft().result())
+        return np.concatenate(self.done) if self.done else np.zeros((0, *self.feature_shape), np.float32)
 
 
 def _log_speed(slide_id: str, n: int, seconds: float, precision: str, device: torch.device) -> None:

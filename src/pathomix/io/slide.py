@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -198,9 +198,31 @@ class WSISlide(Slide):
         power = _float_or_none(props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER))
         super().__init__(slide_id, path, "he", mpp0, self._osr.level_dimensions,
                          self._osr.level_downsamples, ["R", "G", "B"], [False] * 3, power)
+        self._tiles: TiffTiles | None | bool = False   # False: not looked at yet; None: not applicable
 
     def read_region(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
-        """(h, w, 3) uint8 RGB; transparent (outside the slide) pixels come out white."""
+        """(h, w, 3) uint8 RGB; transparent (outside the slide) pixels come out white.
+
+        Regions inside a level of a plain tiled TIFF (see :class:`TiffTiles`) are decoded directly,
+        about 10x faster than openslide's ARGB round trip, with the same pixels; anything else,
+        and any tile that fails to decode, goes through openslide (which names corrupt data)."""
+        direct = self._direct_tiles()
+        if direct is not None:
+            ds = self.level_downsamples[level]
+            lx, ly = x / ds, y / ds
+            if lx.is_integer() and ly.is_integer():
+                region = direct.region(level, int(lx), int(ly), int(w), int(h))
+                if region is not None:
+                    return region
+        return self._openslide_region(x, y, level, w, h)
+
+    def _direct_tiles(self) -> TiffTiles | None:
+        if self._tiles is False:
+            vendor = self._osr.properties.get(openslide.PROPERTY_NAME_VENDOR)
+            self._tiles = TiffTiles.open(self.path, self.level_dimensions) if vendor in _TIFF_VENDORS else None
+        return self._tiles
+
+    def _openslide_region(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
         try:
             rgba = self._osr.read_region((int(x), int(y)), int(level), (int(w), int(h)))
         except openslide.OpenSlideError as e:
@@ -216,26 +238,86 @@ class WSISlide(Slide):
         return resize_rgb(arr, size, box, resample)
 
     def _level_pixels(self, level: int) -> np.ndarray | None:
-        """Decode a whole level with tifffile where that gives openslide's pixels (see _TIFF_VENDORS)."""
-        if self._osr.properties.get(openslide.PROPERTY_NAME_VENDOR) not in _TIFF_VENDORS:
-            return None
-        w, h = self.level_dimensions[level]
-        try:
-            with tifffile.TiffFile(self.path) as tif:
-                pages = [p for p in tif.pages if p.is_tiled and p.shape[:2] == (h, w)]
-                page = pages[0] if len(pages) == 1 else None
-                if page is None or not _plain_rgb(page):
-                    return None
-                arr = page.asarray(maxworkers=1)
-        except (tifffile.TiffFileError, ValueError, RuntimeError, OSError) as e:
-            log.debug("%s: level %d not decoded with tifffile (%s); reading it through openslide", self.label,
-                      level, e)
-            return None   # read_region then reads it, and reports corrupt data in its own words
-        return arr if arr.shape == (h, w, 3) else None
+        """Decode a whole level with tifffile where that gives openslide's pixels (see :class:`TiffTiles`)."""
+        direct = self._direct_tiles()
+        return direct.level(level) if direct is not None else None
 
     def close(self) -> None:
-        """Close the openslide handle."""
+        """Close the openslide handle (and the direct TIFF reader, if one was opened)."""
+        if self._tiles:
+            self._tiles.close()
+        self._tiles = False
         self._osr.close()
+
+
+class TiffTiles:
+    """Direct decoding of whole TIFF tiles, for the levels openslide would read unchanged.
+
+    A level qualifies when exactly one tiled page has its size and that page is plain 8-bit RGB
+    (:func:`_plain_rgb`: codecs decoded like openslide does, no missing tiles). A region that lies
+    inside such a level, at an integer level position, is stitched from its tiles; ``None`` (read it
+    through openslide) otherwise. Tests check the pixels equal openslide's on the shared slides.
+    """
+
+    def __init__(self, tif: tifffile.TiffFile, pages: dict[int, tifffile.TiffPage]) -> None:
+        self._tif, self._pages = tif, pages
+
+    @classmethod
+    def open(cls, path: Path, level_dimensions: Sequence[tuple[int, int]]) -> TiffTiles | None:
+        try:
+            tif = tifffile.TiffFile(path)
+        except (tifffile.TiffFileError, ValueError, OSError) as e:
+            log.debug("%s: no direct TIFF tile reads (%s)", path, e)
+            return None
+        pages = {}
+        for level, (w, h) in enumerate(level_dimensions):
+            match = [p for p in tif.pages if p.is_tiled and p.shape[:2] == (h, w)]
+            if len(match) == 1 and _plain_rgb(match[0]):
+                pages[level] = match[0]
+        if not pages:
+            tif.close()
+            return None
+        return cls(tif, pages)
+
+    def region(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray | None:
+        """(h, w, 3) uint8 of ``level`` at level pixel (lx, ly), or None when this reader cannot give it."""
+        page = self._pages.get(level)
+        if page is None or lx < 0 or ly < 0 or lx + w > page.shape[1] or ly + h > page.shape[0]:
+            return None
+        tw, th = page.tilewidth, page.tilelength
+        per_row = -(-page.shape[1] // tw)
+        out = np.empty((h, w, 3), np.uint8)
+        fh = self._tif.filehandle
+        try:
+            for ty in range(ly // th, (ly + h - 1) // th + 1):
+                for tx in range(lx // tw, (lx + w - 1) // tw + 1):
+                    index = ty * per_row + tx
+                    with fh.lock:
+                        fh.seek(page.dataoffsets[index])
+                        data = fh.read(page.databytecounts[index])
+                    tile = page.decode(data, index, jpegtables=page.jpegtables)[0][0]
+                    x0, y0 = max(lx, tx * tw), max(ly, ty * th)
+                    x1, y1 = min(lx + w, (tx + 1) * tw), min(ly + h, (ty + 1) * th)
+                    out[y0 - ly:y1 - ly, x0 - lx:x1 - lx] = tile[y0 - ty * th:y1 - ty * th, x0 - tx * tw:x1 - tx * tw]
+        except (RuntimeError, ValueError, OSError, IndexError) as e:   # corrupt data: openslide reports it
+            log.debug("direct TIFF read of level %d at (%d, %d) failed (%s); using openslide", level, lx, ly, e)
+            return None
+        return out
+
+    def level(self, level: int) -> np.ndarray | None:
+        """The whole ``level`` (h, w, 3), when it qualifies and has at most ``_TIFF_LEVEL_PIXELS`` pixels."""
+        page = self._pages.get(level)
+        if page is None or page.shape[0] * page.shape[1] > _TIFF_LEVEL_PIXELS:
+            return None
+        try:
+            arr = page.asarray(maxworkers=1)
+        except (tifffile.TiffFileError, ValueError, RuntimeError, OSError) as e:
+            log.debug("level %d not decoded with tifffile (%s); reading it through openslide", level, e)
+            return None   # read_region then reads it, and reports corrupt data in its own words
+        return arr if arr.shape == (*page.shape[:2], 3) else None
+
+    def close(self) -> None:
+        self._tif.close()
 
 
 def _plain_rgb(page: tifffile.TiffPage) -> bool:
