@@ -5,9 +5,12 @@
 
 (a) model-only bound: the encoder on tiles already on the device (uint8), same transform,
     precision and batch size as (b);
-(b) ours end to end: ``extract_tiles`` (DataLoader workers with their own slide handles,
-    pinned memory, device-side resize/normalise, channels-last, AMP on CUDA) over every slide
-    in one process, plus the feature-store write;
+(r) reading only: the DataLoader alone (workers with their own slide handles read, decode and hand
+    over chunks of tiles); the decode bound of this machine;
+(b) ours end to end: ``extract_slides`` (one DataLoader over every slide: workers start once and read
+    the next slide early; two pinned staging buffers, device-side resize/normalise, channels-last,
+    AMP on CUDA), plus each feature-store write; (b1) the same with one loader per slide
+    (``extract_tiles``), as a workflow job per slide runs it;
 (c) a CLAM-style loop on the first ``--clam-tiles`` tiles: one process reads a tile, converts it
     with PIL + per-tile normalisation, stacks a batch and runs the model (same precision as ours,
     so the ratio measures the pipeline, not fp16 vs fp32).
@@ -40,10 +43,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 from pathomix.features.encoders import build_encoder  # noqa: E402
-from pathomix.features.extract import BatchEncoder, ExtractParams, extract_tiles  # noqa: E402
-from pathomix.features.tiles import SlideRef, TileDataset  # noqa: E402
+from pathomix.features.extract import READ_CHUNK, BatchEncoder, ExtractParams, extract_slides, extract_tiles  # noqa: E402
+from pathomix.features.tiles import SlideChunks, SlideRef, TileDataset  # noqa: E402
 from pathomix.io.h5store import read_coords, write_features  # noqa: E402
 from pathomix.io.sheets import read_slides  # noqa: E402
 from pathomix.io.slide import open_slide  # noqa: E402
@@ -100,10 +104,12 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def model_only(encode: BatchEncoder, tiles: torch.Tensor, batch: int, repeats: int) -> float:
-    """Tiles/s of transform + encoder + copy of the features to the host, tiles already on the device."""
+def model_only(encode: BatchEncoder, tiles: torch.Tensor, batch: int, min_tiles: int = 16384,
+               max_seconds: float = 5.0) -> float:
+    """Tiles/s of transform + encoder + copy of the features to the host, tiles already on the device;
+    passes over ``tiles`` until ``min_tiles`` were encoded or ``max_seconds`` passed."""
     n, start = 0, time.perf_counter()
-    for _ in range(repeats):
+    while n < min_tiles and time.perf_counter() - start < max_seconds:
         for i in range(0, len(tiles), batch):
             encode(tiles[i:i + batch])
             n += len(tiles[i:i + batch])
@@ -113,20 +119,41 @@ def model_only(encode: BatchEncoder, tiles: torch.Tensor, batch: int, repeats: i
 
 def ours(sets: list[TileDataset], encode: BatchEncoder, spec, params: ExtractParams,
          work: Path) -> tuple[float, float, float]:
-    """→ (tiles/s of extraction, total seconds incl. store writes, mean seconds per feature-store write)."""
-    n, encode_s, writes = 0, 0.0, []
+    """All slides through one loader (``extract_slides``), each store written as its slide completes;
+    → (tiles/s, total seconds incl. store writes, mean seconds per feature-store write)."""
+    writes = []
     start = time.perf_counter()
-    for d in sets:
-        t0 = time.perf_counter()
-        result = extract_tiles(d, encode.model, spec, params, encoder=encode)
-        encode_s += time.perf_counter() - t0
+    for d, result in zip(sets, extract_slides(sets, encode.model, spec, params, encoder=encode), strict=True):
         t1 = time.perf_counter()
         write_features(work / "features" / f"{d.ref.slide_id}.h5", d.coords, {"patch_size": d.tile_px},
                        result.features, {"encoder": spec.name, "encoder_weights_sha256": "random-init",
                                          "precision": result.precision})
         writes.append(time.perf_counter() - t1)
-        n += len(d)
-    return n / encode_s, time.perf_counter() - start, float(np.mean(writes))
+    total = time.perf_counter() - start
+    return sum(len(d) for d in sets) / (total - sum(writes)), total, float(np.mean(writes))
+
+
+def per_slide(sets: list[TileDataset], encode: BatchEncoder, spec, params: ExtractParams) -> float:
+    """Tiles/s with one loader per slide (``extract_tiles``: workers start for every slide), as one
+    workflow job per slide runs it."""
+    start = time.perf_counter()
+    for d in sets:
+        extract_tiles(d, encode.model, spec, params, encoder=encode)
+    return sum(len(d) for d in sets) / (time.perf_counter() - start)
+
+
+def read_only(sets: list[TileDataset], params: ExtractParams) -> float:
+    """Tiles/s of the loader alone (workers reading, decoding and handing over chunks; nothing encoded)."""
+    for d in sets:
+        d.prepare()
+    loader = DataLoader(SlideChunks(sets, READ_CHUNK), batch_size=None, num_workers=params.num_workers,
+                        prefetch_factor=4 if params.num_workers else None)
+    start, n = time.perf_counter(), 0
+    for _, tiles, _, _ in loader:
+        n += len(tiles)
+    for d in sets:
+        d.close()
+    return n / (time.perf_counter() - start)
 
 
 @torch.inference_mode()
@@ -210,24 +237,28 @@ def main() -> None:
         bs = encode.batch_size
         t0 = time.perf_counter()
         for size in sorted({bs, *(1 << k for k in range(bs.bit_length()))} - {0}):  # warm-up: cuDNN autotune,
-            model_only(encode, preload[:size], size, 2)                            # AMP casts, compile per bucket
+            model_only(encode, preload[:size], size, 2 * size)                     # AMP casts, compile per bucket
         warm = time.perf_counter() - t0
-        a = model_only(encode, preload, bs, max(1, 16384 // len(preload)))
+        a = model_only(encode, preload, bs)
+        r = read_only(sets, params)
         b, total_s, write_s = ours(sets, encode, spec, params, work)
+        b1 = per_slide(sets, encode, spec, params)
         c = clam_style(encode, spec, sets, bs, args.clam_tiles)
         cli = cli_seconds(sets, params, work) if args.cli else []
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    per_slide = total_s / len(sets) + (tiling_s if args.synthetic else 0.0)
+    slide_s = total_s / len(sets) + (tiling_s if args.synthetic else 0.0)
     print(f"device: {name}; {os.cpu_count()} CPU cores; encoder {args.encoder} ({params.resolve_precision(device)}); "
           f"batch {encode.batch_size}{' (auto)' if args.batch == 'auto' else ''}; {args.workers} workers; "
           f"{len(sets)} slides, {n} tiles at {args.mag}; compile {args.compile} (warm-up {warm:.1f} s)")
     print(f"(a) model only     {a:9.1f} tiles/s")
-    print(f"(b) ours           {b:9.1f} tiles/s")
+    print(f"(r) reading only   {r:9.1f} tiles/s  (the loader alone: {args.workers} workers, nothing encoded)")
+    print(f"(b) ours           {b:9.1f} tiles/s  (all slides through one loader: next slide read early)")
+    print(f"(b1) ours per slide{b1:9.1f} tiles/s  (a loader per slide, as one workflow job per slide)")
     print(f"(c) CLAM-style     {c:9.1f} tiles/s  (first {min(args.clam_tiles, n)} tiles)")
-    print(f"b/a = {b / a:.2f}   b/c = {b / c:.2f}")
+    print(f"b/a = {b / a:.2f}   b/c = {b / c:.2f}   b1/a = {b1 / a:.2f}   r/a = {r / a:.2f}")
     print(f"per-slide fixed cost: open + mask + coords store {tiling_s:.2f} s; feature-store write {write_s:.3f} s")
-    print(f"tiling + extraction: {per_slide:.2f} s per slide ({n / len(sets):.0f} tiles) -> "
-          f"{3600 / per_slide:.0f} slides/hour in one process")
+    print(f"tiling + extraction: {slide_s:.2f} s per slide ({n / len(sets):.0f} tiles) -> "
+          f"{3600 / slide_s:.0f} slides/hour in one process")
     if cli:
         print("per-slide CLI process (python -m pathomix.features): "
               + ", ".join(f"{s:.1f} s" for s in cli) + f" -> {3600 / np.mean(cli):.0f} slides/hour")

@@ -18,6 +18,7 @@ from pathomix.features.extract import (
     BatchEncoder,
     DeviceTransform,
     ExtractParams,
+    extract_slides,
     extract_tiles,
     padded_size,
 )
@@ -159,3 +160,19 @@ def test_auto_batch_size_on_cpu_is_the_cpu_default():
     model, spec, _ = build_encoder("resnet18_trunc", None)
     params = ExtractParams(encoder="resnet18_trunc", batch_size="auto", device="cpu")
     assert BatchEncoder(model, spec, torch.device("cpu"), "fp32", 0, params).batch_size == AUTO_BATCH[0]
+
+
+def test_extract_slides_streams_several_slides_like_one_at_a_time(shared_data):
+    """One loader over several slides (workers start once, the next slide is read early) gives each
+    slide's own result, in order, empty slides included."""
+    slide = str(shared_data / "wsi" / "CMU-1-Small-Region.svs")
+    grid = np.array([(x, y) for y in range(0, 2800, 200) for x in range(0, 2000, 250)])
+    sets = [TileDataset(SlideRef("A", slide), grid[:40], 128, 32), TileDataset(SlideRef("E", slide), grid[:0], 128, 32),
+            TileDataset(SlideRef("B", slide), grid[40:], 256, 32), TileDataset(SlideRef("Z", slide), grid[:0], 128, 32)]
+    model, spec, _ = build_encoder("resnet18_trunc", None)
+    params = ExtractParams(encoder="resnet18_trunc", batch_size=16, num_workers=2, device="cpu")
+    together = list(extract_slides(sets, model.eval(), spec, params))
+    alone = [extract_tiles(d, model, spec, params) for d in sets]
+    assert [len(r.features) for r in together] == [len(r.features) for r in alone] == [40, 0, len(grid) - 40, 0]
+    for t, a in zip(together, alone, strict=True):
+        np.testing.assert_allclose(t.features, a.features, rtol=1e-4, atol=1e-4)

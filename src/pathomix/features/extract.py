@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pathomix.features.encoders import EncoderSpec
-from pathomix.features.tiles import CheckedTiles, TileDataset
+from pathomix.features.tiles import SlideChunks, TileDataset
 from pathomix.io.errors import PathomixInputError
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,9 @@ class Extracted:
         return int((~self.ok).sum())
 
 
-def _loader(tiles: CheckedTiles, params: ExtractParams) -> DataLoader:
-    workers = params.num_workers if len(tiles) > READ_CHUNK else 0  # one chunk: no fork needed
-    return DataLoader(tiles, batch_size=READ_CHUNK, num_workers=workers, prefetch_factor=4 if workers else None)
+def _loader(chunks: SlideChunks, params: ExtractParams) -> DataLoader:
+    workers = params.num_workers if len(chunks) > 1 else 0  # one chunk: no fork needed
+    return DataLoader(chunks, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None)
 
 
 def _bad_tiles(slide_id: str, ok: torch.Tensor, errors: list[str], on_bad_tile: str) -> str:
@@ -111,39 +112,86 @@ def _bad_tiles(slide_id: str, ok: torch.Tensor, errors: list[str], on_bad_tile: 
     return messages[0]
 
 
-@torch.inference_mode()
 def extract_tiles(dataset: TileDataset, model: nn.Module, spec: EncoderSpec, params: ExtractParams,
                   n_markers: int = 0, on_bad_tile: str = "error", encoder: BatchEncoder | None = None) -> Extracted:
     """Encode every readable tile of ``dataset``; unreadable tiles raise or are skipped (``on_bad_tile``).
 
-    ``encoder`` reuses a :class:`BatchEncoder` across slides (one compile, one batch-size probe)."""
+    ``encoder`` reuses a :class:`BatchEncoder` across calls (one compile, one batch-size probe)."""
+    return next(extract_slides([dataset], model, spec, params, n_markers, on_bad_tile, encoder))
+
+
+@torch.inference_mode()
+def extract_slides(datasets: list[TileDataset], model: nn.Module, spec: EncoderSpec, params: ExtractParams,
+                   n_markers: int = 0, on_bad_tile: str = "error",
+                   encoder: BatchEncoder | None = None) -> Iterator[Extracted]:
+    """:func:`extract_tiles` for several slides through one DataLoader (:class:`SlideChunks`): workers start
+    once, and the next slide is read while the current one finishes. Yields one result per dataset, in order."""
     if on_bad_tile not in BAD_TILE_POLICIES:
         raise ValueError(f"on_bad_tile={on_bad_tile!r} must be one of {BAD_TILE_POLICIES}")
     device = params.resolve_device()
     precision = params.resolve_precision(device)
-    grayscale = n_markers > 0
-    ok = np.ones(len(dataset), bool)
-    if len(dataset) == 0:
-        shape = (0, n_markers, spec.dim) if grayscale else (0, spec.dim)
-        return Extracted(np.zeros(shape, np.float32), ok, precision)
-    dataset.prepare()  # an unusable slide fails here, with its own message
-    encoder = encoder or BatchEncoder(model, spec, device, precision, n_markers, params, dataset.tile_px)
-    pipeline = _Pipeline(encoder, dataset.tile_shape(), (n_markers, spec.dim) if grayscale else (spec.dim,))
-    start, done, first_error = time.perf_counter(), 0, ""
+    feature_shape = (n_markers, spec.dim) if n_markers else (spec.dim,)
+    busy = [d for d in datasets if len(d)]
+    for d in busy:
+        d.prepare()  # an unusable slide fails here, with its own message
+    if busy and encoder is None:
+        encoder = BatchEncoder(model, spec, device, precision, n_markers, params, busy[0].tile_px)
+    runs = iter(_SlideRun(d, encoder, feature_shape, precision) for d in busy)
+    current = next(runs, None)
     try:
-        for tiles, good, errors in tqdm(_loader(CheckedTiles(dataset), params), desc=f"encode {dataset.ref.slide_id}",
-                                        unit="chunk", leave=False):
-            if not good.all():
-                first_error = first_error or _bad_tiles(dataset.ref.slide_id, good, errors, on_bad_tile)
-                tiles = tiles[good]
-            ok[done:done + len(good)] = good.numpy()
-            done += len(good)
-            pipeline.add(tiles)
-        features = pipeline.finish()
+        desc = f"encode {busy[0].ref.slide_id}" if len(busy) == 1 else f"encode {len(busy)} slides"
+        for k, tiles, good, errors in tqdm(_loader(SlideChunks(busy, READ_CHUNK), params), unit="chunk", desc=desc,
+                                           leave=False):
+            while busy[k] is not current.dataset:   # the loader moved on: the current slide is complete
+                yield from _results_until(datasets, current)
+                current = next(runs)
+            current.add(tiles, good, errors, on_bad_tile)
+        if current is not None:
+            yield from _results_until(datasets, current)
+        yield from (Extracted(np.zeros((0, *feature_shape), np.float32), np.ones(0, bool), precision)
+                    for d in datasets[_position(datasets, current) + 1:])
     finally:
-        dataset.close()
-    _log_speed(dataset.ref.slide_id, int(ok.sum()), time.perf_counter() - start, precision, device)
-    return Extracted(features, ok, precision, first_error)
+        for d in busy:
+            d.close()
+
+
+def _position(datasets: list[TileDataset], run: _SlideRun | None) -> int:
+    return -1 if run is None else next(i for i, d in enumerate(datasets) if d is run.dataset)
+
+
+def _results_until(datasets: list[TileDataset], run: _SlideRun) -> Iterator[Extracted]:
+    """Empty results for the empty datasets before ``run``'s slide (not yet yielded), then its result."""
+    end = _position(datasets, run)
+    for d in reversed(datasets[:end]):
+        if len(d):
+            break
+        yield Extracted(np.zeros((0, *run.feature_shape), np.float32), np.ones(0, bool), run.precision)
+    yield run.finish()
+
+
+class _SlideRun:
+    """One slide's progress through the loader: which tiles were readable, and their features."""
+
+    def __init__(self, dataset: TileDataset, encoder: BatchEncoder, feature_shape: tuple[int, ...],
+                 precision: str) -> None:
+        self.dataset, self.feature_shape, self.precision = dataset, feature_shape, precision
+        self.pipeline = _Pipeline(encoder, dataset.tile_shape(), feature_shape)
+        self.ok = np.ones(len(dataset), bool)
+        self.done, self.first_error, self.start = 0, "", time.perf_counter()
+
+    def add(self, tiles: torch.Tensor, good: torch.Tensor, errors: list[str], on_bad_tile: str) -> None:
+        if not good.all():
+            self.first_error = self.first_error or _bad_tiles(self.dataset.ref.slide_id, good, errors, on_bad_tile)
+            tiles = tiles[good]
+        self.ok[self.done:self.done + len(good)] = good.numpy()
+        self.done += len(good)
+        self.pipeline.add(tiles)
+
+    def finish(self) -> Extracted:
+        features = self.pipeline.finish()
+        _log_speed(self.dataset.ref.slide_id, int(self.ok.sum()), time.perf_counter() - self.start, self.precision,
+                   self.pipeline.encoder.device)
+        return Extracted(features, self.ok, self.precision, self.first_error)
 
 
 def padded_size(n: int, batch_size: int) -> int:

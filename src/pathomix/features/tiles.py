@@ -129,3 +129,29 @@ class CheckedTiles(Dataset):
         except PathomixInputError as err:
             self.tiles.close()  # openslide's errors are sticky: the next tile gets a fresh handle
             return torch.zeros(self.tiles.tile_shape(), dtype=torch.uint8), False, str(err)
+
+
+class SlideChunks(Dataset):
+    """Item ``i`` = chunk ``i`` of the tiles of several slides, in order: ``(slide index, tiles (n, K, S, S),
+    ok (n,), messages)`` as :class:`CheckedTiles` gives them. A chunk never spans two slides, so one
+    DataLoader (batch_size=None) streams slide after slide: its workers start once and read the next
+    slide while the last chunks of the current one are encoded. A worker closes a slide's handle when
+    it moves on to a later slide."""
+
+    def __init__(self, datasets: list[TileDataset], chunk: int) -> None:
+        self.sets = [CheckedTiles(d) for d in datasets]
+        self.chunks = [(k, j, min(j + chunk, len(d))) for k, d in enumerate(datasets) for j in range(0, len(d), chunk)]
+        self._open: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, list[str]]:
+        k, start, stop = self.chunks[i]
+        for done in [o for o in self._open if o < k]:
+            self.sets[done].tiles.close()
+            self._open.discard(done)
+        self._open.add(k)
+        items = [self.sets[k][j] for j in range(start, stop)]
+        return (k, torch.stack([t for t, _, _ in items]), torch.tensor([ok for _, ok, _ in items]),
+                [m for _, _, m in items])
