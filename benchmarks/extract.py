@@ -210,11 +210,15 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the encoder (features.compile)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads of the main process (default: torch's; the workflow passes the rule's threads)")
     ap.add_argument("--bound-tiles", type=int, default=4096, help="tiles preloaded on the device for (a)")
     ap.add_argument("--clam-tiles", type=int, default=2048, help="tiles read by the CLAM-style loop (c)")
     ap.add_argument("--cli", action="store_true", help="also time the per-slide CLI process on two slides")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     batch = args.batch if args.batch == "auto" else int(args.batch)
     params = ExtractParams(encoder=args.encoder, batch_size=batch, num_workers=args.workers,
                            precision=args.precision, compile=args.compile)
@@ -245,7 +249,8 @@ def main() -> None:
         b1 = per_slide(sets, encode, spec, params)
         c = clam_style(encode, spec, sets, bs, args.clam_tiles)
         cli = cli_seconds(sets, params, work) if args.cli else []
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    name += f" ({torch.get_num_threads()} torch threads in the main process)"
     slide_s = total_s / len(sets) + (tiling_s if args.synthetic else 0.0)
     print(f"device: {name}; {os.cpu_count()} CPU cores; encoder {args.encoder} ({params.resolve_precision(device)}); "
           f"batch {encode.batch_size}{' (auto)' if args.batch == 'auto' else ''}; {args.workers} workers; "
