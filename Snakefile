@@ -1,5 +1,6 @@
 # pathomix: WSI + mIF + genes → features → teacher/student models → evaluation → report.
 # Run: snakemake --cores all   (profiles/default is picked up automatically)
+# SLURM: snakemake --profile profiles/slurm --workflow-profile none   (README: Running on a SLURM cluster)
 from pathlib import Path
 
 import yaml

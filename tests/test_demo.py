@@ -108,7 +108,9 @@ def test_he_class_signal_in_colour(demo: Path) -> None:
     colour = _tissue_colours(demo)
     assert colour.loc["glioblastoma", "bright"] < colour.loc["astrocytoma", "bright"] - 10
     assert colour.loc["glioblastoma", "bright"] < colour.loc["oligodendroglioma", "bright"] - 10
-    assert colour.loc["oligodendroglioma", "blue_minus_red"] > colour.loc["astrocytoma", "blue_minus_red"] + 8
+    # the IDH-mutant classes share one look; only the ~12 % signature patches (lavender, halos) differ
+    gap = colour.loc["oligodendroglioma", "blue_minus_red"] - colour.loc["astrocytoma", "blue_minus_red"]
+    assert 0 < gap < 8
 
 
 def test_same_seed_same_content(demo: Path, tmp_path: Path) -> None:

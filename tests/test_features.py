@@ -12,6 +12,7 @@ import yaml
 
 from pathomix.features.cli import main
 from pathomix.features.encoders import ENCODERS, RANDOM_INIT, build_encoder
+from pathomix.features.extract import DeviceTransform, _Encoder, padded_size
 from pathomix.io.errors import PathomixInputError
 from pathomix.tiling import main as tile_main
 
@@ -113,3 +114,17 @@ def test_empty_store_for_tiny_slide(shared_data, tmp_path):
                  "--params", json.dumps({"encoder": "resnet18_trunc"})]) == 0
     with h5py.File(out) as h:
         assert h["features"].shape == (0, 256) and h["coords"].shape == (0, 2)
+
+
+def test_partial_batches_are_padded_to_few_shapes():
+    # a long-running process would otherwise cache backend kernels for every last-batch size
+    assert [padded_size(n, 64) for n in (1, 3, 5, 9, 17, 33, 63, 64)] == [1, 4, 8, 16, 32, 64, 64, 64]
+    assert padded_size(65, 100) == 100 and padded_size(7, 4) == 7
+    model, spec, _ = build_encoder("resnet18_trunc", None)
+    encode = _Encoder(model, spec, torch.device("cpu"), "fp32", 0, 16)
+    tiles = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    with torch.inference_mode():
+        want = model(DeviceTransform(spec)(tiles, False)).numpy()
+        got = encode(tiles)
+    assert got.shape == (5, spec.dim)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -43,6 +43,7 @@ def _inputs(n20: int = 7, n10: int | None = 3, seed: int = 0) -> dict[str, torch
         out[wsi_key("10x")] = torch.randn(1, n10, DIMS["wsi"], generator=g)
     out["genes_tumour"] = out["genes"][:, :5]
     out["genes_tme"] = out["genes"][:, 5:9]
+    out["pos_20x"] = torch.stack([torch.arange(n20) % 3, torch.arange(n20) // 3], dim=-1)[None].float()  # tile units
     out[mif_key("20x")] = torch.randn(1, 5, DIMS["markers"], DIMS["mif"], generator=g)
     return out
 
@@ -55,6 +56,8 @@ def test_registry_lists_the_models() -> None:
     assert MODELS["dmsf_teacher"].needs_wsi and MODELS["dmsf_teacher"].needs_genes
     assert set(MODELS["dmsf_teacher"].mags) == {"10x", "20x"}
     assert not MODELS["dmsf_student"].needs_genes
+    for name in ("ksfusion", "umeml"):
+        assert MODELS[name].needs_wsi and MODELS[name].needs_genes and MODELS[name].mags == ("20x",), name
     with pytest.raises(KeyError, match="known models"):
         get_model("nope")
     assert required_inputs("dmsf_student") == {"wsi": True, "genes": True, "mif": False, "teacher": "dmsf_teacher"}
@@ -64,7 +67,8 @@ def test_registry_lists_the_models() -> None:
     assert MODELS["snn"].tile_input is None
 
 
-@pytest.mark.parametrize("name", ["abmil", "snn", "dmsf_teacher", "dmsf_student", "fluoroformer"])
+@pytest.mark.parametrize("name", ["abmil", "snn", "dmsf_teacher", "dmsf_student", "ksfusion", "umeml",
+                                  "fluoroformer"])
 @pytest.mark.parametrize("task_name", ["diagnosis", "survival"])
 def test_forward_contract(name: str, task_name: str) -> None:
     task = get_task(task_name)
@@ -222,12 +226,13 @@ def test_survival_distribution_sums_to_one_and_distils_to_zero() -> None:
 
 def test_catalog_matches_registry():
     """The Snakefile's torch-free table of model inputs agrees with the registry."""
-    from pathomix.catalog import MODEL_INPUTS, OWN_INPUTS
+    from pathomix.catalog import MODEL_INPUTS, OWN_INPUTS, TEACHERS
     from pathomix.models import MODELS, required_inputs
 
     assert set(MODEL_INPUTS) == set(MODELS) == set(OWN_INPUTS)
     for name in MODELS:
         assert MODEL_INPUTS[name] == required_inputs(name), name
+        assert TEACHERS.get(name) == MODELS[name].teacher, name
         assert OWN_INPUTS[name] == {"wsi": MODELS[name].needs_wsi, "genes": MODELS[name].needs_genes,
                                     "mif": MODELS[name].needs_mif}, name
 

@@ -11,13 +11,19 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from scipy import ndimage as ndi
 from skimage.color import rgb2hsv
+from skimage.filters import threshold_otsu
+from skimage.morphology import disk
 
+from pathomix.demo.he import write_pyramidal_tiff
+from pathomix.io import slide as slide_io
 from pathomix.io.errors import PathomixInputError
 from pathomix.io.h5store import COORD_ATTRS, read_coords
 from pathomix.io.slide import open_slide
-from pathomix.tiling import TilingParams, main, tile_slide
+from pathomix.tiling import TilingParams, grid, main, tile_slide, tissue
 from pathomix.tiling.grid import GridGeometry, tissue_fractions
+from pathomix.tiling.morph import binary_closing, binary_opening
 from pathomix.tiling.tissue import tissue_mask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,3 +218,88 @@ def test_tissue_fractions_integral_image() -> None:
     np.testing.assert_allclose(frac, [[1, 1], [0.4, 0.4], [0, 0]])
     geometry = GridGeometry.for_slide(0.25, 0.5, 256, 32)
     assert (geometry.patch_size_level0, geometry.step_level0) == (512, 448)
+
+
+# The fast paths below must give exactly what the straightforward code gives (same masks, same tiles).
+
+def _reference_he_foreground(rgb: np.ndarray) -> np.ndarray:
+    hsv = rgb2hsv(rgb)
+    valid = (rgb.min(axis=2) <= tissue.WHITE_LEVEL) & (hsv[..., 2] >= tissue.BLACK_VALUE)
+    if np.subtract(*np.percentile(hsv[..., 1], [99, 1])) < tissue.MIN_SPREAD:
+        return np.zeros(rgb.shape[:2], bool)
+    return valid & (hsv[..., 1] > max(float(threshold_otsu(hsv[..., 1])), tissue.MIN_SATURATION))
+
+
+def _smooth_he(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """A tissue-like blob with stain noise on near-white glass, (h, w, 3) uint8."""
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    blob = ((yy - shape[0] / 2) / (0.35 * shape[0])) ** 2 + ((xx - shape[1] / 2) / (0.3 * shape[1])) ** 2 < 1
+    img = np.where(blob[..., None], (200, 120, 170), (242, 242, 242)).astype(np.float32)
+    return np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+
+
+def test_he_foreground_equals_skimage_pipeline() -> None:
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (120, 90, 3), dtype=np.uint8), _smooth_he(rng, (150, 200)),
+              np.full((16, 16, 3), 245, np.uint8), np.zeros((16, 16, 3), np.uint8)]
+    for _ in range(60):   # saturation spreads around MIN_SPREAD: the percentile shortcut's edge
+        base = int(rng.integers(200, 256))
+        img = np.full((30, 40, 3), base, np.uint8).reshape(-1, 3)
+        img[rng.choice(len(img), int(rng.integers(0, len(img))), replace=False), 1] = base - rng.integers(0, 30)
+        images.append(img.reshape(30, 40, 3))
+    if CMU.exists():
+        with open_slide(CMU) as slide:
+            images += [slide.thumbnail(8.0), slide.thumbnail(2.0)]
+    for img in images:
+        assert np.array_equal(tissue._he_foreground(img), _reference_he_foreground(img))
+        saturation, valid = tissue.he_signal(img)
+        hsv = rgb2hsv(img)
+        assert np.array_equal(saturation, hsv[..., 1])
+        assert np.array_equal(valid, (img.min(axis=2) <= tissue.WHITE_LEVEL) & (hsv[..., 2] >= tissue.BLACK_VALUE))
+
+
+def test_morphology_equals_scipy() -> None:
+    rng = np.random.default_rng(1)
+    for radius in (1, 2, 3, 6):
+        footprint = disk(radius).astype(bool)
+        for shape in ((1, 1), (1, 9), (9, 1), (5, 40), (64, 48)):
+            for p in (0.2, 0.5, 0.9):
+                x = rng.random(shape) < p
+                assert np.array_equal(binary_closing(x, footprint), ndi.binary_closing(x, footprint))
+                assert np.array_equal(binary_opening(x, footprint), ndi.binary_opening(x, footprint))
+
+
+def test_tissue_fractions_equal_full_integral_image() -> None:
+    rng = np.random.default_rng(2)
+    for (mh, mw), (width, height), size, step in [((10, 10), (100, 100), 50, 25), ((37, 91), (2900, 1100), 257, 257),
+                                                  ((140, 185), (5920, 4440), 512, 448), ((3, 5), (60, 40), 7, 3)]:
+        mask = rng.random((mh, mw)) < 0.4
+        xs, ys = GridGeometry(size, step).positions(width, height)
+        integral = np.zeros((mh + 1, mw + 1), np.int64)
+        integral[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+        x0, x1 = grid._span(xs, size, mw / width, mw)
+        y0, y1 = grid._span(ys, size, mh / height, mh)
+        y0, y1 = y0[:, None], y1[:, None]
+        total = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+        expected = total / np.maximum((y1 - y0) * (x1 - x0), 1)
+        assert np.array_equal(tissue_fractions(mask, (width, height), xs, ys, size), expected)
+
+
+def test_thumbnail_decoded_with_tifffile_equals_openslide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pyramid = tmp_path / "odd.tiff"   # odd sizes: non-integer downsamples, so strips can start between rows
+    write_pyramidal_tiff(pyramid, _smooth_he(np.random.default_rng(3), (1201, 1603)), mpp=0.5)
+    cases = [(pyramid, None), (DATA / "openslide-fixtures" / "boxes.tiff", 0.5)] + ([(CMU, None)] * CMU.exists())
+    used = []
+    original = slide_io.WSISlide._level_pixels
+    monkeypatch.setattr(slide_io.WSISlide, "_level_pixels",
+                        lambda self, level: used.append(level) or original(self, level))
+    for path, mpp in cases:
+        with open_slide(need(path), mpp=mpp) as slide:
+            for strip_pixels in (slide_io._STRIP_PIXELS, 40_000):   # one strip, many strips
+                monkeypatch.setattr(slide_io, "_STRIP_PIXELS", strip_pixels)
+                for target in (1.0, 2.0, 4.0, 8.0):
+                    fast = slide.thumbnail(target)
+                    with monkeypatch.context() as m:
+                        m.setattr(slide_io.WSISlide, "_level_pixels", lambda self, level: None)
+                        assert np.array_equal(fast, slide.thumbnail(target)), (path.name, strip_pixels, target)
+    assert used, "the tifffile path was never taken"

@@ -359,3 +359,83 @@ def test_patients_without_mif_are_skipped_and_a_cohort_without_mif_fails(
         assert main(argv) == 2
     assert "no mIF feature store" in caplog.text and "modality mif" in caplog.text
     assert not (tmp_path / "b" / "checkpoint.pt").exists()
+
+
+# ---- tile-grid positions (pos_{mag}) ----------------------------------------------------------------
+def test_tile_positions_are_in_tile_units() -> None:
+    from pathomix.train.bags import tile_positions
+
+    coords = np.array([[512, 256], [768, 256], [512, 768]])
+    pos = tile_positions(coords, {"patch_size_level0": 256, "patch_size": 256, "overlap": 0})
+    assert pos.tolist() == [[0, 0], [1, 0], [0, 2]]
+    # 10x tiles read at level 0 of a 20x slide: 512 level-0 px per tile; overlap in px at target
+    assert tile_positions(coords * 2, {"patch_size_level0": 512, "patch_size": 256}).tolist() == pos.tolist()
+    assert tile_positions(coords, {"patch_size_level0": 256, "patch_size": 256, "overlap": 128})[1].tolist() == [2, 0]
+    assert tile_positions(coords, {}).tolist() == pos.tolist()  # a store without attributes: inferred spacing
+
+
+def test_bags_carry_positions_and_subsample_them_with_their_tiles(cohort: dict) -> None:
+    from pathomix.io.tasks import get_task
+    from pathomix.train.data import Needs, Sources, load_cohort
+    from pathomix.train.loop import batch_inputs
+
+    src = Sources(cohort["clinical"], cohort["folds"], cohort["manifest"])
+    patients = load_cohort(src, get_task("diagnosis"), 0, Needs(mags=("20x",), load_wsi=True, require_wsi=True))
+    p = next(q for q in patients.patients if q.patient_id == MULTI_SLIDE[1])  # two slides side by side
+    pos, bag = p.inputs["pos_20x"], p.bags["wsi_20x"]
+    assert pos.shape == (len(bag), 2) and pos[:, 1].eq(0).all()
+    first = torch.from_numpy(bag.slide_ids == bag.slide_ids[0])
+    assert pos[first, 0].tolist() == list(range(int(first.sum())))  # the synthetic stores are one row of tiles
+    assert pos[~first, 0].min() == pos[first, 0].max() + 2  # the second slide starts one empty column later
+    g = torch.Generator().manual_seed(0)
+    batch = batch_inputs(p, torch.device("cpu"), max_tiles=5, generator=g)
+    assert batch["wsi_20x"].shape == (1, 5, D) and batch["pos_20x"].shape == (1, 5, 2)
+    rows = [int((pos == xy).all(dim=1).nonzero()) for xy in batch["pos_20x"][0]]  # positions are unique
+    assert torch.equal(batch["wsi_20x"][0], p.inputs["wsi_20x"][rows].float())
+
+
+def test_mif_bags_sit_next_to_the_h_and_e_bags_and_are_subsampled_on_their_own(cohort: dict) -> None:
+    from pathomix.io.tasks import get_task
+    from pathomix.train.data import Needs, Sources, load_cohort
+    from pathomix.train.loop import batch_inputs
+
+    src = Sources(cohort["clinical"], cohort["folds"], cohort["manifest"])
+    needs = Needs(mags=("20x",), load_wsi=True, load_mif=True, require_mif=True)
+    loaded = load_cohort(src, get_task("diagnosis"), 0, needs)
+    assert loaded.markers == MARKERS and loaded.dims["markers"] == len(MARKERS)
+    p = next(q for q in loaded.patients if q.patient_id == MULTI_SLIDE[1])
+    assert set(p.inputs) == {"wsi_20x", "pos_20x", "mif_20x"}  # positions only for the H&E tiles
+    assert set(p.bags) == {"wsi_20x", "mif_20x"} and len(p.bags["mif_20x"]) != len(p.bags["wsi_20x"])
+    batch = batch_inputs(p, torch.device("cpu"), max_tiles=5, generator=torch.Generator().manual_seed(0))
+    assert batch["mif_20x"].shape == (1, 5, len(MARKERS), D) and batch["pos_20x"].shape == (1, 5, 2)
+    mif = p.inputs["mif_20x"].float()
+    assert all((mif == tile).flatten(1).all(dim=1).any() for tile in batch["mif_20x"][0])  # tiles of the bag
+
+
+# ---- seed models (KS-Fusion, UMEML) on diagnosis -----------------------------------------------------
+SEED_MODELS = ["ksfusion", "umeml"]
+
+
+@pytest.fixture(scope="session")
+def seed_trained(cohort: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("seed_models")
+    for model in SEED_MODELS:
+        assert main(_argv(cohort, model, "diagnosis", root / model)) == 0
+    return {m: root / m for m in SEED_MODELS}
+
+
+@pytest.mark.parametrize("model", SEED_MODELS)
+def test_seed_model_diagnosis_beats_chance(seed_trained: dict, cohort: dict, model: str) -> None:
+    out = seed_trained[model]
+    pred = pd.read_parquet(out / "predictions.parquet")
+    test = pred[pred.split == "test"]
+    auc = roc_auc_score(test.y_true, test[[f"prob_{c}" for c in DIAGNOSES]].to_numpy(), multi_class="ovr")
+    assert auc >= 0.85 and (test.y_true == test.y_pred).mean() >= 0.7, f"{model} test AUC {auc:.2f}"
+    used = set(pred.patient_id)
+    assert NO_GENES[0] not in used and EMPTY_HE not in used and MULTI_SLIDE[0] in used  # WSI + genes
+    hist = pd.read_parquet(out / "history.parquet")
+    assert ("cgc_conflicts" in hist.columns) == (model == "ksfusion")  # CGC on the tumour/TME halves
+    att = pd.read_parquet(out / "attention.parquet")
+    assert set(att.patient_id) == set(test.patient_id) and (att.mag == "20x").all()
+    assert np.allclose(att.groupby(["patient_id", "head"]).weight.sum(), 1.0, atol=1e-4)
+    assert (out / "gene_importance.parquet").exists()

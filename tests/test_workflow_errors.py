@@ -46,6 +46,7 @@ def bad_cohort(tmp_path_factory, shared_data):
                results_dir=str(work / "results"), demo={"enabled": False})
     cfg["tiling"].update(magnifications={"5x": 2.0}, tile_px=64)
     cfg["features"].update(encoder="resnet18_trunc", num_workers=0)
+    cfg["train"].update(models=["abmil"])  # histology only: this cohort has no gene table
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     target = str(work / "results" / "features" / "resnet18_trunc" / "manifest.parquet")

@@ -1,9 +1,10 @@
 """Torch-free facts about the registered models and their variants, for the Snakefile (which
 must load fast).
 
-``pathomix.models.MODELS`` is the registry; :data:`MODEL_INPUTS` states which input files a
-training job of each registered model reads (its teacher's included). ``tests/test_models.py``
-checks that the two agree, so they cannot drift.
+``pathomix.models.MODELS`` is the registry; :data:`OWN_INPUTS` and :data:`TEACHERS` state what
+each registered model reads and whom it is distilled from, and :data:`MODEL_INPUTS` (derived)
+which input files a training job reads, its teacher's included. ``tests/test_models.py``
+checks that they agree with the registry, so they cannot drift.
 
 A *variant* (``train.variants`` in the config) is a new model name for a registered model
 with some ``train:`` keys overridden, e.g. the ablations of the DMSF paper::
@@ -27,21 +28,16 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-MODEL_INPUTS: dict[str, dict[str, bool | str | None]] = {
-    "abmil": {"wsi": True, "genes": False, "mif": False, "teacher": None},
-    "snn": {"wsi": False, "genes": True, "mif": False, "teacher": None},
-    "dmsf_teacher": {"wsi": True, "genes": True, "mif": False, "teacher": None},
-    # a distilled student reads the genes too: it runs its frozen teacher during training
-    "dmsf_student": {"wsi": True, "genes": True, "mif": False, "teacher": "dmsf_teacher"},
-    "fluoroformer": {"wsi": False, "genes": False, "mif": True, "teacher": None},
-}
-OWN_INPUTS: dict[str, dict[str, bool]] = {  # what the model itself reads, without its teacher
+OWN_INPUTS: dict[str, dict[str, bool]] = {  # what each registered model itself reads
     "abmil": {"wsi": True, "genes": False, "mif": False},
     "snn": {"wsi": False, "genes": True, "mif": False},
     "dmsf_teacher": {"wsi": True, "genes": True, "mif": False},
     "dmsf_student": {"wsi": True, "genes": False, "mif": False},
+    "ksfusion": {"wsi": True, "genes": True, "mif": False},
+    "umeml": {"wsi": True, "genes": True, "mif": False},
     "fluoroformer": {"wsi": False, "genes": False, "mif": True},
 }
+TEACHERS: dict[str, str] = {"dmsf_student": "dmsf_teacher"}  # distilled model → its registered teacher
 _KEEP = object()
 # input kind → (config key that names it, what it is, how to add it)
 COHORT_KEYS: dict[str, tuple[str, str, str]] = {
@@ -70,19 +66,19 @@ class Variant:
 def resolve(name: str, variants: Mapping[str, Mapping[str, Any]] | None = None) -> Variant:
     """``name`` as a registered model or a variant of one; a KeyError names the known ones."""
     variants = variants or {}
-    if name in MODEL_INPUTS:
+    if name in OWN_INPUTS:
         if name in variants:
             raise KeyError(f"train.variants: {name!r} is a registered model; give the variant another name")
-        return Variant(name, name, MODEL_INPUTS[name]["teacher"])  # type: ignore[arg-type]
+        return Variant(name, name, TEACHERS.get(name))
     if name not in variants:
-        raise KeyError(f"unknown model {name!r}: neither a registered model {sorted(MODEL_INPUTS)} nor a "
+        raise KeyError(f"unknown model {name!r}: neither a registered model {sorted(OWN_INPUTS)} nor a "
                        f"variant in train.variants {sorted(variants)}")
     spec = dict(variants[name])
     base = spec.pop("model", None)
-    if base not in MODEL_INPUTS:
-        raise KeyError(f"train.variants.{name}: `model` must be one of {sorted(MODEL_INPUTS)}, got {base!r}")
+    if base not in OWN_INPUTS:
+        raise KeyError(f"train.variants.{name}: `model` must be one of {sorted(OWN_INPUTS)}, got {base!r}")
     teacher = spec.pop("teacher", _KEEP)
-    default_teacher = MODEL_INPUTS[base]["teacher"]
+    default_teacher = TEACHERS.get(base)
     if teacher is _KEEP:
         teacher = default_teacher
     elif teacher is not None and default_teacher is None:
@@ -116,6 +112,9 @@ def job_params(name: str, train: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = val
     return out
+
+
+MODEL_INPUTS: dict[str, dict[str, bool | str | None]] = {name: model_inputs(name) for name in OWN_INPUTS}
 
 
 def missing_cohort_inputs(models: list[str], config: Mapping[str, Any],

@@ -35,6 +35,17 @@ MODEL_TASKS = [(m, t) for m in config["train"]["models"] for t in model_tasks(m,
 GPU = int(shutil.which("nvidia-smi") is not None and config["features"]["device"] != "cpu")
 
 
+onstart:
+    # Snakemake adds profiles/default to every run started here unless told `--workflow-profile none`; on a
+    # cluster its run-wide gpu=1 would let one GPU job run at a time, and its cores/keep-going would win too.
+    if workflow.non_local_exec and dict(workflow.global_resources).get("gpu") is not None:
+        raise WorkflowError(
+            "this cluster run has a run-wide `gpu` limit (from profiles/default, the settings for local runs, "
+            "which Snakemake adds unless told otherwise): only that many GPU jobs would run at once. "
+            "Run `snakemake --profile profiles/slurm --workflow-profile none` (README: Running on a SLURM cluster); "
+            "to cap GPU use on a cluster, use `jobs:` or a SLURM QOS.")
+
+
 def code_hash(*stages):
     """sha256 of a stage's source: a param, so editing src/pathomix/<stage> reruns that stage."""
     h = hashlib.sha256()

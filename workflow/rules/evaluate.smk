@@ -87,9 +87,11 @@ rule evaluate:
 
 def subspace_model_checkpoints(wildcards=None):
     """checkpoint.pt of every task and fold of the first model that reads the gene subspaces."""
-    models = [m for m in config["train"]["models"] if resolve(m, VARIANTS).model == "dmsf_teacher"]
+    teachers = [m for m in config["train"]["models"] if resolve(m, VARIANTS).model == "dmsf_teacher"]
+    if not teachers:
+        return []
     return [str(P.model_dir(RESULTS, m, t, k) / "checkpoint.pt")
-            for m, t in MODEL_TASKS if models and m == models[0] for k in FOLDS]
+            for m, t in MODEL_TASKS if m == teachers[0] for k in FOLDS]
 
 
 rule gene_view:

@@ -9,8 +9,9 @@ def tile_models():
 
 
 def tile_predictions(wildcards=None):
+    tiles = set(tile_models())
     return [str(P.model_dir(RESULTS, m, t, k) / "predictions.parquet")
-            for m, t in MODEL_TASKS if m in tile_models() for k in FOLDS]
+            for m, t in MODEL_TASKS if m in tiles for k in FOLDS]
 
 
 def drawn_slides():

@@ -115,7 +115,7 @@ def extract_tiles(dataset: TileDataset, model: nn.Module, spec: EncoderSpec, par
     if len(dataset) == 0:
         return Extracted(out, ok, precision)
     dataset.prepare()  # an unusable slide fails here, with its own message
-    encode = _Encoder(model, spec, device, precision, n_markers)
+    encode = _Encoder(model, spec, device, precision, n_markers, params.batch_size)
     start, done, first_error = time.perf_counter(), 0, ""
     try:
         for tiles, good, errors in tqdm(_loader(CheckedTiles(dataset), params, device),
@@ -134,23 +134,37 @@ def extract_tiles(dataset: TileDataset, model: nn.Module, spec: EncoderSpec, par
     return Extracted(out[ok], ok, precision, first_error)
 
 
+def padded_size(n: int, batch_size: int) -> int:
+    """The batch size ``n`` tiles are encoded at: the next power of two, at most ``batch_size``.
+
+    The backends (oneDNN on CPU, cuDNN) keep compiled kernels per input shape; a slide's last,
+    partial batch would otherwise bring a new shape, and the cache grew by ~150 KiB per slide
+    in a long-running process (benchmarks/memory.py). Buckets bound the shapes to
+    log2(batch_size) + 2 and cost at most twice the work of one partial batch per slide.
+    """
+    return min(max(batch_size, n), 1 << max(n - 1, 0).bit_length())
+
+
 class _Encoder:
     """uint8 batch on the host → float32 features (B, D) or (B, C, D) on the host."""
 
     def __init__(self, model: nn.Module, spec: EncoderSpec, device: torch.device, precision: str,
-                 n_markers: int):
+                 n_markers: int, batch_size: int):
         self.model = model.to(device).to(memory_format=torch.channels_last)
         self.transform = DeviceTransform(spec).to(device)
-        self.device, self.n_markers = device, n_markers
+        self.device, self.n_markers, self.batch_size = device, n_markers, batch_size
         self.autocast = (torch.autocast(device.type, dtype=PRECISIONS[precision])
                          if precision != "fp32" else nullcontext())
 
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
         b, grayscale = len(batch), self.n_markers > 0
+        size = padded_size(b, self.batch_size)
+        if size > b:   # blank tiles fill the bucket; their rows are dropped below
+            batch = torch.cat([batch, batch.new_zeros((size - b, *batch.shape[1:]))])
         with self.autocast:
             feats = self.model(self.transform(batch.to(self.device, non_blocking=True), grayscale))
-        feats = feats.float().reshape(b, self.n_markers, -1) if grayscale else feats.float()
-        return feats.cpu().numpy()
+        feats = feats.float().reshape(size, self.n_markers, -1) if grayscale else feats.float()
+        return feats[:b].cpu().numpy()
 
 
 def _log_speed(slide_id: str, n: int, seconds: float, precision: str, device: torch.device) -> None:

@@ -100,13 +100,18 @@ def write_features(path: str | Path, coords: np.ndarray, coord_attrs: Mapping[st
             h.create_dataset(name, data=arr)
 
 
-def read_features(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """→ (features, coords, feature attrs). Works on CLAM/TRIDENT stores too."""
+def read_features(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any], dict[str, Any]]:
+    """→ (features, coords, feature attrs, coords attrs), in one open. Works on CLAM/TRIDENT stores
+    too (a store without ``coords`` gives zeros and no coords attrs)."""
     with h5py.File(path, "r") as h:
         if "features" not in h:
             raise PathomixInputError(f"{path} has no 'features' dataset; is it a feature store?")
         ds = h["features"]
         feats = ds[:]
         attrs = {k: _decode(v) for k, v in ds.attrs.items()}
-        coords = h["coords"][:].astype(np.int64) if "coords" in h else np.zeros((len(feats), 2), np.int64)
-    return feats, coords, attrs
+        if "coords" in h:
+            coords = h["coords"][:].astype(np.int64)
+            coord_attrs = {k: _decode(v) for k, v in h["coords"].attrs.items()}
+        else:
+            coords, coord_attrs = np.zeros((len(feats), 2), np.int64), {}
+    return feats, coords, attrs, coord_attrs

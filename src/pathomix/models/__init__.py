@@ -7,7 +7,7 @@ names from here.
 
 from __future__ import annotations
 
-from pathomix.models import abmil, dmsf, fluoroformer, snn
+from pathomix.models import abmil, dmsf, fluoroformer, ksfusion, snn, umeml
 from pathomix.models.spec import (
     GENE_INPUTS,
     OPTIONAL_OUTPUT_KEYS,
@@ -32,6 +32,10 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("dmsf_student", dmsf.build_student, needs_wsi=True, needs_genes=False, mags=dmsf.MAGS,
                   teacher="dmsf_teacher",
                   description="DMSF WSI-only student distilled from dmsf_teacher"),
+        ModelSpec("ksfusion", ksfusion.build, needs_wsi=True, needs_genes=True, mags=ksfusion.MAGS,
+                  description="KS-Fusion: tumour/TME gene queries, deformable attention on the 20x tile grid"),
+        ModelSpec("umeml", umeml.build, needs_wsi=True, needs_genes=True, mags=umeml.MAGS,
+                  description="UMEML: prototype queries + modularity, register tokens, one shared decoder"),
         ModelSpec("fluoroformer", fluoroformer.build, needs_wsi=False, needs_genes=False, needs_mif=True,
                   mags=fluoroformer.MAGS,
                   description="Fluoroformer: marker self-attention per mIF tile, then gated attention MIL"),

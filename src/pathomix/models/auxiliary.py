@@ -6,8 +6,12 @@ does not apply to this bag (e.g. only one magnification present). The model mult
 by the weight and reports it under ``outputs["aux"][name]``.
 
 ``igc`` is the inter-magnification gene-expression consistency of DMSF in a Gram form (see
-:func:`igc_gram`); ``igc_mse`` is a simpler per-subspace alternative. The confidence-guided
-gradient coordination (CGC) acts on gradients, not on the loss: :mod:`pathomix.train.cgc`.
+:func:`igc_gram`); ``igc_mse`` is a simpler per-subspace alternative. ``ggc`` is KS-Fusion's
+gene-guided consistency (:func:`ggc_gram`): the same Gram form between the gene tokens, passed
+as the view :data:`GENE_VIEW` next to the magnifications, and the histology representations.
+A term whose views are absent returns None (``igc`` ignores the gene view). The
+confidence-guided gradient coordination (CGC) acts on gradients, not on the loss:
+:mod:`pathomix.train.cgc`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch.nn.functional as F
 
 SubspaceReps = Mapping[str, Mapping[str, torch.Tensor]]
 AuxTerm = Callable[[SubspaceReps], "torch.Tensor | None"]
+GENE_VIEW = "genes"  # the view of the subspace gene tokens in SubspaceReps (not a magnification)
 
 
 def igc_mse(reps: SubspaceReps) -> torch.Tensor | None:
@@ -28,7 +33,7 @@ def igc_mse(reps: SubspaceReps) -> torch.Tensor | None:
     terms = [
         F.mse_loss(F.normalize(by_mag[a], dim=-1), F.normalize(by_mag[b], dim=-1))
         for by_mag in reps.values()
-        for a, b in combinations(sorted(by_mag), 2)
+        for a, b in combinations(sorted(set(by_mag) - {GENE_VIEW}), 2)
     ]
     return torch.stack(terms).mean() if terms else None
 
@@ -36,6 +41,18 @@ def igc_mse(reps: SubspaceReps) -> torch.Tensor | None:
 def _subspace_matrix(reps: SubspaceReps, mag: str) -> torch.Tensor:
     """(B, S, H): the L2-normalised subspace representations at ``mag``, subspaces in sorted order."""
     return F.normalize(torch.stack([reps[s][mag] for s in sorted(reps)], dim=1), dim=-1)
+
+
+def _gram_consistency(reps: SubspaceReps, a: str, b: str) -> torch.Tensor:
+    """mean((Z_a Z_aᵀ − Z_b Z_bᵀ)²) + mean(1 − diag(Z_a Z_bᵀ)) between two views of the subspaces."""
+    za, zb = _subspace_matrix(reps, a), _subspace_matrix(reps, b)
+    gram_gap = (za @ za.transpose(1, 2) - zb @ zb.transpose(1, 2)).pow(2).mean()
+    cross_diag = torch.diagonal(za @ zb.transpose(1, 2), dim1=1, dim2=2)
+    return gram_gap + (1.0 - cross_diag).mean()
+
+
+def _common_views(reps: SubspaceReps) -> set[str]:
+    return set.intersection(*(set(by_view) for by_view in reps.values())) if reps else set()
 
 
 def igc_gram(reps: SubspaceReps) -> torch.Tensor | None:
@@ -53,17 +70,29 @@ def igc_gram(reps: SubspaceReps) -> torch.Tensor | None:
     minimises the variance of the cross-Gram diagonal with weight 1e4: unbounded in scale
     (it depends on the feature norm) and zero for any constant diagonal, including −1.
     """
-    mags = sorted(set.intersection(*(set(by_mag) for by_mag in reps.values()))) if reps else []
-    terms = []
-    for a, b in combinations(mags, 2):
-        za, zb = _subspace_matrix(reps, a), _subspace_matrix(reps, b)
-        gram_gap = (za @ za.transpose(1, 2) - zb @ zb.transpose(1, 2)).pow(2).mean()
-        cross_diag = torch.diagonal(za @ zb.transpose(1, 2), dim1=1, dim2=2)
-        terms.append(gram_gap + (1.0 - cross_diag).mean())
+    terms = [_gram_consistency(reps, a, b) for a, b in combinations(sorted(_common_views(reps) - {GENE_VIEW}), 2)]
     return torch.stack(terms).mean() if terms else None
 
 
-AUX_TERMS: dict[str, AuxTerm] = {"igc": igc_gram, "igc_mse": igc_mse}
+def ggc_gram(reps: SubspaceReps) -> torch.Tensor | None:
+    """Gene-guided consistency (KS-Fusion): the Gram form of :func:`igc_gram` between the gene
+    tokens (view :data:`GENE_VIEW`) and the histology representations at each magnification.
+
+    The subspaces must relate to each other in the histology as they do in the genes (Gram
+    matrices equal), and each subspace's histology representation must align with its gene token
+    (cross-Gram diagonal → 1). None without a gene view (e.g. a step whose genes were dropped).
+    The paper's batch loss compares, over the patients of a batch, the Gram matrix of the gene
+    embeddings with that of the deformation grids; our loop trains one patient per step, so the
+    Gram matrices here are over the subspaces of one patient.
+    """
+    views = _common_views(reps)
+    if GENE_VIEW not in views:
+        return None
+    terms = [_gram_consistency(reps, GENE_VIEW, m) for m in sorted(views - {GENE_VIEW})]
+    return torch.stack(terms).mean() if terms else None
+
+
+AUX_TERMS: dict[str, AuxTerm] = {"igc": igc_gram, "igc_mse": igc_mse, "ggc": ggc_gram}
 
 
 def aux_losses(reps: SubspaceReps, weights: Mapping[str, float]) -> dict[str, torch.Tensor]:

@@ -1,5 +1,5 @@
-"""Reusable model blocks: gated attention pooling, SNN blocks, heads, cross-attention, marker
-self-attention.
+"""Reusable model blocks: gated attention pooling, SNN blocks, heads, cross-attention, gene
+tokens, marker self-attention.
 
 Every MIL model in the registry is assembled from these, never from copies of them
 (STYLE.md "small composable model blocks"). Tensors carry a leading batch dimension ``B``;
@@ -12,6 +12,8 @@ import math
 
 import torch
 from torch import nn
+
+from pathomix.io.errors import PathomixInputError
 
 
 class PatchEncoder(nn.Sequential):
@@ -97,12 +99,45 @@ class CrossAttention(nn.Module):
         b, n, d = x.shape
         return x.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, h, n, d/h)
 
-    def forward(self, query: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, query: torch.Tensor, patches: torch.Tensor, bias: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``bias`` (B, Q, N), optional, is added to the attention logits (e.g. log-masks)."""
         q, k, v = self._split(self.q(query)), self._split(self.k(patches)), self._split(self.v(patches))
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, h, Q, N)
+        if bias is not None:
+            scores = scores + bias[:, None]
         weights = torch.softmax(scores, dim=-1)
         ctx = (self.drop(weights) @ v).transpose(1, 2).reshape(query.shape)  # (B, Q, H)
         return self.out(ctx), weights.mean(dim=1)
+
+
+class GeneTokens(nn.Module):
+    """One :class:`SNNEncoder` per gene input (``{name: input key}``), each giving a token ``(B, H)``,
+    with modality dropout: on a ``modality_dropout`` share of training steps every token is zero
+    (a histology-only step), so a multimodal model cannot lean on the genes alone.
+
+    ``forward`` returns ``(tokens {name: (B, H)}, genes_seen)``. An input without genes is a
+    :class:`PathomixInputError` that names ``owner`` and the fix.
+    """
+
+    def __init__(self, dims: dict, inputs: dict[str, str], hidden: int, dropout: float,
+                 modality_dropout: float, owner: str = "model") -> None:
+        super().__init__()
+        empty = [name for name, key in inputs.items() if not int(dims.get(key, 0))]
+        if empty:
+            raise PathomixInputError(f"{owner}: gene subspace(s) {empty} have no HVG genes; check "
+                                     "genes/subspaces.parquet and the gene sets (genes_params.gene_sets)")
+        self.inputs = dict(inputs)
+        self.encoders = nn.ModuleDict({name: SNNEncoder(int(dims[key]), hidden, dropout)
+                                       for name, key in self.inputs.items()})
+        self.modality_dropout = modality_dropout
+
+    def forward(self, inputs) -> tuple[dict[str, torch.Tensor], bool]:
+        tokens = {name: self.encoders[name](inputs[key]) for name, key in self.inputs.items()}
+        seen = not (self.training and self.modality_dropout and torch.rand(()) < self.modality_dropout)
+        if not seen:
+            tokens = {name: torch.zeros_like(t) for name, t in tokens.items()}
+        return tokens, seen
 
 
 class MarkerAttention(nn.Module):

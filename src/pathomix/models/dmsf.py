@@ -35,10 +35,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pathomix.io.errors import PathomixInputError
 from pathomix.io.tasks import Task
 from pathomix.models.auxiliary import aux_losses
-from pathomix.models.blocks import CrossAttention, PatchEncoder, ProjectionHead, SNNEncoder
+from pathomix.models.blocks import CrossAttention, GeneTokens, PatchEncoder, ProjectionHead
 from pathomix.models.ita import TokenAggregator
 from pathomix.models.spec import ModelParams, wsi_key
 
@@ -143,12 +142,8 @@ class DMSFTeacher(nn.Module):
                  mags: Sequence[str] = MAGS) -> None:
         super().__init__()
         h = params.hidden
-        empty = [s for s in SUBSPACES if not int(dims.get(f"genes_{s}", 0))]
-        if empty:
-            raise PathomixInputError(f"DMSF teacher: gene subspace(s) {empty} have no HVG genes; check "
-                             "genes/subspaces.parquet and the gene sets (genes_params.gene_sets)")
-        self.gene_encoders = nn.ModuleDict({s: SNNEncoder(int(dims[f"genes_{s}"]), h, params.dropout)
-                                            for s in SUBSPACES})
+        self.genes = GeneTokens(dims, {s: f"genes_{s}" for s in SUBSPACES}, h, params.dropout,
+                                params.modality_dropout, "DMSF teacher")
         # a learned base per subspace, shifted by the patient's gene token: patch selection stays
         # sensible when a subspace's genes are noisy, and follows them where they are informative
         self.query_base = nn.Parameter(torch.randn(len(SUBSPACES), h))
@@ -158,16 +153,13 @@ class DMSFTeacher(nn.Module):
         self.selector = SubspaceSelector(int(dims["wsi"]), params.mags or mags, params)
         self.heads = nn.ModuleDict({s: ProjectionHead(2 * h, n_outputs) for s in SUBSPACES})
         self.aux_weights = dict(params.aux_losses)
-        self.modality_dropout = params.modality_dropout
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters both subspace branches depend on (CGC coordinates their gradients)."""
         return list(self.selector.parameters())
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-        tokens = {s: self.gene_encoders[s](inputs[f"genes_{s}"]) for s in SUBSPACES}
-        if self.training and self.modality_dropout and torch.rand(()) < self.modality_dropout:
-            tokens = {s: torch.zeros_like(t) for s, t in tokens.items()}  # a histology-only step
+        tokens, _ = self.genes(inputs)
         queries = {s: self.query_base[i] + self.gene_gate[0] * tokens[s] for i, s in enumerate(SUBSPACES)}
         features, reps, attention = self.selector(queries, inputs)
         h = features.shape[-1] // len(SUBSPACES)

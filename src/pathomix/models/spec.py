@@ -5,6 +5,7 @@ A model is built by ``build(dims, task, params)`` and called as ``model(inputs)`
 
 - ``wsi_20x``, ``wsi_10x``, ... : H&E patch features ``(B, N, D)`` of the patient's bag at
   that magnification (key built by :func:`wsi_key`; absent when the bag is empty there);
+- ``pos_20x``, ... (:func:`pos_key`): the H&E tiles' (x, y) positions ``(B, N, 2)`` on the tile grid, in tile units;
 - ``mif_20x``, ... : mIF patch features ``(B, N, C, D)``, one embedding per marker channel of
   each tile (key built by :func:`mif_key`; the union of the patient's mIF slides);
 - ``genes`` ``(B, G)``: all standardised HVG genes; ``genes_tumour`` / ``genes_tme``: the
@@ -43,6 +44,11 @@ def wsi_key(mag: str) -> str:
     return f"wsi_{mag}"
 
 
+def pos_key(mag: str) -> str:
+    """Input name of the tile-grid positions of the H&E bag at ``mag`` (e.g. ``pos_20x``)."""
+    return f"pos_{mag}"
+
+
 def mif_key(mag: str) -> str:
     """Input name of the mIF bag at magnification ``mag`` (e.g. ``mif_20x``)."""
     return f"mif_{mag}"
@@ -67,10 +73,17 @@ class ModelParams:
     dropout: float = 0.25
     attn_heads: int = 1
     modality_dropout: float = 0.5  # multimodal models: share of training steps without the genes
-    aux_losses: Mapping[str, float] = field(default_factory=lambda: {"igc": 0.1})
+    aux_losses: Mapping[str, float] = field(default_factory=lambda: {"igc": 0.1, "ggc": 1.0})
     mags: tuple[str, ...] = ()  # magnifications to use; () = the model's own (ModelSpec.mags)
     ita_tokens: int = 16  # DMSF student: cluster tokens per subspace and magnification (ITA)
     ita_knn: int = 5  # DMSF student: neighbours of the DPC-kNN density
+    ksf_grid: int = 50  # KS-Fusion: side of the tile grid (cells); larger bags are scaled down to fit
+    ksf_points: int = 12  # KS-Fusion: reference points per side (K ≤ 12² samples per gene query)
+    ksf_offset_scale: float = 4.0  # KS-Fusion: largest offset, in reference-point spacings
+    umeml_prototypes: int = 5  # UMEML: learned prototype queries over the patch tokens
+    umeml_registers: int = 3  # UMEML: register tokens between the pathology and genomic tokens
+    umeml_modularity: float = 5.0  # UMEML: weight of the modularity loss
+    umeml_temperature: float = 0.1  # UMEML: temperature of the soft prototype-patch assignment
 
 
 Builder = Callable[[Mapping[str, Any], Task, ModelParams], nn.Module]

@@ -46,18 +46,34 @@ def _span(starts: np.ndarray, size: int, scale: float, n: int) -> tuple[np.ndarr
     return lo, np.maximum(hi, np.minimum(lo + 1, n))
 
 
+def _column_sums(mask: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), w) int64: ``mask[:r].sum(0)`` for each of the sorted, distinct ``rows``."""
+    out = np.zeros((len(rows), mask.shape[1]), np.int64)
+    inner = rows[rows > 0]
+    if len(inner):   # sums of the bands between consecutive rows, then their running total
+        values = mask.view(np.uint8) if mask.dtype == bool else mask
+        bands = np.add.reduceat(values[:inner[-1]], np.concatenate([[0], inner[:-1]]), axis=0, dtype=np.int64)
+        out[len(rows) - len(inner):] = bands.cumsum(0)
+    return out
+
+
 def tissue_fractions(mask: np.ndarray, dimensions: tuple[int, int], xs: np.ndarray, ys: np.ndarray,
                      size: int) -> np.ndarray:
-    """(len(ys), len(xs)) tissue fraction of each tile footprint, via an integral image."""
+    """(len(ys), len(xs)) tissue fraction of each tile footprint, via an integral image.
+
+    Only the integral image's rows at footprint edges are built: one pass of column sums, then
+    a cumulative sum along those few rows.
+    """
     mh, mw = mask.shape
     width, height = dimensions
-    integral = np.zeros((mh + 1, mw + 1), np.int64)
-    integral[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
     x0, x1 = _span(xs, size, mw / width, mw)
     y0, y1 = _span(ys, size, mh / height, mh)
-    y0, y1 = y0[:, None], y1[:, None]
-    total = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-    area = np.maximum((y1 - y0) * (x1 - x0), 1)
+    rows, inverse = np.unique(np.concatenate([y0, y1]), return_inverse=True)
+    integral = np.zeros((len(rows), mw + 1), np.int64)    # integral[k, j] = mask[:rows[k], :j].sum()
+    integral[:, 1:] = _column_sums(mask, rows).cumsum(1)
+    k0, k1 = inverse[:len(y0), None], inverse[len(y0):, None]
+    total = integral[k1, x1] - integral[k0, x1] - integral[k1, x0] + integral[k0, x0]
+    area = np.maximum((y1 - y0)[:, None] * (x1 - x0), 1)
     return total / area
 
 

@@ -8,14 +8,18 @@ than it removed. A nearly uniform image (blank glass, empty channel) has no tiss
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
+from collections.abc import Callable
 
 import numpy as np
-from scipy import ndimage as ndi
 from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 from skimage.measure import label
 from skimage.morphology import disk
+
+from pathomix.tiling.morph import binary_closing, binary_opening
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +31,90 @@ MORPH_RADIUS_UM = 16.0   # closing/opening radius
 MIN_MASK_PX = 4          # thumbnails smaller than this (either side) have no usable mask
 
 
+@functools.cache
+def _he_tables() -> tuple[np.ndarray, np.ndarray]:
+    """skimage's HSV saturation, and the H&E validity test, for every uint8 (max, min) channel pair.
+
+    Both flat (65 536,), indexed by ``max << 8 | min``. Saturation depends only on a pixel's largest
+    and smallest channel and value only on the largest, so a look-up gives exactly what ``rgb2hsv``
+    gives, without its float64 image and hue.
+    """
+    high, low = np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8), indexing="ij")
+    hsv = rgb2hsv(np.stack([high, low, low], axis=-1))   # entries with low > high are never looked up
+    valid = (low <= WHITE_LEVEL) & (hsv[..., 2] >= BLACK_VALUE)
+    return hsv[..., 1].ravel(), valid.ravel()
+
+
+def _he_index(rgb: np.ndarray) -> np.ndarray:
+    """uint16 ``max << 8 | min`` of the channels of an (h, w, 3) uint8 image."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    high = np.maximum(np.maximum(r, g), b).astype(np.uint16)
+    high <<= 8
+    high |= np.minimum(np.minimum(r, g), b)
+    return high
+
+
 def he_signal(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(saturation in 0..1, valid pixels) of an (h, w, 3) uint8 RGB thumbnail."""
-    hsv = rgb2hsv(rgb)
-    valid = (rgb.min(axis=2) <= WHITE_LEVEL) & (hsv[..., 2] >= BLACK_VALUE)
-    return hsv[..., 1], valid
+    if rgb.dtype != np.uint8:
+        hsv = rgb2hsv(rgb)
+        return hsv[..., 1], (rgb.min(axis=2) <= WHITE_LEVEL) & (hsv[..., 2] >= BLACK_VALUE)
+    index = _he_index(rgb)
+    saturation, valid = _he_tables()
+    return saturation.take(index), valid.take(index)
+
+
+def _sorted_counts(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(values, kind="stable")
+    return values[order], np.cumsum(counts[order])
+
+
+def _order_stat(sorted_values: np.ndarray, cum: np.ndarray, k: int) -> float:
+    """The k-th smallest (0-based, clipped to the range) of the multiset given by values and counts."""
+    k = min(max(k, 0), int(cum[-1]) - 1)
+    return float(sorted_values[np.searchsorted(cum, k, side="right")])
+
+
+def _spread_below(values: np.ndarray, counts: np.ndarray, signal: Callable[[], np.ndarray]) -> bool:
+    """``p99 - p1 < MIN_SPREAD`` of the multiset, as ``np.percentile`` decides it.
+
+    A linear-interpolated percentile lies between the order statistics around its index; when
+    those brackets settle the comparison, no full-size sort is needed. Otherwise ``signal()``
+    materialises the pixels and np.percentile decides.
+    """
+    sv, cum = _sorted_counts(values, counts)
+    n = int(cum[-1])
+    bounds = []
+    for q in (0.99, 0.01):
+        i = int(math.floor((n - 1) * q))
+        bounds.append((_order_stat(sv, cum, i - 1), _order_stat(sv, cum, i + 2)))
+    (lo99, hi99), (lo1, hi1) = bounds
+    if lo99 - hi1 >= MIN_SPREAD * (1 + 1e-9):
+        return False
+    if hi99 - lo1 < MIN_SPREAD * (1 - 1e-9):
+        return True
+    return bool(np.subtract(*np.percentile(signal(), [99, 1])) < MIN_SPREAD)
+
+
+def _otsu_counts(values: np.ndarray, counts: np.ndarray) -> float:
+    """skimage's ``threshold_otsu`` of the multiset: the same 256-bin histogram over its range."""
+    hist, edges = np.histogram(values, bins=256, weights=counts)
+    return float(threshold_otsu(hist=(hist.astype(np.int64), (edges[:-1] + edges[1:]) / 2.0)))
+
+
+def _he_foreground(rgb: np.ndarray) -> np.ndarray:
+    """``_otsu_foreground(*he_signal(rgb), floor=MIN_SATURATION)`` for uint8 RGB, via the pixels'
+    (max, min) pairs: at most 65 536 distinct saturations, so the percentiles, the Otsu histogram
+    and the threshold are computed on counts instead of on a float64 image."""
+    index = _he_index(rgb)
+    saturation, valid = _he_tables()
+    counts = np.bincount(index.ravel(), minlength=len(saturation))
+    present = np.flatnonzero(counts)
+    values, weights = saturation[present], counts[present]
+    if _spread_below(values, weights, lambda: saturation.take(index)):
+        return np.zeros(index.shape, bool)
+    threshold = max(_otsu_counts(values, weights), MIN_SATURATION)
+    return (valid & (saturation > threshold)).take(index)
 
 
 def mif_signal(stack: np.ndarray, autofluorescence: list[bool] | None = None) -> np.ndarray:
@@ -62,6 +145,8 @@ def _drop_small(mask: np.ndarray, min_px: float) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     keep = sizes >= min_px
     keep[0] = False
+    if keep[1:].all():   # nothing to remove (the usual case): the mask is its own answer
+        return mask.copy()
     return keep[labels]
 
 
@@ -70,7 +155,7 @@ def clean_mask(mask: np.ndarray, mask_mpp: float, min_region_um2: float) -> np.n
     radius = max(1, round(MORPH_RADIUS_UM / mask_mpp))
     footprint = disk(radius).astype(bool)
     padded = np.pad(mask, radius + 1, mode="edge")   # edge padding: tissue at the border stays
-    padded = ndi.binary_opening(ndi.binary_closing(padded, footprint), footprint)
+    padded = binary_opening(binary_closing(padded, footprint), footprint)
     mask = padded[radius + 1:-radius - 1, radius + 1:-radius - 1]
     min_px = min_region_um2 / mask_mpp**2
     if min_px > 1:
@@ -88,7 +173,9 @@ def tissue_mask(thumb: np.ndarray, modality: str, mask_mpp: float, min_region_um
     shape = thumb.shape[:2] if modality == "he" else thumb.shape[1:]
     if min(shape) < MIN_MASK_PX:
         return np.zeros(shape, bool)
-    if modality == "he":
+    if modality == "he" and thumb.dtype == np.uint8:
+        raw = _he_foreground(thumb)
+    elif modality == "he":
         signal, valid = he_signal(thumb)
         raw = _otsu_foreground(signal, valid, floor=MIN_SATURATION)
     else:

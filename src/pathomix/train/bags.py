@@ -1,7 +1,13 @@
 """Patient bags from the feature manifest: the union of the tiles of all H&E slides (or all mIF
-images) of a patient at one magnification (PORPOISE/MCAT), keeping each tile's slide id and row
-index. H&E tiles are ``(D,)`` features, mIF tiles ``(C, D)``: one embedding per marker channel,
-named by the store's ``channels`` attribute."""
+images) of a patient at one magnification (PORPOISE/MCAT), keeping each tile's slide id, row
+index and position on the tile grid. H&E tiles are ``(D,)`` features, mIF tiles ``(C, D)``: one
+embedding per marker channel, named by the store's ``channels`` attribute.
+
+Positions are in tile units (level-0 ``coords`` divided by the tile step, from the store's
+``patch_size_level0`` and ``overlap`` attributes, or inferred from the coordinate spacing when a
+CLAM/TRIDENT store lacks them). A patient's slides are laid side by side along x, one empty
+column apart, so that tiles of different slides never share a grid cell.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -31,6 +38,7 @@ class Bag:
     features: torch.Tensor  # (N, D) H&E or (N, C, D) mIF, stored precision, CPU
     slide_ids: np.ndarray  # (N,) str
     tile_index: np.ndarray  # (N,) int64, row in that slide's store
+    positions: np.ndarray  # (N, 2) float32 (x, y) on the patient's tile grid, in tile units
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -67,9 +75,43 @@ def read_manifest(path: str | Path, mags: Sequence[str], modality: str = "he") -
     return df[df.mag.isin(mags)].sort_values(["patient_id", "mag", "slide_id"]).reset_index(drop=True)
 
 
-def _read_store(row: pd.Series, modality: str) -> tuple[np.ndarray, str, tuple[str, ...]]:
-    """(features, slide id, marker names) of one store; checks the number of dimensions."""
-    feats, _, attrs = read_features(row.path)
+def _step(values: np.ndarray) -> float | None:
+    """Smallest positive spacing of the distinct values of one coordinate axis (None if < 2)."""
+    diffs = np.diff(np.unique(values))
+    return float(diffs.min()) if len(diffs) else None
+
+
+def tile_positions(coords: np.ndarray, attrs: dict) -> np.ndarray:
+    """Level-0 top-left ``coords`` (N, 2) → (N, 2) float32 tile-grid positions, starting at 0.
+
+    The tile step (level-0 px) is ``patch_size_level0 · (1 − overlap / patch_size)`` when the store
+    says so (``overlap`` is in px at the target magnification), else the smallest coordinate spacing
+    along either axis (1 px only if the store has a single tile)."""
+    coords = np.asarray(coords, np.float64).reshape(-1, 2)
+    if not len(coords):
+        return np.zeros((0, 2), np.float32)
+    size0 = attrs.get("patch_size_level0")
+    if size0:
+        size = attrs.get("patch_size") or size0
+        step = np.full(2, float(size0) * (1.0 - float(attrs.get("overlap") or 0) / float(size)))
+    else:  # square tiles: the smallest spacing along either axis
+        known = [s for s in (_step(coords[:, 0]), _step(coords[:, 1])) if s]
+        step = np.full(2, min(known) if known else 1.0)
+    return ((coords - coords.min(axis=0)) / step).astype(np.float32)
+
+
+class _Store(NamedTuple):
+    """One feature store as read for a bag."""
+
+    features: np.ndarray  # (N, D) or (N, C, D)
+    slide_id: str
+    positions: np.ndarray  # (N, 2) tile-grid positions of the slide alone
+    channels: tuple[str, ...]  # mIF marker names; () for H&E
+
+
+def _read_store(row: pd.Series, modality: str) -> _Store:
+    """One store in one open; checks the number of dimensions and names the mIF markers."""
+    feats, coords, attrs, coord_attrs = read_features(row.path)
     name, ndim = MODALITIES[modality]
     if feats.ndim != ndim and len(feats):
         other = "mif" if modality == "he" else "he"
@@ -83,7 +125,16 @@ def _read_store(row: pd.Series, modality: str) -> tuple[np.ndarray, str, tuple[s
             log.warning("mIF store %s has %d channels but names %s; calling them channel0..%d", row.path,
                         feats.shape[1], list(channels), feats.shape[1] - 1)
             channels = tuple(f"channel{i}" for i in range(feats.shape[1]))
-    return feats, row.slide_id, channels
+    return _Store(feats, row.slide_id, tile_positions(coords, coord_attrs), channels)
+
+
+def _side_by_side(positions: list[np.ndarray]) -> np.ndarray:
+    """Concatenate per-slide positions, shifting each slide right of the previous one (one column gap)."""
+    out, x0 = [], 0.0
+    for pos in positions:
+        out.append(pos + np.array([x0, 0.0], np.float32))
+        x0 += float(pos[:, 0].max()) + 2.0
+    return np.concatenate(out).astype(np.float32)
 
 
 def load_bags(manifest: pd.DataFrame, patients: Iterable[str], modality: str = "he") -> Bags:
@@ -100,27 +151,28 @@ def load_bags(manifest: pd.DataFrame, patients: Iterable[str], modality: str = "
     channels: tuple[str, ...] | None = None
     for (pid, mag), rows in manifest[manifest.patient_id.isin(wanted)].groupby(["patient_id", "mag"]):
         parts = [_read_store(r, modality) for r in rows.itertuples(index=False)]
-        parts = [p for p in parts if len(p[0])]
+        parts = [p for p in parts if len(p.features)]
         if not parts:
             empty.setdefault(pid, []).append(mag)
             continue
-        shapes = {f.shape[1:] for f, _, _ in parts} | ({shape} if shape else set())
+        shapes = {p.features.shape[1:] for p in parts} | ({shape} if shape else set())
         if len(shapes) > 1:
             raise PathomixInputError(
                 f"{name} feature stores have different shapes per tile {sorted(shapes)} (patient {pid}, {mag}); "
                 "all slides must be encoded with the same encoder" + (" and the same marker panel"
                                                                        if modality == "mif" else ""))
         shape = shapes.pop()
-        for _, slide, names in parts:
-            if channels is not None and names != channels:
+        for p in parts:
+            if channels is not None and p.channels != channels:
                 raise PathomixInputError(
-                    f"mIF image {slide} (patient {pid}) has markers {list(names)}, others {list(channels)}; "
-                    "train on one marker panel (same channels in the same order) at a time")
-            channels = names
+                    f"mIF image {p.slide_id} (patient {pid}) has markers {list(p.channels)}, others "
+                    f"{list(channels)}; train on one marker panel (same channels in the same order) at a time")
+            channels = p.channels
         bags.setdefault(pid, {})[mag] = Bag(
-            features=torch.from_numpy(np.concatenate([f for f, _, _ in parts])),
-            slide_ids=np.concatenate([np.full(len(f), s, dtype=object) for f, s, _ in parts]),
-            tile_index=np.concatenate([np.arange(len(f), dtype=np.int64) for f, _, _ in parts]),
+            features=torch.from_numpy(np.concatenate([p.features for p in parts])),
+            slide_ids=np.concatenate([np.full(len(p.features), p.slide_id, dtype=object) for p in parts]),
+            tile_index=np.concatenate([np.arange(len(p.features), dtype=np.int64) for p in parts]),
+            positions=_side_by_side([p.positions for p in parts]),
         )
     for pid, mags in empty.items():
         log.info("patient %s: all %s feature stores at %s have 0 tiles", pid, name, ", ".join(mags))

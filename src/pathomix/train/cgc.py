@@ -59,13 +59,10 @@ class GradientCoordinator:
         self.objective = objective
         self.steps = self.conflicts = 0
 
-    def branch_losses(self, outputs: Mapping, target: Target) -> dict[str, torch.Tensor]:
-        return branch_losses(self.objective, outputs, target)
-
     def backward(self, loss: torch.Tensor, outputs: Mapping, target: Target) -> torch.Tensor:
         """``loss`` (the step's total, without branch terms) + the branch losses, backpropagated with
         the branch gradients on the shared parameters coordinated. Returns the total loss."""
-        branches = self.branch_losses(outputs, target)
+        branches = branch_losses(self.objective, outputs, target)
         if len(branches) != 2:
             raise ValueError(f"CGC needs exactly two branches, got {sorted(branches)}")
         (name_a, loss_a), (name_b, loss_b) = branches.items()

@@ -20,7 +20,8 @@ import torch
 from pathomix.io.errors import PathomixInputError
 from pathomix.io.sheets import read_clinical
 from pathomix.io.tasks import Task, discretise, survival_bins
-from pathomix.models import tile_key
+from pathomix.models import tile_key, wsi_key
+from pathomix.models.spec import pos_key
 from pathomix.train.bags import MODALITIES, Bag, load_bags, read_manifest
 from pathomix.train.genes import fit_gene_stats, gene_dims, gene_inputs, read_hvg
 
@@ -174,8 +175,11 @@ def load_cohort(src: Sources, task: Task, fold: int, needs: Needs,
     targets, edges = TARGETS[task.kind](clin, label, pids, train)
     patients = []
     for p in pids:
-        inputs = {key: b.features for key, b in bags.get(p, {}).items()} | genes.get(p, {})
-        patients.append(Patient(p, str(split[p]), targets[p], inputs, bags.get(p, {})))
+        by_key = bags.get(p, {})
+        positions = {pos_key(m): torch.from_numpy(by_key[wsi_key(m)].positions)
+                     for m in needs.mags if wsi_key(m) in by_key}  # of the H&E tiles
+        inputs = {key: b.features for key, b in by_key.items()} | positions | genes.get(p, {})
+        patients.append(Patient(p, str(split[p]), targets[p], inputs, by_key))
     counts = {s: sum(q.split == s for q in patients) for s in SPLITS}
     log.info("fold %d, task %s: %d patients used (%s)", fold, task.name, len(patients), counts)
     return Cohort(patients, dims, stats, edges, markers)

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pathomix.models import TILE_INPUTS, tile_key
+from pathomix.models import TILE_INPUTS, tile_key, wsi_key
 from pathomix.train.cgc import GradientCoordinator, branch_losses
 from pathomix.train.data import Patient
 from pathomix.train.objectives import Objective
@@ -55,11 +55,17 @@ class FitResult:
 
 def batch_inputs(patient: Patient, device: torch.device, max_tiles: int | None = None,
                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """One patient's inputs as float32 batch-of-one tensors on ``device``."""
+    """One patient's inputs as float32 batch-of-one tensors on ``device``; a bag (H&E or mIF) larger
+    than ``max_tiles`` is subsampled, the H&E tile positions (``pos_{mag}``) with the same tiles."""
+    picks = {key: torch.randperm(len(value), generator=generator)[:max_tiles].sort().values
+             for key, value in patient.inputs.items()
+             if max_tiles and key.startswith(TILE_PREFIXES) and len(value) > max_tiles}
     out = {}
     for key, value in patient.inputs.items():
-        if max_tiles and key.startswith(TILE_PREFIXES) and len(value) > max_tiles:
-            value = value[torch.randperm(len(value), generator=generator)[:max_tiles].sort().values]
+        kind, _, mag = key.partition("_")
+        bag = wsi_key(mag) if kind == "pos" else key  # the bag whose tiles this input indexes
+        if bag in picks:
+            value = value[picks[bag]]
         out[key] = value.to(device=device, dtype=torch.float32).unsqueeze(0)
     return out
 
