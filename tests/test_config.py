@@ -71,3 +71,26 @@ def test_missing_cohort_inputs_names_each_model():
         ["abmil", "dmsf_student"]
     assert missing_cohort_inputs(["snn"], {"slides": "s.tsv", "genes": None}) == [
         "model snn needs a gene table but `genes` is null; remove it from train.models or add a gene table"]
+
+
+def test_mif_model_needs_mif_images():
+    from pathomix.catalog import missing_cohort_inputs
+
+    cohort = {"slides": "s.tsv", "genes": "g.parquet"}
+    assert missing_cohort_inputs(["fluoroformer", "abmil"], cohort, {"he", "mif"}) == []
+    assert missing_cohort_inputs(["fluoroformer"], cohort) == []  # sheet not known yet: the jobs check
+    assert missing_cohort_inputs(["abmil", "fluoroformer"], cohort, {"he"}) == [
+        "model fluoroformer needs mIF images but the slides sheet s.tsv has no row with modality `mif`; remove it "
+        "from train.models or add mIF images (one row per image, modality mif; channel names in `mif_channels`) "
+        "to the sheet"]
+    assert [m.split()[1] for m in missing_cohort_inputs(["abmil", "fluoroformer"], cohort, {"mif"})] == ["abmil"]
+    assert missing_cohort_inputs(["fluoroformer"], {"slides": None, "genes": "g.parquet"}) == [
+        "model fluoroformer needs mIF images but `slides` is null; remove it from train.models or add a slides "
+        "sheet with mIF rows (modality mif)"]
+
+
+def test_fluoroformer_plans_on_the_demo_and_fails_without_mif():
+    assert dry_run("train={models: [abmil, fluoroformer], tasks: [survival]}").returncode == 0
+    proc = dry_run("demo={n_mif: 0}", "train={models: [fluoroformer], tasks: [survival]}")
+    assert proc.returncode != 0
+    assert "model fluoroformer needs mIF images" in proc.stderr + proc.stdout

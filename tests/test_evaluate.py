@@ -111,12 +111,14 @@ def test_config_schema_lists_exactly_the_registered_metrics():
     assert set(config["evaluate"]["headline"]) <= set(enum)
 
 
-def _run_stage(tmp_path, frames, params='{"bootstrap": 30, "seed": 0}', extra=()):
+def _run_stage(tmp_path, frames, params='{"bootstrap": 30, "seed": 0}', extra=(), markers=None):
     paths = []
     for i, df in enumerate(frames):
         d = tmp_path / "models" / f"job{i}"
         d.mkdir(parents=True)
         df.to_parquet(d / "predictions.parquet")
+        if markers is not None and i in markers:  # an mIF model: marker_attention.parquet next to it
+            markers[i].to_parquet(d / "marker_attention.parquet")
         epochs = np.arange(1, 6)
         pd.DataFrame({"epoch": epochs, "train_loss": 1 / epochs, "val_loss": 1.2 / epochs, "val_metric": epochs / 6,
                       "lr": 1e-3, "seconds": 0.1}).to_parquet(d / "history.parquet")
@@ -184,3 +186,31 @@ def test_external_cohort_is_scored_on_its_own(tmp_path):
     assert any(c.startswith("ext: diagnosis") for c in cohorts.columns)
     assert any(c.startswith("main: diagnosis") for c in cohorts.columns)
     assert "external: ext" in (tmp_path / "c.html").read_text()
+
+
+def _markers(pred, panel=("DAPI", "Ki67", "CD68", "CD8"), seed=0):
+    """One marker distribution per test slide (two slides for the first patient), Ki67 favoured."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for pid in pred.patient_id[pred.split == "test"]:
+        for slide in ([f"{pid}-MIF", f"{pid}-MIF2"] if pid == "P0" else [f"{pid}-MIF"]):
+            w = rng.dirichlet([2.0, 6.0, 3.0, 2.0])
+            rows += [{"patient_id": pid, "slide_id": slide, "mag": "20x", "marker": m, "weight": float(x)}
+                     for m, x in zip(panel, w, strict=True)]
+    return pd.DataFrame(rows)
+
+
+def test_marker_figure_only_for_mif_models(tmp_path):
+    fluoro, plain = _survival(model="fluoro"), _survival(model="plain", seed=1)
+    ev = _run_stage(tmp_path, [fluoro, plain], params='{"bootstrap": 5}', markers={0: _markers(fluoro)})
+    written = {p.name for p in (ev / "figures").iterdir()}
+    expected = {"summary.png", *figure_names("fluoro", "survival", "survival", mif=True).values(),
+                *figure_names("plain", "survival", "survival").values()}
+    assert written == expected and "fluoro_survival_markers.png" in written
+    assert (ev / "figures" / "fluoro_survival_markers.png").stat().st_size > 5000
+
+
+def test_marker_figure_without_mif_test_patients(tmp_path):
+    empty = pd.DataFrame(columns=["patient_id", "slide_id", "mag", "marker", "weight"])
+    ev = _run_stage(tmp_path, [_survival(model="fluoro")], params='{"bootstrap": 5}', markers={0: empty})
+    assert (ev / "figures" / "fluoro_survival_markers.png").exists()

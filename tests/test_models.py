@@ -9,9 +9,19 @@ import torch
 
 from pathomix.io.errors import PathomixInputError
 from pathomix.io.tasks import get_task
-from pathomix.models import MODELS, OUTPUT_KEYS, ModelParams, get_model, required_inputs, wsi_key
+from pathomix.models import (
+    MODELS,
+    OPTIONAL_OUTPUT_KEYS,
+    OUTPUT_KEYS,
+    ModelParams,
+    get_model,
+    mif_key,
+    required_inputs,
+    tile_key,
+    wsi_key,
+)
 from pathomix.models.auxiliary import aux_losses, igc_mse
-from pathomix.models.blocks import CrossAttention, GatedAttention, SNNEncoder
+from pathomix.models.blocks import CrossAttention, GatedAttention, MarkerAttention, SNNEncoder
 from pathomix.train.losses import (
     class_weights,
     distill_kl,
@@ -21,7 +31,7 @@ from pathomix.train.losses import (
     survival_risk,
 )
 
-DIMS = {"wsi": 16, "genes": 12, "genes_tumour": 5, "genes_tme": 4}
+DIMS = {"wsi": 16, "genes": 12, "genes_tumour": 5, "genes_tme": 4, "mif": 16, "markers": 6}
 PARAMS = ModelParams(hidden=8, dropout=0.0)
 
 
@@ -34,11 +44,12 @@ def _inputs(n20: int = 7, n10: int | None = 3, seed: int = 0) -> dict[str, torch
     out["genes_tumour"] = out["genes"][:, :5]
     out["genes_tme"] = out["genes"][:, 5:9]
     out["pos_20x"] = torch.stack([torch.arange(n20) % 3, torch.arange(n20) // 3], dim=-1)[None].float()  # tile units
+    out[mif_key("20x")] = torch.randn(1, 5, DIMS["markers"], DIMS["mif"], generator=g)
     return out
 
 
-def test_registry_lists_the_four_models() -> None:
-    assert {"abmil", "snn", "dmsf_teacher", "dmsf_student"} <= set(MODELS)
+def test_registry_lists_the_models() -> None:
+    assert {"abmil", "snn", "dmsf_teacher", "dmsf_student", "fluoroformer"} <= set(MODELS)
     assert get_model("dmsf_student").teacher == "dmsf_teacher"
     assert MODELS["abmil"].needs_wsi and not MODELS["abmil"].needs_genes and MODELS["abmil"].mags == ("20x",)
     assert MODELS["snn"].needs_genes and not MODELS["snn"].needs_wsi
@@ -49,18 +60,22 @@ def test_registry_lists_the_four_models() -> None:
         assert MODELS[name].needs_wsi and MODELS[name].needs_genes and MODELS[name].mags == ("20x",), name
     with pytest.raises(KeyError, match="known models"):
         get_model("nope")
-    assert required_inputs("dmsf_student") == {"wsi": True, "genes": True, "teacher": "dmsf_teacher"}
-    assert required_inputs("abmil") == {"wsi": True, "genes": False, "teacher": None}
+    assert required_inputs("dmsf_student") == {"wsi": True, "genes": True, "mif": False, "teacher": "dmsf_teacher"}
+    assert required_inputs("abmil") == {"wsi": True, "genes": False, "mif": False, "teacher": None}
+    assert required_inputs("fluoroformer") == {"wsi": False, "genes": False, "mif": True, "teacher": None}
+    assert MODELS["fluoroformer"].tile_input == "mif" and MODELS["abmil"].tile_input == "wsi"
+    assert MODELS["snn"].tile_input is None
 
 
-@pytest.mark.parametrize("name", ["abmil", "snn", "dmsf_teacher", "dmsf_student", "ksfusion", "umeml"])
+@pytest.mark.parametrize("name", ["abmil", "snn", "dmsf_teacher", "dmsf_student", "ksfusion", "umeml",
+                                  "fluoroformer"])
 @pytest.mark.parametrize("task_name", ["diagnosis", "survival"])
 def test_forward_contract(name: str, task_name: str) -> None:
     task = get_task(task_name)
     torch.manual_seed(0)
     model = MODELS[name].build(DIMS, task, PARAMS).eval()
     out = model(_inputs())
-    assert set(OUTPUT_KEYS) <= set(out) <= {*OUTPUT_KEYS, "branch_logits"}
+    assert set(OUTPUT_KEYS) <= set(out) <= {*OUTPUT_KEYS, *OPTIONAL_OUTPUT_KEYS}
     if "branch_logits" in out:  # the logits are the mean of the branch halves
         halves = torch.stack(list(out["branch_logits"].values()))
         assert torch.allclose(halves.mean(dim=0), out["logits"], atol=1e-6)
@@ -68,8 +83,11 @@ def test_forward_contract(name: str, task_name: str) -> None:
     assert out["features"].shape[0] == 1
     for by_mag in out["attention"].values():
         for mag, w in by_mag.items():
-            assert w.shape == (1, _inputs()[wsi_key(mag)].shape[1])
+            assert w.shape == (1, _inputs()[tile_key(MODELS[name].tile_input, mag)].shape[1])
             assert torch.allclose(w.sum(-1), torch.ones(1), atol=1e-5)
+    for mag, w in out.get("marker_attention", {}).items():  # per tile, a distribution over its markers
+        assert w.shape == _inputs()[mif_key(mag)].shape[:3]
+        assert torch.allclose(w.sum(-1), torch.ones(w.shape[:2]), atol=1e-5)
 
 
 def test_teacher_and_student_share_feature_layout_and_heads() -> None:
@@ -102,6 +120,39 @@ def test_gated_attention_sums_to_one_and_is_permutation_equivariant() -> None:
     pooled_p, w_p = pool(h[:, perm])
     assert torch.allclose(w_p, w[:, perm], atol=1e-6)
     assert torch.allclose(pooled_p, pooled, atol=1e-5)
+
+
+def test_marker_attention_is_a_distribution_per_tile_and_ignores_marker_order() -> None:
+    torch.manual_seed(0)
+    block = MarkerAttention(16, 8).eval()
+    x = torch.randn(2, 9, 6, 16)
+    tokens, w = block(x)
+    assert tokens.shape == (2, 9, 16) and w.shape == (2, 9, 6)
+    assert (w >= 0).all() and torch.allclose(w.sum(-1), torch.ones(2, 9), atol=1e-6)
+    perm = torch.randperm(6)  # no marker identity: a reordered panel gives the same tokens
+    tokens_p, w_p = block(x[:, :, perm])
+    assert torch.allclose(tokens_p, tokens, atol=1e-5) and torch.allclose(w_p, w[:, :, perm], atol=1e-6)
+    # tiles are fused independently: changing one tile changes only its own token
+    y = x.clone()
+    y[:, 0] += 1.0
+    assert torch.allclose(block(y)[0][:, 1:], tokens[:, 1:], atol=1e-6)
+
+
+@pytest.mark.parametrize("task_name", ["diagnosis", "survival"])
+def test_fluoroformer_is_permutation_invariant_over_tiles(task_name: str) -> None:
+    torch.manual_seed(0)
+    model = MODELS["fluoroformer"].build(DIMS, get_task(task_name), PARAMS).eval()
+    bag = _inputs()[mif_key("20x")]
+    out = model({mif_key("20x"): bag})
+    perm = torch.randperm(bag.shape[1])
+    out_p = model({mif_key("20x"): bag[:, perm]})
+    assert torch.allclose(out_p["logits"], out["logits"], atol=1e-5)
+    assert torch.allclose(out_p["attention"]["fluoroformer"]["20x"], out["attention"]["fluoroformer"]["20x"][:, perm],
+                          atol=1e-6)
+    assert torch.allclose(out_p["marker_attention"]["20x"], out["marker_attention"]["20x"][:, perm], atol=1e-6)
+    assert out["features"].shape == (1, DIMS["mif"])
+    # any number of markers: the same model reads a 4-marker panel (the fusion has no marker slots)
+    assert model({mif_key("20x"): bag[:, :, :4]})["marker_attention"]["20x"].shape == (1, bag.shape[1], 4)
 
 
 def test_cross_attention_weights_are_a_distribution_over_patches() -> None:
@@ -182,7 +233,8 @@ def test_catalog_matches_registry():
     for name in MODELS:
         assert MODEL_INPUTS[name] == required_inputs(name), name
         assert TEACHERS.get(name) == MODELS[name].teacher, name
-        assert OWN_INPUTS[name] == {"wsi": MODELS[name].needs_wsi, "genes": MODELS[name].needs_genes}, name
+        assert OWN_INPUTS[name] == {"wsi": MODELS[name].needs_wsi, "genes": MODELS[name].needs_genes,
+                                    "mif": MODELS[name].needs_mif}, name
 
 
 def test_schema_enum_matches_registry():

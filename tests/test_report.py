@@ -53,8 +53,10 @@ def _cohort(tmp_path: Path, n_patients: int = 4) -> tuple[Path, list[str]]:
     return sheet, ids
 
 
-def _model_outputs(tmp_path: Path, model: str, heads: tuple[str, ...], n_patients: int) -> list[str]:
-    """survival predictions (risk = patient number) and attention for every head, one fold."""
+def _model_outputs(tmp_path: Path, model: str, heads: tuple[str, ...], n_patients: int, slide: str = "S",
+                   tiles: tuple[tuple[str, int], ...] = (("20x", 12), ("10x", 2))) -> list[str]:
+    """survival predictions (risk = patient number) and attention for every head, one fold, on the
+    slides ``{slide}{i}`` with ``tiles`` (mag, number of tiles)."""
     out = []
     for task in ("diagnosis", "survival"):
         d = P.model_dir(tmp_path / "results", model, task, 0)
@@ -67,9 +69,9 @@ def _model_outputs(tmp_path: Path, model: str, heads: tuple[str, ...], n_patient
         rows = []
         for head in heads:
             for i, pid in enumerate(pids):
-                for mag, n in (("20x", 12), ("10x", 2)):
+                for mag, n in tiles:
                     w = np.arange(n, dtype=float) + 1
-                    rows.append(pd.DataFrame({"patient_id": pid, "slide_id": f"S{i}", "mag": mag,
+                    rows.append(pd.DataFrame({"patient_id": pid, "slide_id": f"{slide}{i}", "mag": mag,
                                               "tile_index": np.arange(n), "weight": w / w.sum(), "head": head}))
         pd.concat(rows).to_parquet(d / "attention.parquet")
         out.append(str(d / "predictions.parquet"))
@@ -102,6 +104,54 @@ def test_heatmaps_one_grid_per_model_and_head(tmp_path):
     # highest and lowest risk: S3 and S0; per slide: 3 heads × 2 tasks × 2 magnifications
     exported = sorted(p.name for p in export.iterdir())
     assert len(exported) == 2 * 3 * 2 * 2 and {n.split("__")[0] for n in exported} == {"S0", "S3"}
+
+
+def test_heatmaps_draw_mif_models_on_mif_images(tmp_path):
+    """An mIF model's attention is drawn on the patients' mIF images (a marker composite), H&E models'
+    on their H&E slides, each modality with its own choice of slides."""
+    from pathomix.demo.mif import CHANNELS, write_ome_tiff
+
+    sheet, _ = _cohort(tmp_path)
+    rng = np.random.default_rng(1)
+    write_ome_tiff(tmp_path / "mif.ome.tiff", rng.integers(0, 4000, (len(CHANNELS), 512, 512)).astype(np.uint16))
+    mif_ids = ["M0", "M1", "M2"]  # patients P0–P2 have an mIF image
+    coords = np.array([[0, 0], [256, 0], [0, 256], [256, 256]], np.int64)
+    for s in mif_ids:
+        path = P.tiles(tmp_path / "results", "20x", s)
+        with h5py.File(path, "w") as h:
+            h.create_dataset("coords", data=coords).attrs.update(patch_size_level0=TILE, level0_width=512,
+                                                                 level0_height=512)
+    rows = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False)
+    mif_rows = pd.DataFrame({"slide_id": mif_ids, "patient_id": ["P0", "P1", "P2"], "path": "mif.ome.tiff",
+                             "modality": "mif", "mpp": ""})
+    pd.concat([rows, mif_rows]).to_csv(sheet, sep="\t", index=False)
+    preds = _model_outputs(tmp_path, "abmil", ("abmil",), 4) + \
+        _model_outputs(tmp_path, "fluoroformer", ("fluoroformer",), 3, slide="M", tiles=(("20x", 4),))
+    out, export = tmp_path / "eval" / "heatmaps", tmp_path / "eval" / "heatmap_slides"
+    tiles = [str(p) for p in (tmp_path / "results" / "tiles").rglob("*.h5")]
+    assert heatmaps.main(["--predictions", *preds, "--slides", str(sheet), "--tiles", *tiles,
+                          "--params", json.dumps({"top_k": 1, "slides": []}), "--out", str(out),
+                          "--export", str(export)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["abmil__abmil.png", "fluoroformer__fluoroformer.png"]
+    exported = sorted(p.name for p in export.iterdir())
+    mif = [n for n in exported if "__fluoroformer__" in n]
+    # highest and lowest risk among the mIF patients: M2 and M0, 2 tasks × 20x
+    assert {n.split("__")[0] for n in mif} == {"M0", "M2"} and len(mif) == 4
+    assert {n.split("__")[0] for n in exported if "__abmil__" in n} == {"S0", "S3"}
+
+
+def test_mif_composite_colours_markers_not_autofluorescence():
+    from pathomix.evaluate.heatmap_draw import mif_composite
+
+    chw = np.zeros((3, 8, 8), np.float32)
+    chw[0, :4] = 100.0  # DAPI: top half
+    chw[1, :, :4] = 100.0  # a marker: left half
+    chw[2] = np.linspace(0, 1000, 64).reshape(8, 8)  # autofluorescence: left out
+    rgb = mif_composite(chw, ["DAPI", "CD8", "AF"], [False, False, True])
+    assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
+    assert rgb[0, 7, 2] > 200 and rgb[0, 7, 1] < 150  # DAPI only: blue
+    assert rgb[7, 0, 1] > 200 and rgb[7, 0, 2] < 50  # the marker only: its own colour (green)
+    assert rgb[7, 7].max() == 0  # autofluorescence is not drawn
 
 
 def test_heatmap_slide_choice_by_risk_or_list():

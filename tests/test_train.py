@@ -37,6 +37,8 @@ PARAMS = {"epochs": 25, "patience": 25, "hidden": 32, "lr": 0.001, "max_tiles": 
 # patience = epochs: with ~5 validation patients an early stop at epoch 1-3 is noise, not what these tests check
 # planted input problems (fold 0's test patients are P00, P03, P06, ...; P01 trains)
 NO_HE, EMPTY_HE, NO_GENES, MULTI_SLIDE = "P00", "P03", ("P06", "P01"), ("P09", "P12", "P15")
+MARKERS = ("CD8", "Ki67", "SOX2")  # the synthetic mIF panel (the stores' `channels`)
+NO_MIF = {"P03", "P15", "P19"}  # patients without an mIF image (P03, P15: fold 0 test; P19 trains)
 JOBS = [("abmil", "diagnosis"), ("snn", "diagnosis"), ("dmsf_teacher", "diagnosis"), ("dmsf_student", "diagnosis"),
         ("abmil", "survival"), ("snn", "survival"), ("dmsf_teacher", "survival"), ("dmsf_student", "survival")]
 
@@ -50,14 +52,17 @@ def _coord_attrs(slide_id: str, mag: str) -> dict:
 
 
 def _store(root: Path, rng: np.random.Generator, slide: str, mag: str, cls: int, n: int, mif: bool = False) -> dict:
-    feats = rng.normal(0, 1, (n, 3, D) if mif else (n, D)).astype(np.float16)
+    feats = rng.normal(0, 1, (n, len(MARKERS), D) if mif else (n, D)).astype(np.float16)
     tumour = rng.random(n) < 0.4  # a minority of tiles carries the class signal
-    if not mif:
+    if mif:  # in the embedding of one marker channel (which one is the class: like a marker-positive cell)
+        feats[tumour, cls, cls * 4:(cls + 1) * 4] += 2.5
+    else:
         feats[tumour, cls * 4:(cls + 1) * 4] += 2.5
     path = root / "features" / mag / f"{slide}.h5"
     coords = np.stack([np.arange(n) * 256, np.zeros(n)], axis=1).astype(np.int64)
     write_features(path, coords, _coord_attrs(slide, mag), feats,
-                   {"encoder": "synthetic", "encoder_weights_sha256": "random-init", "precision": "fp16"})
+                   {"encoder": "synthetic", "encoder_weights_sha256": "random-init", "precision": "fp16",
+                    **({"channels": list(MARKERS)} if mif else {})})
     return {"slide_id": slide, "modality": "mif" if mif else "he", "mag": mag, "n_tiles": n, "dim": D,
             "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
@@ -66,6 +71,7 @@ def _store(root: Path, rng: np.random.Generator, slide: str, mag: str, cls: int,
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cohort")
     rng = np.random.default_rng(7)
+    mif_rng = np.random.default_rng(11)  # its own stream: the H&E and gene data stay as they were
     diag = [d for d in DIAGNOSES for _ in range(N_PER_CLASS)]
     pids = [f"P{i:02d}" for i in range(len(diag))]
     rng.shuffle(diag)
@@ -82,6 +88,9 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             expr[cls * 5:(cls + 1) * 5] += 2.0  # tumour-subspace program
             expr[15 + cls * 5:15 + (cls + 1) * 5] += 1.5  # TME-subspace program
             genes.append({"patient_id": pid, **{f"G{j:02d}": float(v) for j, v in enumerate(expr)}})
+        if pid not in NO_MIF and pid != "P18":
+            n = int(mif_rng.integers(12, 25))
+            manifest.append({"patient_id": pid, **_store(root, mif_rng, f"{pid}_mif", "20x", cls, n, mif=True)})
         if pid == NO_HE:
             continue
         n_slides = 2 if pid in MULTI_SLIDE else 1
@@ -297,6 +306,61 @@ def test_variant_trains_under_its_own_name(cohort: dict, trained: dict, tmp_path
     assert main([*_argv(cohort, "dmsf_student", "diagnosis", tmp_path / "x", teacher=teacher), "--scratch"]) == 2
 
 
+@pytest.fixture(scope="session")
+def trained_mif(cohort: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("mif_models")
+    outs = {}
+    for task in ("diagnosis", "survival"):
+        outs[task] = root / task
+        assert main(_argv(cohort, "fluoroformer", task, outs[task])) == 0
+    return outs
+
+
+@pytest.mark.parametrize("task", ["diagnosis", "survival"])
+def test_fluoroformer_trains_on_the_mif_patients(trained_mif: dict, cohort: dict, task: str) -> None:
+    out = trained_mif[task]
+    pred = pd.read_parquet(out / "predictions.parquet")
+    assert not set(pred.patient_id) & NO_MIF and NO_HE in set(pred.patient_id)  # mIF only: no H&E needed
+    test_ids = set(pred.patient_id[pred.split == "test"])
+    att = pd.read_parquet(out / "attention.parquet")
+    assert set(att["head"]) == {"fluoroformer"} and set(att.mag) == {"20x"}
+    assert set(att.patient_id) == test_ids and att.slide_id.str.endswith("_mif").all()
+    assert np.allclose(att.groupby("patient_id").weight.sum(), 1.0, atol=1e-4)
+    markers = pd.read_parquet(out / "marker_attention.parquet")
+    assert list(markers.columns) == ["patient_id", "slide_id", "mag", "marker", "weight"]
+    assert set(markers.patient_id) == test_ids and set(markers.slide_id) == set(att.slide_id)
+    assert (markers.groupby("slide_id").marker.apply(tuple) == MARKERS).all()  # the stores' channel names
+    assert np.allclose(markers.groupby("slide_id").weight.sum(), 1.0, atol=1e-4)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["markers"] == list(MARKERS) and ckpt["dims"]["markers"] == len(MARKERS)
+
+
+def test_fluoroformer_beats_chance(trained_mif: dict) -> None:
+    pred = pd.read_parquet(trained_mif["diagnosis"] / "predictions.parquet")
+    test = pred[pred.split == "test"]
+    auc = roc_auc_score(test.y_true, test[[f"prob_{c}" for c in DIAGNOSES]].to_numpy(), multi_class="ovr")
+    assert auc >= 0.8, f"fluoroformer test AUC {auc:.2f}"
+    surv = pd.read_parquet(trained_mif["survival"] / "predictions.parquet")
+    assert concordance_index(surv.time, -surv.risk, surv.event) > 0.6
+
+
+def test_patients_without_mif_are_skipped_and_a_cohort_without_mif_fails(
+        cohort: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    params = {**PARAMS, "epochs": 1}
+    with caplog.at_level(logging.WARNING):
+        assert main(_argv(cohort, "fluoroformer", "diagnosis", tmp_path / "a", params=params)) == 0
+    assert "have no mIF features at 20x" in caplog.text
+    manifest = pd.read_parquet(cohort["manifest"])
+    manifest[manifest.modality == "he"].to_parquet(tmp_path / "he_only.parquet")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        argv = _argv({**cohort, "manifest": tmp_path / "he_only.parquet"}, "fluoroformer", "diagnosis", tmp_path / "b",
+                     params=params)
+        assert main(argv) == 2
+    assert "no mIF feature store" in caplog.text and "modality mif" in caplog.text
+    assert not (tmp_path / "b" / "checkpoint.pt").exists()
+
+
 # ---- tile-grid positions (pos_{mag}) ----------------------------------------------------------------
 def test_tile_positions_are_in_tile_units() -> None:
     from pathomix.train.bags import tile_positions
@@ -318,7 +382,7 @@ def test_bags_carry_positions_and_subsample_them_with_their_tiles(cohort: dict) 
     src = Sources(cohort["clinical"], cohort["folds"], cohort["manifest"])
     patients = load_cohort(src, get_task("diagnosis"), 0, Needs(mags=("20x",), load_wsi=True, require_wsi=True))
     p = next(q for q in patients.patients if q.patient_id == MULTI_SLIDE[1])  # two slides side by side
-    pos, bag = p.inputs["pos_20x"], p.bags["20x"]
+    pos, bag = p.inputs["pos_20x"], p.bags["wsi_20x"]
     assert pos.shape == (len(bag), 2) and pos[:, 1].eq(0).all()
     first = torch.from_numpy(bag.slide_ids == bag.slide_ids[0])
     assert pos[first, 0].tolist() == list(range(int(first.sum())))  # the synthetic stores are one row of tiles
@@ -328,6 +392,24 @@ def test_bags_carry_positions_and_subsample_them_with_their_tiles(cohort: dict) 
     assert batch["wsi_20x"].shape == (1, 5, D) and batch["pos_20x"].shape == (1, 5, 2)
     rows = [int((pos == xy).all(dim=1).nonzero()) for xy in batch["pos_20x"][0]]  # positions are unique
     assert torch.equal(batch["wsi_20x"][0], p.inputs["wsi_20x"][rows].float())
+
+
+def test_mif_bags_sit_next_to_the_h_and_e_bags_and_are_subsampled_on_their_own(cohort: dict) -> None:
+    from pathomix.io.tasks import get_task
+    from pathomix.train.data import Needs, Sources, load_cohort
+    from pathomix.train.loop import batch_inputs
+
+    src = Sources(cohort["clinical"], cohort["folds"], cohort["manifest"])
+    needs = Needs(mags=("20x",), load_wsi=True, load_mif=True, require_mif=True)
+    loaded = load_cohort(src, get_task("diagnosis"), 0, needs)
+    assert loaded.markers == MARKERS and loaded.dims["markers"] == len(MARKERS)
+    p = next(q for q in loaded.patients if q.patient_id == MULTI_SLIDE[1])
+    assert set(p.inputs) == {"wsi_20x", "pos_20x", "mif_20x"}  # positions only for the H&E tiles
+    assert set(p.bags) == {"wsi_20x", "mif_20x"} and len(p.bags["mif_20x"]) != len(p.bags["wsi_20x"])
+    batch = batch_inputs(p, torch.device("cpu"), max_tiles=5, generator=torch.Generator().manual_seed(0))
+    assert batch["mif_20x"].shape == (1, 5, len(MARKERS), D) and batch["pos_20x"].shape == (1, 5, 2)
+    mif = p.inputs["mif_20x"].float()
+    assert all((mif == tile).flatten(1).all(dim=1).any() for tile in batch["mif_20x"][0])  # tiles of the bag
 
 
 # ---- seed models (KS-Fusion, UMEML) on diagnosis -----------------------------------------------------

@@ -18,22 +18,24 @@ variant, or null for training from scratch. A variant trains through the same ru
 folds and is reported under its own name.
 
 :func:`missing_cohort_inputs` checks a config's models against the cohort it names (a
-genes-only cohort has ``slides: null``).
+genes-only cohort has ``slides: null``; a cohort without mIF has no slides-sheet row with
+modality ``mif``, which the ``mif`` models need).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 OWN_INPUTS: dict[str, dict[str, bool]] = {  # what each registered model itself reads
-    "abmil": {"wsi": True, "genes": False},
-    "snn": {"wsi": False, "genes": True},
-    "dmsf_teacher": {"wsi": True, "genes": True},
-    "dmsf_student": {"wsi": True, "genes": False},
-    "ksfusion": {"wsi": True, "genes": True},
-    "umeml": {"wsi": True, "genes": True},
+    "abmil": {"wsi": True, "genes": False, "mif": False},
+    "snn": {"wsi": False, "genes": True, "mif": False},
+    "dmsf_teacher": {"wsi": True, "genes": True, "mif": False},
+    "dmsf_student": {"wsi": True, "genes": False, "mif": False},
+    "ksfusion": {"wsi": True, "genes": True, "mif": False},
+    "umeml": {"wsi": True, "genes": True, "mif": False},
+    "fluoroformer": {"wsi": False, "genes": False, "mif": True},
 }
 TEACHERS: dict[str, str] = {"dmsf_student": "dmsf_teacher"}  # distilled model → its registered teacher
 _KEEP = object()
@@ -41,6 +43,12 @@ _KEEP = object()
 COHORT_KEYS: dict[str, tuple[str, str, str]] = {
     "wsi": ("slides", "H&E slides", "add a slides sheet"),
     "genes": ("genes", "a gene table", "add a gene table"),
+    "mif": ("slides", "mIF images", "add a slides sheet with mIF rows (modality mif)"),
+}
+# slide-image input kind → the slides sheet's `modality` value, and what to add to the sheet
+MODALITY_OF: dict[str, tuple[str, str]] = {
+    "wsi": ("he", "H&E slides"),
+    "mif": ("mif", "mIF images (one row per image, modality mif; channel names in `mif_channels`)"),
 }
 
 
@@ -82,7 +90,7 @@ def resolve(name: str, variants: Mapping[str, Mapping[str, Any]] | None = None) 
 
 def model_inputs(name: str, variants: Mapping[str, Mapping[str, Any]] | None = None
                  ) -> dict[str, bool | str | None]:
-    """Input files a training job of ``name`` reads: ``{wsi, genes, teacher}``, its teacher's
+    """Input files a training job of ``name`` reads: ``{wsi, genes, mif, teacher}``, its teacher's
     inputs included (a distilled student runs its teacher on the genes)."""
     v = resolve(name, variants)
     own = dict(OWN_INPUTS[v.model])
@@ -109,12 +117,25 @@ def job_params(name: str, train: Mapping[str, Any]) -> dict[str, Any]:
 MODEL_INPUTS: dict[str, dict[str, bool | str | None]] = {name: model_inputs(name) for name in OWN_INPUTS}
 
 
-def missing_cohort_inputs(models: list[str], config: Mapping[str, Any]) -> list[str]:
-    """One message per requested model whose inputs the cohort lacks (e.g. abmil with ``slides: null``)."""
+def missing_cohort_inputs(models: list[str], config: Mapping[str, Any],
+                          modalities: Collection[str] | None = None) -> list[str]:
+    """One message per requested model and input the cohort lacks: a config key that is null
+    (e.g. abmil with ``slides: null``) or, when ``modalities`` (the slides sheet's ``modality``
+    values) is given, a slide modality the sheet has no row of (e.g. fluoroformer, no mIF)."""
     variants = (config.get("train") or {}).get("variants")
-    return [f"model {m} needs {what} but `{key}` is null; remove it from train.models or {fix}"
-            for m in models for kind, (key, what, fix) in COHORT_KEYS.items()
-            if model_inputs(m, variants)[kind] and not config.get(key)]
+    out = []
+    for m in models:
+        need = model_inputs(m, variants)
+        for kind, (key, what, fix) in COHORT_KEYS.items():
+            if not need[kind]:
+                continue
+            if not config.get(key):
+                out.append(f"model {m} needs {what} but `{key}` is null; remove it from train.models or {fix}")
+            elif modalities is not None and kind in MODALITY_OF and MODALITY_OF[kind][0] not in modalities:
+                value, add = MODALITY_OF[kind]
+                out.append(f"model {m} needs {what} but the slides sheet {config.get('slides')} has no row with "
+                           f"modality `{value}`; remove it from train.models or add {add} to the sheet")
+    return out
 
 
 def model_tasks(name: str, train: Mapping[str, Any]) -> list[str]:

@@ -29,8 +29,6 @@ for _name in config["train"]["models"]:  # fail at parse time, naming the model 
         resolve(_name, VARIANTS)
     except KeyError as err:
         raise WorkflowError(f"config train.models: {err.args[0]}") from None
-if missing := missing_cohort_inputs(config["train"]["models"], config):  # e.g. abmil with slides: null
-    raise WorkflowError("\n".join(missing))
 # (model, task) pairs that train: every model on train.tasks, a variant on its own `tasks` if it lists them
 MODEL_TASKS = [(m, t) for m in config["train"]["models"] for t in model_tasks(m, config["train"])]
 # GPU rules claim resources gpu=1 (profiles/default caps it at 1) only where a GPU exists.
@@ -89,6 +87,22 @@ def _sheet():
     if demo_pending():
         checkpoints.demo.get()
     return _read_sheet(config["slides"], Path(config["slides"]).stat().st_mtime)
+
+
+def sheet_modalities():
+    """Slide modalities of the cohort, known at parse time (the demo's from its config), or None."""
+    if not config.get("slides"):
+        return None
+    if demo_pending():
+        return {"he"} | ({"mif"} if config.get("demo", {}).get("n_mif", 0) else set())
+    if not Path(config["slides"]).exists():
+        return None  # the jobs that read the sheet report it
+    return set(_read_sheet(config["slides"], Path(config["slides"]).stat().st_mtime)[0].modality)
+
+
+# e.g. abmil with slides: null, fluoroformer on a cohort without mIF images: fail at parse time with the fix
+if missing := missing_cohort_inputs(config["train"]["models"], config, sheet_modalities()):
+    raise WorkflowError("\n".join(missing))
 
 
 def slides():

@@ -13,6 +13,12 @@ FIGURE_LABEL = {"roc": "ROC + confusion matrix", "km": "Kaplan–Meier by predic
                 "calibration": "reliability diagram", "training": "loss and validation metric per epoch"}
 
 
+def marker_output(m, t, name):
+    """mIF models: the attention per marker, next to the model's slide heatmaps."""
+    return report(str(P.figures(RESULTS) / name), category=CATEGORY["heatmaps"], subcategory=m,
+                  labels={"model": m, "head": f"per mIF marker ({t})"}, caption="../report/markers.rst")
+
+
 def model_files(name, wildcards=None):
     return [str(P.model_dir(RESULTS, m, t, k) / name)
             for m, t in MODEL_TASKS for k in FOLDS]
@@ -26,7 +32,10 @@ def figure_outputs():
     """Named, report-tagged outputs: one per model × task × figure kind of the task's kind."""
     out = {}
     for m, t in MODEL_TASKS:
-        for kind, name in L.figure_names(m, t, TASKS[t].kind).items():
+        for kind, name in L.figure_names(m, t, TASKS[t].kind, mif=model_inputs(m, VARIANTS)["mif"]).items():
+            if kind == L.MARKER_FIGURE:
+                out[f"{kind}_{m}_{t}"] = marker_output(m, t, name)
+                continue
             out[f"{kind}_{m}_{t}"] = report(str(P.figures(RESULTS) / name), category=CATEGORY[kind],
                                             subcategory=t, labels={"model": m, "figure": FIGURE_LABEL[kind]},
                                             caption=f"../report/{kind}.rst")

@@ -1,33 +1,37 @@
-# Slide heatmaps: attention of the WSI models on chosen slides, one grid figure per model × attention head.
-# The heads are whatever the models wrote (attention.parquet next to each predictions.parquet), so the
-# figures live in a directory output and the report picks them up by pattern.
+# Slide heatmaps: attention of the tile models on chosen slides, one grid figure per model × attention head
+# (H&E models on H&E slides, mIF models such as fluoroformer on mIF images). The heads are whatever the
+# models wrote (attention.parquet next to each predictions.parquet), so the figures live in a directory
+# output and the report picks them up by pattern.
 
 
-def wsi_models():
-    return [m for m in config["train"]["models"] if model_inputs(m, VARIANTS)["wsi"]]
+def tile_models():
+    return [m for m in config["train"]["models"] if model_inputs(m, VARIANTS)["wsi"] or model_inputs(m, VARIANTS)["mif"]]
 
 
-def wsi_predictions(wildcards=None):
-    wsi = set(wsi_models())
+def tile_predictions(wildcards=None):
+    tiles = set(tile_models())
     return [str(P.model_dir(RESULTS, m, t, k) / "predictions.parquet")
-            for m, t in MODEL_TASKS if m in wsi for k in FOLDS]
+            for m, t in MODEL_TASKS if m in tiles for k in FOLDS]
 
 
-def he_slides():
+def drawn_slides():
+    """The slides the heatmaps may draw: H&E slides for H&E models, mIF images for mIF models."""
+    kinds = {"he": "wsi", "mif": "mif"}
+    wanted = {mod for mod, kind in kinds.items() if any(model_inputs(m, VARIANTS)[kind] for m in tile_models())}
     df = slides()
-    return df[df.modality == "he"]
+    return df[df.modality.isin(wanted)]
 
 
 def heatmap_targets():
-    return [str(L.heatmaps(RESULTS))] if config.get("slides") and wsi_models() else []
+    return [str(L.heatmaps(RESULTS))] if config.get("slides") and tile_models() else []
 
 
 rule heatmaps:
     input:
-        predictions=wsi_predictions,
+        predictions=tile_predictions,
         sheet=config["slides"] or [],
-        slides=lambda w: list(he_slides().path),
-        tiles=lambda w: [str(P.tiles(RESULTS, m, s)) for s in he_slides().slide_id for m in MAGS],
+        slides=lambda w: list(drawn_slides().path),
+        tiles=lambda w: [str(P.tiles(RESULTS, m, s)) for s in drawn_slides().slide_id for m in MAGS],
     output:
         grids=report(directory(str(L.heatmaps(RESULTS))), patterns=[L.HEATMAP_GRID],
                      category=CATEGORY["heatmaps"], subcategory="{model}", caption="../report/heatmaps.rst",

@@ -8,7 +8,7 @@ FOLDS = range(config["splits"]["n_folds"])
 def train_inputs(w):
     need = model_inputs(w.model, VARIANTS)
     inputs = {"clinical": config["clinical"], "folds": str(P.folds(RESULTS))}
-    if need["wsi"]:
+    if need["wsi"] or need["mif"]:  # H&E and mIF feature stores are listed in one manifest
         inputs["manifest"] = str(P.manifest(RESULTS, ENCODER))
     if need["genes"]:
         inputs["hvg"], inputs["subspaces"] = str(P.hvg(RESULTS)), str(P.subspaces(RESULTS))

@@ -1,6 +1,7 @@
 """``python -m pathomix.evaluate``: predictions.parquet of every model/task/fold (and the
-history.parquet next to each) → eval/metrics.parquet, summary.csv, the comparison table (CSV +
-HTML), figures per model × task, and per-cohort results when external cohorts are configured."""
+history.parquet and, for mIF models, marker_attention.parquet next to each) → eval/metrics.parquet,
+summary.csv, the comparison table (CSV + HTML), figures per model × task, and per-cohort results
+when external cohorts are configured."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import pandas as pd
 
 from pathomix.evaluate import comparison as C
 from pathomix.evaluate.cohorts import internal_rows, write_cohorts
-from pathomix.evaluate.figures import FIGURES, summary_figure
-from pathomix.evaluate.layout import figure_names
+from pathomix.evaluate.figures import FIGURES, marker_figure, summary_figure
+from pathomix.evaluate.layout import MARKER_ATTENTION, MARKER_FIGURE, figure_names
 from pathomix.evaluate.metrics import evaluate_predictions, summary_table
 from pathomix.io.atomic import atomic_path, write_parquet
 from pathomix.logs import setup_logging
@@ -37,12 +38,18 @@ class EvalParams:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
-def _read(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """All predictions, and all training histories (with model, task, fold) found next to them."""
-    preds, histories = [], []
+def _read(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str, str], pd.DataFrame]]:
+    """All predictions, all training histories (with model, task, fold) found next to them, and the
+    marker attention of the mIF models by (model, task)."""
+    preds, histories, markers = [], [], {}
     for f in paths:
         p = pd.read_parquet(f)
         preds.append(p)
+        m = Path(f).with_name(MARKER_ATTENTION)
+        if m.exists() and len(p):
+            key = (p.model.iloc[0], p.task.iloc[0])
+            table = pd.read_parquet(m).assign(model=key[0], task=key[1], fold=p.fold.iloc[0])
+            markers[key] = pd.concat([markers[key], table], ignore_index=True) if key in markers else table
         h = Path(f).with_name(HISTORY)
         if h.exists() and len(p):
             histories.append(pd.read_parquet(h).assign(model=p.model.iloc[0], task=p.task.iloc[0],
@@ -51,7 +58,7 @@ def _read(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
             log.warning("%s: no %s next to it; its training curve is left out", f, HISTORY)
     hist = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(
         columns=["model", "task", "fold", "epoch", "train_loss", "val_loss", "val_metric"])
-    return pd.concat(preds, ignore_index=True), hist
+    return pd.concat(preds, ignore_index=True), hist, markers
 
 
 def _prepare(d: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -65,7 +72,7 @@ def _prepare(d: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 def run(pred_paths: list[str], params: EvalParams, out: str, summary_csv: str, figures: str,
         comparison_csv: str, comparison_html: str, cohorts_csv: str | None = None,
         cohorts_html: str | None = None) -> pd.DataFrame:
-    preds, hist = _read(pred_paths)
+    preds, hist, markers = _read(pred_paths)
     main_preds = internal_rows(preds, params.external_cohorts)
     tables = []
     for (model, task), d in main_preds.groupby(["model", "task"], sort=True):
@@ -73,8 +80,11 @@ def run(pred_paths: list[str], params: EvalParams, out: str, summary_csv: str, f
         tables.append(evaluate_predictions(d, params.bootstrap, params.seed))
         test = d[d.split == "test"]
         h = hist[(hist.model == model) & (hist.task == task)]
-        for fig_kind, name in figure_names(model, task, kind).items():
-            FIGURES[fig_kind](test, h, Path(figures) / name)
+        for fig_kind, name in figure_names(model, task, kind, mif=(model, task) in markers).items():
+            if fig_kind == MARKER_FIGURE:
+                marker_figure(markers[(model, task)], Path(figures) / name)
+            else:
+                FIGURES[fig_kind](test, h, Path(figures) / name)
     metrics = pd.concat(tables, ignore_index=True)
     write_parquet(metrics, out)
     summary = summary_table(metrics)

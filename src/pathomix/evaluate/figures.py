@@ -1,6 +1,7 @@
 """Figures for the report: ROC + confusion matrix, calibration, Kaplan–Meier by predicted risk,
-training curves per fold, summary bars. One registry maps a figure kind (see
-:data:`pathomix.evaluate.layout.FIGURES_BY_KIND`) to the function drawing it."""
+training curves per fold, summary bars, attention per mIF marker. One registry maps a figure
+kind (see :data:`pathomix.evaluate.layout.FIGURES_BY_KIND`) to the function drawing it; the
+marker figure (mIF models only) reads the models' ``marker_attention.parquet`` instead."""
 
 from __future__ import annotations
 
@@ -138,4 +139,31 @@ def summary_figure(summary: pd.DataFrame, path: Path) -> None:
         ax.set_ylim(0, 1)
         ax.set_title(f"{task}: {d.metric.iloc[0]} (pooled, 95 % CI)")
         ax.tick_params(axis="x", rotation=30)
+    _save(fig, path)
+
+
+def marker_figure(markers: pd.DataFrame, path: Path) -> None:
+    """Attention per mIF marker of one model × task: per test patient, the mean over its slides of the
+    slide's marker distribution (``marker_attention.parquet``, out-of-fold); bars = mean over patients,
+    error bars = sd, dots = patients; the dotted line is uniform attention (1 / number of markers)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
+    if markers.empty:
+        ax.text(0.5, 0.5, "no test patient with mIF features", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        _save(fig, path)
+        return
+    order = list(dict.fromkeys(markers.marker))  # the panel's channel order
+    per_patient = markers.groupby(["patient_id", "marker"], sort=False).weight.mean().unstack("marker")[order]
+    mean, sd = per_patient.mean(), per_patient.std(ddof=1).fillna(0.0)
+    x = np.arange(len(order))
+    ax.bar(x, mean, yerr=sd, capsize=4, color="#4c72b0", alpha=0.8, label="mean ± sd over test patients")
+    jitter = np.random.default_rng(0).uniform(-0.18, 0.18, per_patient.shape)
+    ax.plot((x + jitter).ravel(), per_patient.to_numpy().ravel(), "k.", ms=4, alpha=0.6, label="one patient")
+    ax.axhline(1.0 / len(order), color="k", ls=":", lw=1, label="uniform")
+    ax.set_xticks(x, order, rotation=30)
+    ax.set_ylabel("attention (share of the slide's pooled tiles)")
+    ax.legend(fontsize=7, loc="upper right")
+    m = markers.iloc[0]
+    ax.set_title(f"{m.model} — {m.task}: attention per mIF marker (n = {len(per_patient)} test patients)",
+                 fontsize=10)
     _save(fig, path)

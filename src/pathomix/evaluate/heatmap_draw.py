@@ -23,6 +23,28 @@ DPI = 80
 PANEL_PX = 2 * round(PANEL_IN * DPI)  # thumbnails in the grid: twice the panel's pixels is plenty
 
 
+# display colours of mIF markers: the nuclear stain blue, the others in this order
+NUCLEAR = ("DAPI", "HOECHST")
+MARKER_COLOURS = ((0.1, 0.9, 0.1), (1.0, 0.15, 0.1), (1.0, 0.1, 1.0), (1.0, 0.85, 0.0), (0.0, 0.9, 0.9),
+                  (1.0, 0.55, 0.0), (0.6, 0.6, 1.0), (0.9, 0.9, 0.9))
+
+
+def mif_composite(chw: np.ndarray, channels: list[str], autofluorescence: list[bool]) -> np.ndarray:
+    """An mIF thumbnail ``(C, h, w)`` as a fluorescence-style RGB image ``(h, w, 3)`` uint8: each marker
+    (autofluorescence left out) stretched between its 1st and 99.5th percentile and added in its own
+    colour, the nuclear stain in blue."""
+    keep = [i for i, af in enumerate(autofluorescence) if not af] or list(range(len(chw)))
+    nuclear = [i for i in keep if channels[i].upper() in NUCLEAR]
+    others = [i for i in keep if i not in nuclear]
+    colours = {i: (0.2, 0.4, 1.0) for i in nuclear} | {
+        i: MARKER_COLOURS[k % len(MARKER_COLOURS)] for k, i in enumerate(others)}
+    rgb = np.zeros((*chw.shape[1:], 3), np.float32)
+    for i, colour in colours.items():
+        lo, hi = np.percentile(chw[i], [1.0, 99.5])
+        rgb += np.clip((chw[i] - lo) / max(hi - lo, 1e-6), 0, 1)[..., None] * np.asarray(colour, np.float32)
+    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
 def shrink(thumb: np.ndarray, long_side: int = PANEL_PX) -> np.ndarray:
     """The thumbnail reduced to ``long_side`` px (drawing a larger one only costs time)."""
     h, w = thumb.shape[:2]

@@ -1,16 +1,19 @@
-"""``python -m pathomix.evaluate.heatmaps``: attention of the WSI models on chosen slides.
+"""``python -m pathomix.evaluate.heatmaps``: attention of the tile models on chosen slides.
 
-For every WSI model and every attention head it wrote (``attention.parquet`` next to each
-``predictions.parquet``: ABMIL's ``abmil`` head, DMSF's ``tumour`` and ``tme`` subspace heads),
+For every tile model and every attention head it wrote (``attention.parquet`` next to each
+``predictions.parquet``: ABMIL's ``abmil`` head, DMSF's ``tumour`` and ``tme`` subspace heads on
+H&E slides, the Fluoroformer's ``fluoroformer`` head on mIF images),
 one grid figure ``{model}__{head}.png``: rows = the chosen slides, columns = task × magnification,
 each panel the slide thumbnail with the tiles of the coords store coloured by attention. The
 weights are shown as percentiles within the slide (rank / n), so that bags of different size
 compare. Each panel is also exported on its own (``heatmap_slides/``), at thumbnail resolution.
 
-Chosen slides: ``slides`` (explicit slide ids) or the ``top_k`` highest- and ``top_k`` lowest-risk
-test patients of the survival task, ranked by the mean over WSI models of each model's within-fold
-risk percentile (one set of slides for every figure, so heads and teacher/student compare).
-Only H&E slides are drawn; per-marker attention of mIF models is not produced by any model yet.
+Chosen slides, per modality (H&E for the H&E models, mIF for the mIF models): ``slides`` (explicit
+slide ids) or the ``top_k`` highest- and ``top_k`` lowest-risk test patients of the survival task,
+ranked by the mean over those models of each model's within-fold risk percentile (one set of
+slides for every figure of a modality, so heads and teacher/student compare). mIF images are shown
+as a fluorescence composite of their markers (nuclear stain blue); the attention per marker is a
+figure of the evaluate stage.
 """
 
 from __future__ import annotations
@@ -65,18 +68,16 @@ def read_attention(pred_paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.concat(preds, ignore_index=True), att_df
 
 
-def choose_slides(preds: pd.DataFrame, att: pd.DataFrame, he_slides: set[str], params: HeatmapParams
+def choose_slides(preds: pd.DataFrame, att: pd.DataFrame, drawable: set[str], params: HeatmapParams
                   ) -> pd.DataFrame:
-    """slide_id, patient_id, group ("high risk" | "low risk" | "listed" | "first"), risk_pct, in display order."""
-    drawn = att[att.slide_id.isin(he_slides)]
+    """slide_id, patient_id, group ("high risk" | "low risk" | "listed" | "first"), risk_pct, in display
+    order, among the ``drawable`` slides (those of one modality) with attention rows."""
+    drawn = att[att.slide_id.isin(drawable)]
     tiles = drawn.groupby(["patient_id", "slide_id"]).tile_index.nunique().reset_index()
     main_slide = tiles.sort_values(["patient_id", "tile_index", "slide_id"], ascending=[True, False, True]) \
         .drop_duplicates("patient_id").set_index("patient_id").slide_id
     risk = _consensus_risk(preds[preds.model.isin(att.model.unique())])
     if params.slides:
-        unknown = sorted(set(params.slides) - set(drawn.slide_id))
-        if unknown:
-            log.warning("evaluate.heatmaps.slides: %s have no attention rows or are not H&E; left out", unknown)
         chosen = [s for s in params.slides if s in set(drawn.slide_id)]
         pid = drawn.drop_duplicates("slide_id").set_index("slide_id").patient_id
         return pd.DataFrame({"slide_id": chosen, "patient_id": [pid[s] for s in chosen], "group": "listed",
@@ -111,10 +112,13 @@ def tile_geometry(store: str | Path) -> tuple[np.ndarray, int, tuple[int, int]]:
 
 
 def thumbnail(row: pd.Series) -> np.ndarray:
-    """(h, w, 3) uint8 thumbnail with a long side of about :data:`THUMB_LONG_SIDE` px."""
+    """(h, w, 3) uint8 thumbnail with a long side of about :data:`THUMB_LONG_SIDE` px (mIF: a composite)."""
     mpp = None if pd.isna(row.get("mpp")) else float(row["mpp"])
     with open_slide(row["path"], row["modality"], mpp=mpp, slide_id=row.name) as slide:
-        return slide.thumbnail(max(slide.dimensions) * slide.mpp / THUMB_LONG_SIDE)
+        thumb = slide.thumbnail(max(slide.dimensions) * slide.mpp / THUMB_LONG_SIDE)
+        if row["modality"] == "mif":
+            return D.mif_composite(thumb, slide.channels, slide.autofluorescence)
+        return thumb
 
 
 def run(pred_paths: list[str], sheet: str, tile_stores: list[str], params: HeatmapParams, out: str,
@@ -123,12 +127,31 @@ def run(pred_paths: list[str], sheet: str, tile_stores: list[str], params: Heatm
     Path(export).mkdir(parents=True, exist_ok=True)
     slides = read_slides(sheet, check_files=False)
     preds, att = read_attention(pred_paths)
-    chosen = choose_slides(preds, att, set(slides.index[slides.modality == "he"]), params)
-    log.info("heatmap slides: %s", ", ".join(f"{r.slide_id} ({r.group})" for r in chosen.itertuples()))
+    unknown = sorted(set(params.slides) - set(att.slide_id))
+    if unknown:
+        log.warning("evaluate.heatmaps.slides: %s have no attention rows; left out", unknown)
     stores = {(Path(t).parent.name, Path(t).stem): t for t in tile_stores}  # tiles/{mag}/{slide_id}.h5
+    modality = att.slide_id.map(slides.modality)
+    for mod in ("he", "mif"):  # H&E models on H&E slides, mIF models on mIF images
+        group = att[modality == mod]
+        if group.empty:
+            continue
+        chosen = choose_slides(preds, group, set(slides.index[slides.modality == mod]), params)
+        if chosen.empty:
+            log.info("no %s slide to draw (evaluate.heatmaps.slides lists none with attention)", mod)
+            continue
+        log.info("heatmap slides (%s): %s", mod, ", ".join(f"{r.slide_id} ({r.group})" for r in chosen.itertuples()))
+        _draw(group, chosen, slides, stores, out, export)
+    if att.empty:
+        log.warning("no attention.parquet next to any predictions: no heatmaps")
+
+
+def _draw(att: pd.DataFrame, chosen: pd.DataFrame, slides: pd.DataFrame, stores: dict[tuple[str, str], str],
+          out: str, export: str) -> None:
+    """One grid figure per model × head over the ``chosen`` slides, and one overlay per panel."""
     thumbs = {s: thumbnail(slides.loc[s]) for s in chosen.slide_id}
     small = {s: D.shrink(t) for s, t in thumbs.items()}  # the grid figure's panels are small
-    geometry = {}
+    geometry: dict[str, dict[str, tuple]] = {}
     for (model, head), a in att[att.slide_id.isin(chosen.slide_id)].groupby(["model", "head"], sort=True):
         columns = sorted(set(zip(a.task, a.mag, strict=True)), key=lambda tm: (tm[0], -float(tm[1].rstrip("x"))))
         panels = []
@@ -146,13 +169,11 @@ def run(pred_paths: list[str], sheet: str, tile_stores: list[str], params: Heatm
         path = Path(out) / HEATMAP_GRID.format(model=model, head=head)
         D.grid_figure(small, chosen, columns, panels, f"{model} — {head} attention", path)
         log.info("wrote %s (%d slides × %d panels)", path, len(chosen), len(columns))
-    if att.empty:
-        log.warning("no attention.parquet next to any predictions: no heatmaps")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pathomix.evaluate.heatmaps", description=__doc__)
-    p.add_argument("--predictions", nargs="+", required=True, help="predictions.parquet of the WSI models")
+    p.add_argument("--predictions", nargs="+", required=True, help="predictions.parquet of the tile models")
     p.add_argument("--slides", required=True, help="slides.tsv (thumbnail paths)")
     p.add_argument("--tiles", nargs="+", required=True, help="coords stores tiles/{mag}/{slide_id}.h5")
     p.add_argument("--params", default="{}", help="JSON of evaluate.heatmaps")

@@ -15,15 +15,19 @@ FIGURES_BY_KIND: dict[str, tuple[str, ...]] = {
     "classification": ("roc", "calibration", "training"),
     "survival": ("km", "training"),
 }
+MARKER_FIGURE = "markers"  # mIF models (marker_attention.parquet): attention per marker, any task kind
+MARKER_ATTENTION = "marker_attention.parquet"  # written by the training stage next to predictions.parquet
 
 
 def eval_dir(results: str | Path) -> Path:
     return P.metrics(results).parent
 
 
-def figure_names(model: str, task: str, task_kind: str) -> dict[str, str]:
-    """figure kind → file name (in ``eval/figures/``) for one model × task."""
-    return {k: f"{model}_{task}_{k}.png" for k in FIGURES_BY_KIND[task_kind]}
+def figure_names(model: str, task: str, task_kind: str, mif: bool = False) -> dict[str, str]:
+    """figure kind → file name (in ``eval/figures/``) for one model × task; ``mif`` models (those
+    that write ``marker_attention.parquet``) also get the per-marker attention figure."""
+    kinds = FIGURES_BY_KIND[task_kind] + ((MARKER_FIGURE,) if mif else ())
+    return {k: f"{model}_{task}_{k}.png" for k in kinds}
 
 
 def comparison(results: str | Path, ext: str) -> Path:

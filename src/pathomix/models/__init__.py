@@ -7,8 +7,18 @@ names from here.
 
 from __future__ import annotations
 
-from pathomix.models import abmil, dmsf, ksfusion, snn, umeml
-from pathomix.models.spec import GENE_INPUTS, OUTPUT_KEYS, ModelParams, ModelSpec, wsi_key
+from pathomix.models import abmil, dmsf, fluoroformer, ksfusion, snn, umeml
+from pathomix.models.spec import (
+    GENE_INPUTS,
+    OPTIONAL_OUTPUT_KEYS,
+    OUTPUT_KEYS,
+    TILE_INPUTS,
+    ModelParams,
+    ModelSpec,
+    mif_key,
+    tile_key,
+    wsi_key,
+)
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
@@ -26,18 +36,21 @@ MODELS: dict[str, ModelSpec] = {
                   description="KS-Fusion: tumour/TME gene queries, deformable attention on the 20x tile grid"),
         ModelSpec("umeml", umeml.build, needs_wsi=True, needs_genes=True, mags=umeml.MAGS,
                   description="UMEML: prototype queries + modularity, register tokens, one shared decoder"),
+        ModelSpec("fluoroformer", fluoroformer.build, needs_wsi=False, needs_genes=False, needs_mif=True,
+                  mags=fluoroformer.MAGS,
+                  description="Fluoroformer: marker self-attention per mIF tile, then gated attention MIL"),
     )
 }
 
 
 def required_inputs(name: str) -> dict[str, bool | str | None]:
     """Input files a training job of ``name`` needs, its teacher's included (a distilled
-    student also reads the genes, to run its teacher): ``{wsi, genes, teacher}``.
+    student also reads the genes, to run its teacher): ``{wsi, genes, mif, teacher}``.
     The Snakemake rules build their inputs from this, so the two cannot drift."""
     spec = get_model(name)
     specs = [spec] + ([get_model(spec.teacher)] if spec.teacher else [])
     return {"wsi": any(s.needs_wsi for s in specs), "genes": any(s.needs_genes for s in specs),
-            "teacher": spec.teacher}
+            "mif": any(s.needs_mif for s in specs), "teacher": spec.teacher}
 
 
 def get_model(name: str) -> ModelSpec:
@@ -48,5 +61,5 @@ def get_model(name: str) -> ModelSpec:
         raise KeyError(f"unknown model {name!r}; known models: {sorted(MODELS)}") from None
 
 
-__all__ = ["GENE_INPUTS", "MODELS", "OUTPUT_KEYS", "ModelParams", "ModelSpec", "get_model", "required_inputs",
-           "wsi_key"]
+__all__ = ["GENE_INPUTS", "MODELS", "OPTIONAL_OUTPUT_KEYS", "OUTPUT_KEYS", "TILE_INPUTS", "ModelParams", "ModelSpec",
+           "get_model", "mif_key", "required_inputs", "tile_key", "wsi_key"]

@@ -1,8 +1,9 @@
-"""Reusable model blocks: gated attention pooling, SNN blocks, heads, cross-attention.
+"""Reusable model blocks: gated attention pooling, SNN blocks, heads, cross-attention, gene
+tokens, marker self-attention.
 
 Every MIL model in the registry is assembled from these, never from copies of them
 (STYLE.md "small composable model blocks"). Tensors carry a leading batch dimension ``B``;
-bags are ``(B, N, D)`` with ``N`` tiles.
+bags are ``(B, N, D)`` with ``N`` tiles, mIF bags ``(B, N, C, D)`` with ``C`` marker channels.
 """
 
 from __future__ import annotations
@@ -137,3 +138,37 @@ class GeneTokens(nn.Module):
         if not seen:
             tokens = {name: torch.zeros_like(t) for name, t in tokens.items()}
         return tokens, seen
+
+
+class MarkerAttention(nn.Module):
+    """Channel fusion of the Fluoroformer (arXiv 2411.08975): within each tile, single-head scaled
+    dot-product self-attention across its ``C`` marker embeddings, then the mean over markers.
+
+    ``(B, N, C, D)`` → ``Linear(D → hidden) + GELU`` per marker → SDPA across the markers (one
+    ``C × C`` matrix per tile) + residual, LayerNorm → ``Linear(hidden → D) + GELU`` + residual to
+    the input, LayerNorm → mean over markers: one ``D``-token per tile.
+
+    ``forward`` returns ``(tokens (B, N, D), marker_weights (B, N, C))`` where ``marker_weights``
+    is the attention each marker *receives*, averaged over the querying markers: a distribution
+    over the markers of each tile, and exactly the weight of each marker's value in the attention
+    part of the tile token (the token is the mean over queries of ``Σ_j a_ij v_j``). Equivariant
+    to permutations of the tiles; invariant to permutations of the markers (tokens) and
+    equivariant (weights).
+    """
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.down = nn.Sequential(nn.Linear(dim, hidden), nn.GELU())
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.drop = nn.Dropout(dropout)
+        self.norm_mid = nn.LayerNorm(hidden)
+        self.up = nn.Sequential(nn.Linear(hidden, dim), nn.GELU())
+        self.norm_out = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.down(x)  # (B, N, C, h)
+        q, k, v = self.qkv(z).chunk(3, dim=-1)
+        attn = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)  # (B, N, C, C)
+        z = self.norm_mid(z + self.drop(attn @ v))
+        y = self.norm_out(x + self.up(z))  # (B, N, C, D)
+        return y.mean(dim=-2), attn.mean(dim=-2)

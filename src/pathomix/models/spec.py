@@ -5,17 +5,22 @@ A model is built by ``build(dims, task, params)`` and called as ``model(inputs)`
 
 - ``wsi_20x``, ``wsi_10x``, ... : H&E patch features ``(B, N, D)`` of the patient's bag at
   that magnification (key built by :func:`wsi_key`; absent when the bag is empty there);
-- ``pos_20x``, ... (:func:`pos_key`): the tiles' (x, y) positions ``(B, N, 2)`` on the tile grid, in tile units;
+- ``pos_20x``, ... (:func:`pos_key`): the H&E tiles' (x, y) positions ``(B, N, 2)`` on the tile grid, in tile units;
+- ``mif_20x``, ... : mIF patch features ``(B, N, C, D)``, one embedding per marker channel of
+  each tile (key built by :func:`mif_key`; the union of the patient's mIF slides);
 - ``genes`` ``(B, G)``: all standardised HVG genes; ``genes_tumour`` / ``genes_tme``: the
   columns of the tumour and TME subspaces.
 
 It returns a dict (:data:`OUTPUT_KEYS`): ``logits`` ``(B, task.n_outputs)``, ``features``
 ``(B, F)`` (the representation before the head; the distillation target), ``attention``
-``{head: {mag: (B, N)}}`` (empty for non-MIL models) and ``aux`` ``{name: weighted loss}``
-(auxiliary training terms, already multiplied by their weights; empty when none).
+``{head: {mag: (B, N)}}`` over the tiles of the bag the model reads at that magnification
+(:attr:`ModelSpec.tile_input`: the mIF bag for mIF models, else the H&E bag; empty for non-MIL
+models) and ``aux`` ``{name: weighted loss}`` (auxiliary training terms, already multiplied by
+their weights; empty when none).
 Optionally ``branch_logits`` ``{branch: (B, n_outputs)}`` whose mean is ``logits``: the loop
 then adds each branch's task loss and, with ``train.cgc``, coordinates their gradients on
-``model.shared_parameters()`` (:mod:`pathomix.train.cgc`).
+``model.shared_parameters()`` (:mod:`pathomix.train.cgc`). Optionally ``marker_attention``
+``{mag: (B, N, C)}`` (mIF models): per tile, a distribution over its C marker channels.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from torch import nn
 from pathomix.io.tasks import Task
 
 OUTPUT_KEYS = ("logits", "features", "attention", "aux")
+OPTIONAL_OUTPUT_KEYS = ("branch_logits", "marker_attention")
 GENE_INPUTS = ("genes", "genes_tumour", "genes_tme")
+TILE_INPUTS = ("wsi", "mif")  # input kinds that are bags of tiles: H&E and mIF
 
 
 def wsi_key(mag: str) -> str:
@@ -38,8 +45,20 @@ def wsi_key(mag: str) -> str:
 
 
 def pos_key(mag: str) -> str:
-    """Input name of the tile-grid positions of the bag at ``mag`` (e.g. ``pos_20x``)."""
+    """Input name of the tile-grid positions of the H&E bag at ``mag`` (e.g. ``pos_20x``)."""
     return f"pos_{mag}"
+
+
+def mif_key(mag: str) -> str:
+    """Input name of the mIF bag at magnification ``mag`` (e.g. ``mif_20x``)."""
+    return f"mif_{mag}"
+
+
+def tile_key(kind: str, mag: str) -> str:
+    """Input name of the bag of ``kind`` (one of :data:`TILE_INPUTS`) at ``mag``."""
+    if kind not in TILE_INPUTS:
+        raise ValueError(f"unknown tile input {kind!r}; known: {TILE_INPUTS}")
+    return f"{kind}_{mag}"
 
 
 @dataclass(frozen=True)
@@ -74,10 +93,12 @@ Builder = Callable[[Mapping[str, Any], Task, ModelParams], nn.Module]
 class ModelSpec:
     """A registry entry: how to build a model and which inputs it needs.
 
-    ``dims`` (passed to ``build``) holds ``wsi`` (feature size D) and the sizes of the
+    ``dims`` (passed to ``build``) holds ``wsi`` (H&E feature size D), ``mif`` and ``markers``
+    (mIF feature size D and number of marker channels C) and the sizes of the
     :data:`GENE_INPUTS` it uses; all plain ints so that checkpoints load with
     ``weights_only=True``. ``mags`` lists the magnifications used; the first is required
     (a patient without tiles there is skipped), the others are used when present.
+    ``needs_mif``: the model reads the mIF bags (manifest rows with modality ``mif``).
     ``teacher`` names the registered model it is distilled from, or None.
     """
 
@@ -88,3 +109,9 @@ class ModelSpec:
     mags: tuple[str, ...] = ()
     teacher: str | None = None
     description: str = ""
+    needs_mif: bool = False
+
+    @property
+    def tile_input(self) -> str | None:
+        """The bag kind (:data:`TILE_INPUTS`) its attention maps weigh, or None (no tiles)."""
+        return "mif" if self.needs_mif else "wsi" if self.needs_wsi else None

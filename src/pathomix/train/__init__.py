@@ -1,7 +1,8 @@
 """Training stage: one model × task × fold per call (``python -m pathomix.train``).
 
 Reads the feature manifest, HVG genes, folds and clinical sheet; writes ``checkpoint.pt``,
-``history.parquet``, ``predictions.parquet`` and (WSI models) ``attention.parquet`` under
+``history.parquet``, ``predictions.parquet``, (H&E and mIF tile models) ``attention.parquet`` and
+(mIF models) ``marker_attention.parquet`` under
 ``models/{model}/{task}/fold{k}/`` (DESIGN.md §4). See :mod:`pathomix.train.cli`.
 """
 

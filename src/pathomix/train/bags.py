@@ -1,6 +1,7 @@
-"""Patient bags from the feature manifest: the union of the tiles of all H&E slides of a
-patient at one magnification (PORPOISE/MCAT), keeping each tile's slide id, row index and
-position on the tile grid.
+"""Patient bags from the feature manifest: the union of the tiles of all H&E slides (or all mIF
+images) of a patient at one magnification (PORPOISE/MCAT), keeping each tile's slide id, row
+index and position on the tile grid. H&E tiles are ``(D,)`` features, mIF tiles ``(C, D)``: one
+embedding per marker channel, named by the store's ``channels`` attribute.
 
 Positions are in tile units (level-0 ``coords`` divided by the tile step, from the store's
 ``patch_size_level0`` and ``overlap`` attributes, or inferred from the coordinate spacing when a
@@ -14,6 +15,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -25,13 +27,15 @@ from pathomix.io.h5store import read_features
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("slide_id", "patient_id", "path")
+# manifest modality → (name in messages, dimensions of one store's features: (N, D) or (N, C, D))
+MODALITIES: dict[str, tuple[str, int]] = {"he": ("H&E", 2), "mif": ("mIF", 3)}
 
 
 @dataclass(frozen=True)
 class Bag:
     """One patient's tiles at one magnification, in slide-id order then store-row order."""
 
-    features: torch.Tensor  # (N, D), stored precision, CPU
+    features: torch.Tensor  # (N, D) H&E or (N, C, D) mIF, stored precision, CPU
     slide_ids: np.ndarray  # (N,) str
     tile_index: np.ndarray  # (N,) int64, row in that slide's store
     positions: np.ndarray  # (N, 2) float32 (x, y) on the patient's tile grid, in tile units
@@ -40,8 +44,19 @@ class Bag:
         return int(self.features.shape[0])
 
 
-def read_manifest(path: str | Path, mags: Sequence[str]) -> pd.DataFrame:
-    """H&E rows of the manifest at ``mags`` (mag taken from the store's folder when absent)."""
+@dataclass(frozen=True)
+class Bags:
+    """Every loaded bag: ``bags[patient][mag]``; ``tile_shape`` is ``(D,)`` or ``(C, D)`` (None when
+    no patient has a tile); ``channels`` the mIF marker names (empty for H&E)."""
+
+    bags: dict[str, dict[str, Bag]]
+    tile_shape: tuple[int, ...] | None
+    channels: tuple[str, ...] = ()
+
+
+def read_manifest(path: str | Path, mags: Sequence[str], modality: str = "he") -> pd.DataFrame:
+    """Rows of ``modality`` (``he`` | ``mif``) of the manifest at ``mags`` (mag taken from the
+    store's folder when absent; a manifest without a ``modality`` column is all H&E)."""
     path = Path(path)
     if not path.exists():
         raise PathomixInputError(f"feature manifest {path} does not exist; run the features stage first")
@@ -53,7 +68,9 @@ def read_manifest(path: str | Path, mags: Sequence[str]) -> pd.DataFrame:
     if "mag" not in df.columns:  # features/{encoder}/{mag}/{slide_id}.h5
         df["mag"] = [Path(p).parent.name for p in df.path]
     if "modality" in df.columns:
-        df = df[df.modality == "he"]
+        df = df[df.modality == modality]
+    elif modality != "he":
+        df = df.iloc[:0]
     df = df.assign(patient_id=df.patient_id.astype(str), slide_id=df.slide_id.astype(str))
     return df[df.mag.isin(mags)].sort_values(["patient_id", "mag", "slide_id"]).reset_index(drop=True)
 
@@ -83,14 +100,32 @@ def tile_positions(coords: np.ndarray, attrs: dict) -> np.ndarray:
     return ((coords - coords.min(axis=0)) / step).astype(np.float32)
 
 
-def _read_store(row: pd.Series) -> tuple[np.ndarray, str, np.ndarray]:
-    feats, coords, _, coord_attrs = read_features(row.path)
-    if feats.ndim != 2 and len(feats):
+class _Store(NamedTuple):
+    """One feature store as read for a bag."""
+
+    features: np.ndarray  # (N, D) or (N, C, D)
+    slide_id: str
+    positions: np.ndarray  # (N, 2) tile-grid positions of the slide alone
+    channels: tuple[str, ...]  # mIF marker names; () for H&E
+
+
+def _read_store(row: pd.Series, modality: str) -> _Store:
+    """One store in one open; checks the number of dimensions and names the mIF markers."""
+    feats, coords, attrs, coord_attrs = read_features(row.path)
+    name, ndim = MODALITIES[modality]
+    if feats.ndim != ndim and len(feats):
+        other = "mif" if modality == "he" else "he"
         raise PathomixInputError(
-            f"feature store {row.path} (slide {row.slide_id}) has shape {feats.shape}; H&E features "
-            "must be (N, D) — is it an mIF store listed as modality 'he'?")
-    positions = tile_positions(coords, coord_attrs)
-    return feats, row.slide_id, positions
+            f"feature store {row.path} (slide {row.slide_id}) has shape {feats.shape}; {name} features must "
+            f"have {ndim} dimensions — is it a {MODALITIES[other][0]} store listed as modality '{modality}'?")
+    channels: tuple[str, ...] = ()
+    if modality == "mif" and len(feats):
+        channels = tuple(str(c) for c in attrs.get("channels") or ())
+        if len(channels) != feats.shape[1]:
+            log.warning("mIF store %s has %d channels but names %s; calling them channel0..%d", row.path,
+                        feats.shape[1], list(channels), feats.shape[1] - 1)
+            channels = tuple(f"channel{i}" for i in range(feats.shape[1]))
+    return _Store(feats, row.slide_id, tile_positions(coords, coord_attrs), channels)
 
 
 def _side_by_side(positions: list[np.ndarray]) -> np.ndarray:
@@ -102,37 +137,46 @@ def _side_by_side(positions: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(out).astype(np.float32)
 
 
-def load_bags(manifest: pd.DataFrame, patients: Iterable[str]
-              ) -> tuple[dict[str, dict[str, Bag]], int | None]:
+def load_bags(manifest: pd.DataFrame, patients: Iterable[str], modality: str = "he") -> Bags:
     """Load every non-empty bag of ``patients`` into memory.
 
-    Returns (bags[patient][mag], feature dim D or None when there is no tile at all); a
-    patient whose stores at a magnification all have 0 tiles has no bag there (logged).
+    A patient whose stores at a magnification all have 0 tiles has no bag there (logged). All
+    stores must share one tile shape (one encoder) and, for mIF, one marker panel.
     """
+    name = MODALITIES[modality][0]
     wanted = set(patients)
     bags: dict[str, dict[str, Bag]] = {}
     empty: dict[str, list[str]] = {}
-    dim: int | None = None
+    shape: tuple[int, ...] | None = None
+    channels: tuple[str, ...] | None = None
     for (pid, mag), rows in manifest[manifest.patient_id.isin(wanted)].groupby(["patient_id", "mag"]):
-        parts = [_read_store(r) for r in rows.itertuples(index=False)]
-        parts = [(f, s, pos) for f, s, pos in parts if len(f)]
+        parts = [_read_store(r, modality) for r in rows.itertuples(index=False)]
+        parts = [p for p in parts if len(p.features)]
         if not parts:
             empty.setdefault(pid, []).append(mag)
             continue
-        dims = {f.shape[1] for f, _, _ in parts} | ({dim} if dim else set())
-        if len(dims) > 1:
+        shapes = {p.features.shape[1:] for p in parts} | ({shape} if shape else set())
+        if len(shapes) > 1:
             raise PathomixInputError(
-                f"feature stores have different dimensions {sorted(dims)} (patient {pid}, {mag}); "
-                "all slides must be encoded with the same encoder")
-        dim = dims.pop()
+                f"{name} feature stores have different shapes per tile {sorted(shapes)} (patient {pid}, {mag}); "
+                "all slides must be encoded with the same encoder" + (" and the same marker panel"
+                                                                       if modality == "mif" else ""))
+        shape = shapes.pop()
+        for p in parts:
+            if channels is not None and p.channels != channels:
+                raise PathomixInputError(
+                    f"mIF image {p.slide_id} (patient {pid}) has markers {list(p.channels)}, others "
+                    f"{list(channels)}; train on one marker panel (same channels in the same order) at a time")
+            channels = p.channels
         bags.setdefault(pid, {})[mag] = Bag(
-            features=torch.from_numpy(np.concatenate([f for f, _, _ in parts])),
-            slide_ids=np.concatenate([np.full(len(f), s, dtype=object) for f, s, _ in parts]),
-            tile_index=np.concatenate([np.arange(len(f), dtype=np.int64) for f, _, _ in parts]),
-            positions=_side_by_side([pos for _, _, pos in parts]),
+            features=torch.from_numpy(np.concatenate([p.features for p in parts])),
+            slide_ids=np.concatenate([np.full(len(p.features), p.slide_id, dtype=object) for p in parts]),
+            tile_index=np.concatenate([np.arange(len(p.features), dtype=np.int64) for p in parts]),
+            positions=_side_by_side([p.positions for p in parts]),
         )
     for pid, mags in empty.items():
-        log.info("patient %s: all H&E feature stores at %s have 0 tiles", pid, ", ".join(mags))
+        log.info("patient %s: all %s feature stores at %s have 0 tiles", pid, name, ", ".join(mags))
     n_tiles = [len(b) for by_mag in bags.values() for b in by_mag.values()]
-    log.info("loaded %d bags of %d patients (%d tiles, D=%s)", len(n_tiles), len(bags), sum(n_tiles), dim)
-    return bags, dim
+    log.info("loaded %d %s bags of %d patients (%d tiles, shape per tile %s%s)", len(n_tiles), name, len(bags),
+             sum(n_tiles), shape, f", markers {list(channels)}" if channels else "")
+    return Bags(bags, shape, channels or ())

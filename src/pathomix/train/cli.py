@@ -41,7 +41,7 @@ from pathomix.train.distill import (
     teacher_targets,
 )
 from pathomix.train.importance import gene_importance
-from pathomix.train.loop import evaluate, fit
+from pathomix.train.loop import Explain, evaluate, fit
 from pathomix.train.objectives import make_objective
 from pathomix.train.outputs import checkpoint_dict, predictions_frame, write_outputs
 from pathomix.train.params import TrainParams, resolve_device
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--fold", required=True, type=int)
     ap.add_argument("--clinical", required=True, type=Path)
     ap.add_argument("--folds", required=True, type=Path, help="splits/folds.parquet")
-    ap.add_argument("--manifest", type=Path, help="features/{encoder}/manifest.parquet (WSI models)")
+    ap.add_argument("--manifest", type=Path, help="features/{encoder}/manifest.parquet (H&E and mIF models)")
     ap.add_argument("--hvg", type=Path, help="genes/hvg.parquet (gene models and distilled students)")
     ap.add_argument("--subspaces", type=Path, help="genes/subspaces.parquet")
     ap.add_argument("--teacher-checkpoint", type=Path, help="checkpoint.pt of the teacher (same task, fold)")
@@ -99,8 +99,8 @@ def _needs(spec: ModelSpec, teacher: ModelSpec | None, params: TrainParams) -> N
     specs = [spec] + ([teacher] if teacher else [])
     mags = tuple(dict.fromkeys([*(params.model.mags or spec.mags), *(m for s in specs[1:] for m in s.mags)]))
     return Needs(mags=mags, load_wsi=any(s.needs_wsi for s in specs),
-                 load_genes=any(s.needs_genes for s in specs),
-                 require_wsi=spec.needs_wsi, require_genes=spec.needs_genes)
+                 load_genes=any(s.needs_genes for s in specs), load_mif=any(s.needs_mif for s in specs),
+                 require_wsi=spec.needs_wsi, require_genes=spec.needs_genes, require_mif=spec.needs_mif)
 
 
 def _teacher(args: argparse.Namespace, spec: ModelSpec, task_name: str) -> tuple[ModelSpec | None, dict | None]:
@@ -157,7 +157,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     result = fit(model, train, val, objective, params, device, extra, monitor_from)
     _, pred_val, _ = evaluate(model, val, objective, device)
-    _, pred_test, attention = evaluate(model, test, objective, device, attention=spec.needs_wsi)
+    explain = Explain(spec.tile_input, cohort.markers) if spec.tile_input else None
+    _, pred_test, tables = evaluate(model, test, objective, device, explain)
     _, pred_ext, _ = evaluate(model, external, objective, device)  # external cohorts, zero-shot
     parts = [f for f in (pred_val, pred_test, pred_ext) if len(f)] or [pred_test]
     predictions = predictions_frame(pd.concat(parts, ignore_index=True), args.fold, name, task.name,
@@ -167,9 +168,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     meta = {"model": name, "base_model": spec.name, "teacher": teacher_name if teacher_ckpt else None,
             "task": task.name, "fold": args.fold, "dims": dict(cohort.dims),
             "params": params.to_dict(), "gene_stats": cohort.gene_stats, "bin_edges": cohort.bin_edges,
-            "classes": list(task.classes), "best_epoch": result.best_epoch}
-    write_outputs(args.out, checkpoint_dict(model, meta), result.history, predictions,
-                  attention if spec.needs_wsi else None, importance)
+            "classes": list(task.classes), "markers": list(cohort.markers), "best_epoch": result.best_epoch}
+    write_outputs(args.out, checkpoint_dict(model, meta), result.history, predictions, tables.get("attention"),
+                  importance, tables.get("marker_attention") if spec.needs_mif else None)
     summary = {"seconds": time.perf_counter() - t_start, "best_epoch": result.best_epoch,
                f"test_{objective.metric_name}": objective.metric(pred_test), "n_train": len(train),
                "n_val": len(val), "n_test": len(test), "n_external": len(external)}

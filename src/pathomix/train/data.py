@@ -1,8 +1,8 @@
-"""Assemble one fold's cohort: splits, labels/targets, bags and standardised genes.
+"""Assemble one fold's cohort: splits, labels/targets, H&E and mIF bags and standardised genes.
 
 Patients used = those of the fold table with a label for the task AND the inputs the model
-needs; every drop is logged at WARNING with its reason. Survival bin edges and gene
-statistics come from the fold's training patients only.
+needs (H&E tiles, mIF tiles, genes); every drop is logged at WARNING with its reason. Survival
+bin edges and gene statistics come from the fold's training patients only.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 from pathomix.io.errors import PathomixInputError
 from pathomix.io.sheets import read_clinical
 from pathomix.io.tasks import Task, discretise, survival_bins
-from pathomix.models import wsi_key
+from pathomix.models import tile_key, wsi_key
 from pathomix.models.spec import pos_key
-from pathomix.train.bags import Bag, load_bags, read_manifest
+from pathomix.train.bags import MODALITIES, Bag, load_bags, read_manifest
 from pathomix.train.genes import fit_gene_stats, gene_dims, gene_inputs, read_hvg
 
 log = logging.getLogger(__name__)
@@ -43,13 +43,16 @@ class Sources:
 
 @dataclass(frozen=True)
 class Needs:
-    """Which inputs to load (``load_*``) and which a patient must have (``require_*``)."""
+    """Which inputs to load (``load_*``) and which a patient must have (``require_*``): H&E tiles
+    (``wsi``), mIF tiles (``mif``) at ``mags`` (the first required), genes."""
 
     mags: tuple[str, ...] = ()
     load_wsi: bool = False
     load_genes: bool = False
     require_wsi: bool = False
     require_genes: bool = False
+    load_mif: bool = False
+    require_mif: bool = False
 
 
 @dataclass
@@ -58,7 +61,7 @@ class Patient:
     split: str
     target: dict[str, float]
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # unbatched, CPU
-    bags: dict[str, Bag] = field(default_factory=dict)  # mag → bag (tile provenance)
+    bags: dict[str, Bag] = field(default_factory=dict)  # input key (wsi_20x, mif_20x) → bag (tile provenance)
 
 
 @dataclass
@@ -67,6 +70,7 @@ class Cohort:
     dims: dict[str, int]
     gene_stats: dict[str, Any] | None
     bin_edges: list[float] | None
+    markers: tuple[str, ...] = ()  # mIF marker names (the stores' `channels`), in feature order
 
     def split(self, name: str) -> list[Patient]:
         return [p for p in self.patients if p.split == name]
@@ -140,29 +144,14 @@ def load_cohort(src: Sources, task: Task, fold: int, needs: Needs,
                  "of the fold table are not in the clinical sheet")
     pids = _drop(pids, lambda p: pd.notna(label.get(p)), f"have no {task.name} label")
 
-    bags: dict[str, dict[str, Bag]] = {}
+    bags: dict[str, dict[str, Bag]] = {}  # patient → input key → bag
     dims: dict[str, int] = {}
-    if needs.load_wsi:
-        if src.manifest is None:
-            raise PathomixInputError("this model (or its teacher) needs H&E features; pass --manifest")
-        manifest = read_manifest(src.manifest, needs.mags)
-        bags, dim = load_bags(manifest, pids)
-        if dim is None:
-            raise PathomixInputError(f"no H&E tiles at {list(needs.mags)} for any patient in {src.manifest}")
-        dims["wsi"] = dim
-        if needs.require_wsi:
-            main = needs.mags[0]
-            with_slides = set(manifest.patient_id[manifest.mag == main])
-            pids = _drop(pids, lambda p: p in with_slides, f"have no H&E features at {main}")
-            empty = [p for p in pids if main not in bags.get(p, {})]
-            if empty and empty_bags == "error":
-                slides_of = manifest[manifest.patient_id.isin(empty) & (manifest.mag == main)]
-                raise PathomixInputError(
-                    f"patient(s) {empty[:5]} have H&E slides {list(slides_of.slide_id[:5])} whose feature "
-                    f"stores at {main} all have 0 tiles (no tissue found, or smaller than one tile); check "
-                    "the QC thumbnails, or set train.empty_bags: skip to leave such patients out")
-            pids = _drop(pids, lambda p: main in bags.get(p, {}),
-                         f"have H&E slides at {main} whose feature stores all have 0 tiles")
+    markers: tuple[str, ...] = ()
+    for kind, modality, load, require in (("wsi", "he", needs.load_wsi, needs.require_wsi),
+                                          ("mif", "mif", needs.load_mif, needs.require_mif)):
+        if load:
+            pids, channels = _load_tiles(kind, modality, src, needs.mags, pids, require, empty_bags, bags, dims)
+            markers = markers or channels
 
     genes: dict[str, dict[str, torch.Tensor]] = {}
     stats: dict[str, Any] | None = None
@@ -186,10 +175,50 @@ def load_cohort(src: Sources, task: Task, fold: int, needs: Needs,
     targets, edges = TARGETS[task.kind](clin, label, pids, train)
     patients = []
     for p in pids:
-        by_mag = bags.get(p, {})
-        inputs = ({wsi_key(m): b.features for m, b in by_mag.items()}
-                  | {pos_key(m): torch.from_numpy(b.positions) for m, b in by_mag.items()} | genes.get(p, {}))
-        patients.append(Patient(p, str(split[p]), targets[p], inputs, bags.get(p, {})))
+        by_key = bags.get(p, {})
+        positions = {pos_key(m): torch.from_numpy(by_key[wsi_key(m)].positions)
+                     for m in needs.mags if wsi_key(m) in by_key}  # of the H&E tiles
+        inputs = {key: b.features for key, b in by_key.items()} | positions | genes.get(p, {})
+        patients.append(Patient(p, str(split[p]), targets[p], inputs, by_key))
     counts = {s: sum(q.split == s for q in patients) for s in SPLITS}
     log.info("fold %d, task %s: %d patients used (%s)", fold, task.name, len(patients), counts)
-    return Cohort(patients, dims, stats, edges)
+    return Cohort(patients, dims, stats, edges, markers)
+
+
+def _load_tiles(kind: str, modality: str, src: Sources, mags: tuple[str, ...], pids: list[str], require: bool,
+                empty_bags: str, bags: dict[str, dict[str, Bag]], dims: dict[str, int]
+                ) -> tuple[list[str], tuple[str, ...]]:
+    """Load the ``modality`` bags of ``pids`` into ``bags[patient][tile_key(kind, mag)]`` and their
+    sizes into ``dims`` (``wsi``; ``mif`` and ``markers``). With ``require``, drop (logged) the
+    patients without tiles at the first magnification. → (patients kept, marker names)."""
+    name = MODALITIES[modality][0]
+    if src.manifest is None:
+        raise PathomixInputError(f"this model (or its teacher) needs {name} features; pass --manifest")
+    manifest = read_manifest(src.manifest, mags, modality)
+    if manifest.empty:
+        fix = ("add mIF images (rows with modality mif) to slides.tsv, or remove the mIF model from train.models"
+               if modality == "mif" else "run the features stage on the H&E slides")
+        raise PathomixInputError(f"{src.manifest} lists no {name} feature store at {list(mags)}; {fix}")
+    loaded = load_bags(manifest, pids, modality)
+    if loaded.tile_shape is None:
+        raise PathomixInputError(f"no {name} tiles at {list(mags)} for any patient in {src.manifest}")
+    for pid, by_mag in loaded.bags.items():
+        bags.setdefault(pid, {}).update({tile_key(kind, m): b for m, b in by_mag.items()})
+    dims[kind] = loaded.tile_shape[-1]
+    if modality == "mif":
+        dims["markers"] = loaded.tile_shape[0]
+    if not require:
+        return pids, loaded.channels
+    main, key = mags[0], tile_key(kind, mags[0])
+    with_slides = set(manifest.patient_id[manifest.mag == main])
+    pids = _drop(pids, lambda p: p in with_slides, f"have no {name} features at {main}")
+    empty = [p for p in pids if key not in bags.get(p, {})]
+    if empty and empty_bags == "error":
+        slides_of = manifest[manifest.patient_id.isin(empty) & (manifest.mag == main)]
+        raise PathomixInputError(
+            f"patient(s) {empty[:5]} have {name} slides {list(slides_of.slide_id[:5])} whose feature "
+            f"stores at {main} all have 0 tiles (no tissue found, or smaller than one tile); check "
+            "the QC thumbnails, or set train.empty_bags: skip to leave such patients out")
+    pids = _drop(pids, lambda p: key in bags.get(p, {}),
+                 f"have {name} slides at {main} whose feature stores all have 0 tiles")
+    return pids, loaded.channels

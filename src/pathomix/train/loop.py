@@ -1,10 +1,11 @@
 """Epoch loop with early stopping on the validation loss, and evaluation/prediction.
 
-Batch size is one bag (standard MIL). During training a bag larger than ``max_tiles`` is
-subsampled at random; evaluation always sees every tile. A step's loss is the task loss +
-the model's auxiliary terms + the extra term (distillation) + the task loss of each branch
-when the model has ``branch_logits``; with ``train.cgc`` the branch gradients on the shared
-parameters are coordinated (:mod:`pathomix.train.cgc`).
+Batch size is one bag (standard MIL). During training a bag (H&E or mIF) larger than
+``max_tiles`` is subsampled at random; evaluation always sees every tile. Evaluation can also
+record the models' attention over the tiles and, for mIF models, over the markers of each slide.
+A step's loss is the task loss + the model's auxiliary terms + the extra term (distillation) +
+the task loss of each branch when the model has ``branch_logits``; with ``train.cgc`` the branch
+gradients on the shared parameters are coordinated (:mod:`pathomix.train.cgc`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from pathomix.models import TILE_INPUTS, tile_key, wsi_key
 from pathomix.train.cgc import GradientCoordinator, branch_losses
 from pathomix.train.data import Patient
 from pathomix.train.objectives import Objective
@@ -31,6 +33,18 @@ log = logging.getLogger(__name__)
 
 ExtraLoss = Callable[[Patient, dict[str, Any], int], "torch.Tensor | None"]  # patient, outputs, epoch
 ATTENTION_COLUMNS = ("patient_id", "slide_id", "mag", "tile_index", "weight", "head")
+MARKER_COLUMNS = ("patient_id", "slide_id", "mag", "marker", "weight")
+TILE_PREFIXES = tuple(f"{kind}_" for kind in TILE_INPUTS)
+
+
+@dataclass(frozen=True)
+class Explain:
+    """What :func:`evaluate` records besides predictions: attention over the tiles of the bags of
+    ``tiles`` (``wsi`` | ``mif``, :attr:`pathomix.models.ModelSpec.tile_input`) and, when the
+    model returns ``marker_attention``, one distribution over ``markers`` per slide."""
+
+    tiles: str
+    markers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -41,46 +55,73 @@ class FitResult:
 
 def batch_inputs(patient: Patient, device: torch.device, max_tiles: int | None = None,
                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """One patient's inputs as float32 batch-of-one tensors on ``device``; a bag larger than
-    ``max_tiles`` is subsampled, its tile positions (``pos_{mag}``) with the same tiles."""
-    picks = {key[len("wsi_"):]: torch.randperm(len(value), generator=generator)[:max_tiles].sort().values
+    """One patient's inputs as float32 batch-of-one tensors on ``device``; a bag (H&E or mIF) larger
+    than ``max_tiles`` is subsampled, the H&E tile positions (``pos_{mag}``) with the same tiles."""
+    picks = {key: torch.randperm(len(value), generator=generator)[:max_tiles].sort().values
              for key, value in patient.inputs.items()
-             if max_tiles and key.startswith("wsi_") and len(value) > max_tiles}
+             if max_tiles and key.startswith(TILE_PREFIXES) and len(value) > max_tiles}
     out = {}
     for key, value in patient.inputs.items():
         kind, _, mag = key.partition("_")
-        if kind in ("wsi", "pos") and mag in picks:
-            value = value[picks[mag]]
+        bag = wsi_key(mag) if kind == "pos" else key  # the bag whose tiles this input indexes
+        if bag in picks:
+            value = value[picks[bag]]
         out[key] = value.to(device=device, dtype=torch.float32).unsqueeze(0)
     return out
 
 
-def _attention_frame(patient: Patient, attention: dict[str, dict[str, torch.Tensor]]) -> list[pd.DataFrame]:
+def _attention_frame(patient: Patient, attention: dict[str, dict[str, torch.Tensor]], tiles: str
+                     ) -> list[pd.DataFrame]:
     frames = []
     for head, by_mag in attention.items():
         for mag, weights in by_mag.items():
-            bag = patient.bags[mag]
+            bag = patient.bags[tile_key(tiles, mag)]
             frames.append(pd.DataFrame({
                 "patient_id": patient.patient_id, "slide_id": bag.slide_ids.astype(str), "mag": mag,
                 "tile_index": bag.tile_index, "weight": weights[0].float().cpu().numpy(), "head": head}))
     return frames
 
 
+def _marker_frame(patient: Patient, out: dict[str, Any], explain: Explain) -> list[pd.DataFrame]:
+    """Per slide and magnification, the tile marker distributions averaged with the tiles' attention
+    (mean over heads, renormalised within the slide): the share of each marker in what the
+    model pools from that slide. Sums to 1 over the markers of each slide."""
+    frames = []
+    for mag, per_tile in out.get("marker_attention", {}).items():
+        bag = patient.bags[tile_key(explain.tiles, mag)]
+        w = per_tile[0].float().cpu().numpy()  # (N, C)
+        heads = [by_mag[mag][0].float().cpu().numpy() for by_mag in out["attention"].values() if mag in by_mag]
+        tile_w = np.mean(heads, axis=0) if heads else np.ones(len(w))
+        markers = explain.markers or tuple(f"channel{i}" for i in range(w.shape[1]))
+        for slide in dict.fromkeys(bag.slide_ids.astype(str)):
+            sel = bag.slide_ids.astype(str) == slide
+            a = tile_w[sel] / max(float(tile_w[sel].sum()), 1e-12)
+            frames.append(pd.DataFrame({"patient_id": patient.patient_id, "slide_id": slide, "mag": mag,
+                                        "marker": list(markers), "weight": a @ w[sel]}))
+    return frames
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, patients: Sequence[Patient], objective: Objective, device: torch.device,
-             attention: bool = False) -> tuple[float, pd.DataFrame, pd.DataFrame]:
-    """→ (mean task loss, one prediction row per patient, attention rows (empty unless asked))."""
+             explain: Explain | None = None) -> tuple[float, pd.DataFrame, dict[str, pd.DataFrame]]:
+    """→ (mean task loss, one prediction row per patient, tables): with ``explain``, tables holds
+    ``attention`` (:data:`ATTENTION_COLUMNS`) and ``marker_attention`` (:data:`MARKER_COLUMNS`; no
+    rows for models without marker attention); without it, no tables."""
     model.eval()
-    losses, rows, frames = [], [], []
+    losses, rows = [], []
+    columns = {"attention": ATTENTION_COLUMNS, "marker_attention": MARKER_COLUMNS}
+    frames: dict[str, list[pd.DataFrame]] = {k: [] for k in columns}
     for p in patients:
         out = model(batch_inputs(p, device))
         losses.append(float(objective.loss(out["logits"], p.target)))
         rows.append({"patient_id": p.patient_id, "split": p.split, **objective.rows(out["logits"], p.target)})
-        if attention:
-            frames.extend(_attention_frame(p, out["attention"]))
+        if explain is not None:
+            frames["attention"].extend(_attention_frame(p, out["attention"], explain.tiles))
+            frames["marker_attention"].extend(_marker_frame(p, out, explain))
     pred = pd.DataFrame(rows, columns=["patient_id", "split", *objective.columns])
-    att = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(ATTENTION_COLUMNS))
-    return (float(np.mean(losses)) if losses else math.nan), pred, att
+    tables = {k: pd.concat(f, ignore_index=True) if f else pd.DataFrame(columns=list(columns[k]))
+              for k, f in frames.items()} if explain is not None else {}
+    return (float(np.mean(losses)) if losses else math.nan), pred, tables
 
 
 def _train_epoch(model: nn.Module, patients: Sequence[Patient], objective: Objective,

@@ -1,5 +1,7 @@
 """Atomic outputs of a training job: checkpoint.pt, history.parquet, predictions.parquet,
-attention.parquet (WSI models, test patients), gene_importance.parquet (gene models)."""
+attention.parquet (H&E and mIF tile models, test patients), marker_attention.parquet (mIF
+models, test patients: one distribution over the markers per slide), gene_importance.parquet
+(gene models)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ HISTORY = "history.parquet"
 PREDICTIONS = "predictions.parquet"
 ATTENTION = "attention.parquet"
 GENE_IMPORTANCE = "gene_importance.parquet"
+MARKER_ATTENTION = "marker_attention.parquet"
 
 
 def checkpoint_dict(model: nn.Module, meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -48,11 +51,15 @@ def predictions_frame(pred: pd.DataFrame, fold: int, model: str, task: str,
 
 
 def write_outputs(out_dir: Path, ckpt: Mapping[str, Any], history: pd.DataFrame, predictions: pd.DataFrame,
-                  attention: pd.DataFrame | None, importance: pd.DataFrame | None = None) -> None:
+                  attention: pd.DataFrame | None, importance: pd.DataFrame | None = None,
+                  marker_attention: pd.DataFrame | None = None) -> None:
     """Write every output atomically (the checkpoint last: it marks a finished job)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if importance is not None:
         write_parquet(importance, out_dir / GENE_IMPORTANCE)
+    if marker_attention is not None:
+        write_parquet(marker_attention.astype({"patient_id": str, "slide_id": str, "mag": str, "marker": str,
+                                               "weight": "float32"}), out_dir / MARKER_ATTENTION)
     write_parquet(history, out_dir / HISTORY)
     write_parquet(predictions, out_dir / PREDICTIONS)
     if attention is not None:
@@ -61,4 +68,5 @@ def write_outputs(out_dir: Path, ckpt: Mapping[str, Any], history: pd.DataFrame,
         write_parquet(att, out_dir / ATTENTION)
     save_checkpoint(out_dir / CHECKPOINT, ckpt)
     log.info("wrote %s", ", ".join(str(out_dir / n) for n in (CHECKPOINT, HISTORY, PREDICTIONS)
-                                     + ((ATTENTION,) if attention is not None else ())))
+                                     + ((ATTENTION,) if attention is not None else ())
+                                     + ((MARKER_ATTENTION,) if marker_attention is not None else ())))
