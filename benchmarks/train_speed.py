@@ -26,7 +26,7 @@ from pathomix.models import MODELS, wsi_key
 from pathomix.models.spec import ModelParams
 from pathomix.train.cgc import branch_losses
 from pathomix.train.data import Patient
-from pathomix.train.loop import _coordinator, _train_epoch, batch_inputs
+from pathomix.train.loop import _coordinator, _train_epoch, batch_inputs, stage_on_device
 from pathomix.train.objectives import make_objective
 from pathomix.train.optim import Adam
 from pathomix.train.params import TrainParams, resolve_device
@@ -89,6 +89,7 @@ def run(name: str, cgc: bool, args: argparse.Namespace, device: torch.device) ->
     model = MODELS[name].build(dims, task, params.model).to(device)
     objective = make_objective(task, [{"y": 0}, {"y": 1}, {"y": 2}], device)
     pts = patients(args.patients, args.tiles, args.dim)
+    staged = stage_on_device(pts, device) if args.stage else False
     opt = Adam(model.parameters(), lr=params.lr)
     coordinator = _coordinator(model, objective, params)
     rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
@@ -103,7 +104,8 @@ def run(name: str, cgc: bool, args: argparse.Namespace, device: torch.device) ->
     split = step_split(model, objective, params, pts[: min(8, len(pts))], device)
     total = sum(split.values())
     mem = f"; peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else ""
-    print(f"{name:13s} cgc={'on ' if cgc and coordinator else 'off'} {rate:7.2f} slides/s "
+    print(f"{name:13s} cgc={'on ' if cgc and coordinator else 'off'} bags {'on GPU' if staged else 'on host'} "
+          f"{rate:7.2f} slides/s "
           f"({args.tiles} + {args.tiles // 4} tokens, D={args.dim}); step {1000 * total:.1f} ms = "
           + ", ".join(f"{k} {100 * v / total:.0f} %" for k, v in split.items()) + mem)
     if device.type == "cuda":
@@ -118,6 +120,8 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--stage", action=argparse.BooleanOptionalAction, default=True,
+                    help="keep the bags on the GPU (what fit() does when they fit); --no-stage copies every step")
     ap.add_argument("--models", nargs="+", default=["dmsf_teacher", "dmsf_student", "abmil"])
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -19,7 +19,8 @@ rule extract:
         f"{LOGS}/extract/{{slide_id}}.log",
     benchmark:
         f"{BENCH}/extract/{{slide_id}}.tsv"
-    threads: 4 if GPU else 1  # on a GPU the job feeds workers; on CPU slides run side by side
+    # GPU: the DataLoader workers plus the main process (slides one after another); CPU: slides side by side
+    threads: config["features"]["num_workers"] + 2 if GPU else 1
     resources:
         mem_mb=8000,
         gpu=GPU,

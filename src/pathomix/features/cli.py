@@ -42,7 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tiles", nargs="+", default=[], help="coords stores, one per magnification")
     p.add_argument("--out", nargs="+", default=[], help="feature stores, same order as --tiles")
     p.add_argument("--params", default="{}", help="JSON of the config's `features:` subtree")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU cores of this job: the DataLoader workers and the main process's torch threads")
     p.add_argument("--on-bad-tile", default="error", choices=BAD_TILE_POLICIES,
                    help="a tile whose image data cannot be read: fail the slide (error) or leave it out and "
                         "record it in `skipped_coords` (skip); config `tiling.on_bad_tile`")
@@ -93,11 +94,18 @@ def extract_store(args: argparse.Namespace, ref: SlideRef, encoder: tuple[nn.Mod
     log.info("wrote %s: %s", out, result.features.shape)
 
 
+def main_threads(threads: int, workers: int) -> int:
+    """torch threads of the main process: what the job's ``threads`` leave after the DataLoader workers,
+    at most 4. More intra-op threads than free cores spin against the decoding workers: on an H100 with
+    16 cores, 14 workers, 16 main-process threads gave 3 000 tiles/s and 4 gave 8 900 (docs/benchmarks.md)."""
+    return max(1, min(4, threads - workers))
+
+
 def run(args: argparse.Namespace) -> None:
     if len(args.tiles) != len(args.out):
         raise SystemExit("--tiles and --out need the same number of paths")
     params = ExtractParams(**json.loads(args.params))
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(main_threads(args.threads, params.num_workers))
     ref = SlideRef(args.slide_id, args.path, args.modality, args.mpp, args.channels_sheet)
     encoder = build_encoder(params.encoder, params.weights)
     batch_encoders: dict[int, BatchEncoder] = {}

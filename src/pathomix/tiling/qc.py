@@ -14,7 +14,8 @@ from pathomix.io.atomic import atomic_path
 
 LONG_SIDE = (600, 1600)          # the image part of the PNG is scaled into this range (px)
 HEADER_PX = 26
-TISSUE_RGB = np.array([40, 200, 60], np.float32)
+TISSUE_RGB = (40, 200, 60)
+PNG_LEVEL = 1                    # zlib level: 1 writes a 1600 px QC image ~6x faster than Pillow's default 6
 OUTLINE_RGB = (0, 170, 0)
 TILE_RGB = (31, 119, 180)
 
@@ -43,11 +44,11 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 def _overlay(rgb: np.ndarray, mask: np.ndarray, size: tuple[int, int]) -> Image.Image:
     """Resize the thumbnail to ``size`` = (w, h), tint tissue green, draw its outline."""
     resample = Image.Resampling.NEAREST if size[0] >= rgb.shape[1] else Image.Resampling.BOX
-    base = np.asarray(Image.fromarray(rgb).resize(size, resample)).astype(np.float32)
-    big = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) > 0
-    base[big] = 0.8 * base[big] + 0.2 * TISSUE_RGB
-    out = base.astype(np.uint8)
-    out[_outline(big)] = OUTLINE_RGB
+    image = Image.fromarray(rgb).resize(size, resample)
+    big = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)
+    tinted = Image.blend(image, Image.new("RGB", size, TISSUE_RGB), 0.2)   # 80 % image, 20 % green
+    out = np.array(Image.composite(tinted, image, big))
+    out[_outline(np.asarray(big) > 0)] = OUTLINE_RGB
     return Image.fromarray(out)
 
 
@@ -85,4 +86,4 @@ def write_qc(path: str | Path, image: np.ndarray, mask: np.ndarray, coords: np.n
     """
     picture = render_qc(image, mask, coords, size_level0, scale, title)
     with atomic_path(path) as tmp:
-        picture.save(tmp, format="PNG")
+        picture.save(tmp, format="PNG", compress_level=PNG_LEVEL)
