@@ -233,7 +233,7 @@ def main() -> None:
         else:
             sets = demo_datasets(args)
         n = sum(len(d) for d in sets)
-        encode = BatchEncoder(model, spec, device, params.resolve_precision(device), 0, params, sets[0].tile_px)
+        encode = BatchEncoder(model, spec, params, 0, sets[0].tile_px)
         first = sets[0]
         with first.ref.open() as slide:
             preload = torch.stack([first.read(slide, i % len(first)) for i in range(min(args.bound_tiles, n))])

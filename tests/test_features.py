@@ -131,7 +131,7 @@ def test_partial_batches_are_padded_to_few_shapes():
     assert [padded_size(n, 64) for n in (1, 3, 5, 9, 17, 33, 63, 64)] == [1, 4, 8, 16, 32, 64, 64, 64]
     assert padded_size(65, 100) == 100 and padded_size(7, 4) == 7
     model, spec, _ = build_encoder("resnet18_trunc", None)
-    encode = BatchEncoder(model, spec, torch.device("cpu"), "fp32", 0, 16)
+    encode = BatchEncoder(model, spec, ExtractParams(batch_size=16, device="cpu", precision="fp32"))
     tiles = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     with torch.inference_mode():
         want = model(DeviceTransform(spec)(tiles, False)).numpy()
@@ -150,7 +150,7 @@ def test_pipeline_keeps_tile_order_across_chunks_and_buffers(shared_data):
     params = ExtractParams(encoder="resnet18_trunc", batch_size=4, num_workers=2, device="cpu")
     got = extract_tiles(dataset, model.eval(), spec, params).features
     assert len(coords) > 2 * READ_CHUNK and got.shape == (len(coords), spec.dim)
-    encode = BatchEncoder(model, spec, torch.device("cpu"), "fp32", 0, 1)
+    encode = BatchEncoder(model, spec, ExtractParams(batch_size=1, device="cpu", precision="fp32"))
     with torch.inference_mode(), dataset.ref.open() as s:
         want = np.concatenate([encode(dataset.read(s, i)[None]) for i in range(len(coords))])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
@@ -159,7 +159,7 @@ def test_pipeline_keeps_tile_order_across_chunks_and_buffers(shared_data):
 def test_auto_batch_size_on_cpu_is_the_cpu_default():
     model, spec, _ = build_encoder("resnet18_trunc", None)
     params = ExtractParams(encoder="resnet18_trunc", batch_size="auto", device="cpu")
-    assert BatchEncoder(model, spec, torch.device("cpu"), "fp32", 0, params).batch_size == AUTO_BATCH[0]
+    assert BatchEncoder(model, spec, params).batch_size == AUTO_BATCH[0]
 
 
 def test_extract_slides_streams_several_slides_like_one_at_a_time(shared_data):

@@ -77,9 +77,7 @@ def extract_store(args: argparse.Namespace, ref: SlideRef, encoder: tuple[nn.Mod
     markers = _markers(attrs) if args.modality == "mif" else []
     dataset = TileDataset(ref, coords, int(attrs["patch_size_level0"]), int(attrs["patch_size"]))
     if len(markers) not in batch_encoders and len(coords):
-        device = params.resolve_device()
-        batch_encoders[len(markers)] = BatchEncoder(model, spec, device, params.resolve_precision(device), len(markers),
-                                                    params, dataset.tile_px)
+        batch_encoders[len(markers)] = BatchEncoder(model, spec, params, len(markers), dataset.tile_px)
     result = extract_tiles(dataset, model, spec, params, n_markers=len(markers), on_bad_tile=args.on_bad_tile,
                            encoder=batch_encoders.get(len(markers)))
     feature_attrs = {"encoder": spec.name, "encoder_weights_sha256": digest, "precision": result.precision,

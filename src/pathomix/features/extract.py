@@ -128,53 +128,45 @@ def extract_slides(datasets: list[TileDataset], model: nn.Module, spec: EncoderS
     once, and the next slide is read while the current one finishes. Yields one result per dataset, in order."""
     if on_bad_tile not in BAD_TILE_POLICIES:
         raise ValueError(f"on_bad_tile={on_bad_tile!r} must be one of {BAD_TILE_POLICIES}")
-    device = params.resolve_device()
-    precision = params.resolve_precision(device)
     feature_shape = (n_markers, spec.dim) if n_markers else (spec.dim,)
     busy = [d for d in datasets if len(d)]
     for d in busy:
         d.prepare()  # an unusable slide fails here, with its own message
     if busy and encoder is None:
-        encoder = BatchEncoder(model, spec, device, precision, n_markers, params, busy[0].tile_px)
-    runs = iter(_SlideRun(d, encoder, feature_shape, precision) for d in busy)
-    current = next(runs, None)
+        encoder = BatchEncoder(model, spec, params, n_markers, busy[0].tile_px)
+    precision = encoder.precision if encoder else params.resolve_precision(params.resolve_device())
+    streamed = _stream(busy, encoder, feature_shape, params, on_bad_tile)
+    for d in datasets:
+        yield next(streamed) if len(d) else Extracted(np.zeros((0, *feature_shape), np.float32), np.ones(0, bool),
+                                                      precision)
+
+
+def _stream(busy: list[TileDataset], encoder: BatchEncoder, feature_shape: tuple[int, ...], params: ExtractParams,
+            on_bad_tile: str) -> Iterator[Extracted]:
+    """One result per (non-empty) dataset of ``busy``, in order, each as soon as the loader moves past it."""
+    runs = (_SlideRun(d, encoder, feature_shape) for d in busy)
+    current = None
     try:
         desc = f"encode {busy[0].ref.slide_id}" if len(busy) == 1 else f"encode {len(busy)} slides"
         for k, tiles, good, errors in tqdm(_loader(SlideChunks(busy, READ_CHUNK), params), unit="chunk", desc=desc,
                                            leave=False):
-            while busy[k] is not current.dataset:   # the loader moved on: the current slide is complete
-                yield from _results_until(datasets, current)
+            if current is None or busy[k] is not current.dataset:   # the loader moved on to the next slide
+                if current is not None:
+                    yield current.finish()
                 current = next(runs)
             current.add(tiles, good, errors, on_bad_tile)
         if current is not None:
-            yield from _results_until(datasets, current)
-        yield from (Extracted(np.zeros((0, *feature_shape), np.float32), np.ones(0, bool), precision)
-                    for d in datasets[_position(datasets, current) + 1:])
+            yield current.finish()
     finally:
         for d in busy:
             d.close()
 
 
-def _position(datasets: list[TileDataset], run: _SlideRun | None) -> int:
-    return -1 if run is None else next(i for i, d in enumerate(datasets) if d is run.dataset)
-
-
-def _results_until(datasets: list[TileDataset], run: _SlideRun) -> Iterator[Extracted]:
-    """Empty results for the empty datasets before ``run``'s slide (not yet yielded), then its result."""
-    end = _position(datasets, run)
-    for d in reversed(datasets[:end]):
-        if len(d):
-            break
-        yield Extracted(np.zeros((0, *run.feature_shape), np.float32), np.ones(0, bool), run.precision)
-    yield run.finish()
-
-
 class _SlideRun:
     """One slide's progress through the loader: which tiles were readable, and their features."""
 
-    def __init__(self, dataset: TileDataset, encoder: BatchEncoder, feature_shape: tuple[int, ...],
-                 precision: str) -> None:
-        self.dataset, self.feature_shape, self.precision = dataset, feature_shape, precision
+    def __init__(self, dataset: TileDataset, encoder: BatchEncoder, feature_shape: tuple[int, ...]) -> None:
+        self.dataset, self.precision = dataset, encoder.precision
         self.pipeline = _Pipeline(encoder, dataset.tile_shape(), feature_shape)
         self.ok = np.ones(len(dataset), bool)
         self.done, self.first_error, self.start = 0, "", time.perf_counter()
@@ -244,10 +236,10 @@ class BatchEncoder:
     ``submit`` queues a batch on the device and returns at once on CUDA; calling the encoder
     waits for the result."""
 
-    def __init__(self, model: nn.Module, spec: EncoderSpec, device: torch.device, precision: str,
-                 n_markers: int, params: ExtractParams | int, tile_px: int | None = None):
-        if isinstance(params, int):   # a plain batch size
-            params = ExtractParams(batch_size=params)
+    def __init__(self, model: nn.Module, spec: EncoderSpec, params: ExtractParams, n_markers: int = 0,
+                 tile_px: int | None = None):
+        device = params.resolve_device()
+        self.precision = precision = params.resolve_precision(device)
         self.model = model.to(device).to(memory_format=torch.channels_last)
         if params.compile:
             self.model = torch.compile(self.model)
