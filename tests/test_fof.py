@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -124,3 +127,117 @@ def test_one_fof_step_trains_every_part(markers):
     teacher.update(model)
     assert not torch.equal(before, next(teacher.model.parameters()))
     assert out["logits"].shape == (4, 4)   # 3 classes + the dummy class
+
+
+# ---- the training stage on real tiled TIFF slides ------------------------------------------------------
+CLASS_RGB = {0: (40, 60, 200), 1: (30, 170, 60), 2: (90, 20, 90)}  # the planted colour of each diagnosis
+TILE, SIDE = 256, 512  # four tiles per slide
+
+
+def _slide(path, rng, cls: int) -> None:
+    import tifffile
+
+    img = rng.integers(200, 240, (SIDE, SIDE, 3), dtype=np.uint8)  # pale background
+    img[..., 1] -= 40  # pinkish
+    yy, xx = np.mgrid[:TILE, :TILE]
+    for ty in range(0, SIDE, TILE):
+        for tx in range(0, SIDE, TILE):  # one disc of the class colour per tile, somewhere in it
+            cy, cx = rng.integers(64, TILE - 64, 2)
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 50 ** 2
+            img[ty:ty + TILE, tx:tx + TILE][disc] = CLASS_RGB[cls]
+    tifffile.imwrite(path, img, tile=(TILE, TILE), photometric="rgb")
+
+
+@pytest.fixture(scope="module")
+def image_cohort(tmp_path_factory):
+    from pathomix.io.h5store import COORD_ATTRS, write_coords
+    from pathomix.io.tasks import DIAGNOSES
+
+    root = tmp_path_factory.mktemp("fof_cohort")
+    rng = np.random.default_rng(3)
+    genotype = {0: ("mut", "non-codel"), 1: ("mut", "codel"), 2: ("wt", "non-codel")}
+    slides, clinical, folds, stores = [], [], [], []
+    for i in range(24):
+        pid, cls = f"P{i:02d}", i % 3
+        _slide(root / f"{pid}.tiff", rng, cls)
+        slides.append({"slide_id": f"{pid}-A", "patient_id": pid, "path": f"{pid}.tiff", "modality": "he", "mpp": 0.5})
+        attrs = {a: 0 for a in COORD_ATTRS} | {
+            "patch_size": TILE, "patch_size_level0": TILE, "level0_magnification": 20, "target_magnification": 20,
+            "name": f"{pid}-A", "slide_id": f"{pid}-A", "downsample": 1.0, "target_mpp": 0.5, "level0_mpp": 0.5,
+            "level0_width": SIDE, "level0_height": SIDE}
+        coords = np.array([(x, y) for y in range(0, SIDE, TILE) for x in range(0, SIDE, TILE)], np.int64)
+        stores.append(root / "tiles" / "20x" / f"{pid}-A.h5")
+        write_coords(stores[-1], coords, attrs)
+        idh, codel = genotype[cls]
+        clinical.append({"patient_id": pid, "idh": idh, "codel_1p19q": codel, "cdkn2a": "wt", "grade": 2,
+                         "survival_months": 10.0 + i, "event": 1})
+        split = "test" if i % 3 == i // 8 % 3 else ("val" if i % 5 == 1 else "train")  # fold 0: 8 test patients
+        folds.append({"patient_id": pid, "fold": 0, "split": split})
+    assert {DIAGNOSES[c] for c in range(3)} == set(DIAGNOSES)
+    pd.DataFrame(slides).to_csv(root / "slides.tsv", sep="\t", index=False)
+    pd.DataFrame(clinical).to_csv(root / "clinical.tsv", sep="\t", index=False)
+    pd.DataFrame(folds).to_parquet(root / "folds.parquet")
+    return {"root": root, "stores": stores}
+
+
+def _fof_argv(c, out, task="diagnosis", **params):
+    p = {"epochs": 6, "patience": 6, "hidden": 32, "lr": 0.0005, "fof_image_px": 32, "fof_tiles": 4,
+         "fof_batch": 16, "seed": 0, **params}
+    return ["--model", "fof", "--task", task, "--fold", "0", "--clinical", str(c["root"] / "clinical.tsv"),
+            "--folds", str(c["root"] / "folds.parquet"), "--slides", str(c["root"] / "slides.tsv"),
+            "--tiles", *map(str, c["stores"]), "--params", json.dumps(p), "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def fof_trained(image_cohort, tmp_path_factory):
+    from pathomix.train import main
+
+    out = tmp_path_factory.mktemp("fof_model")
+    assert main(_fof_argv(image_cohort, out)) == 0
+    return out
+
+
+def test_fof_trains_from_tile_images_and_beats_chance(fof_trained):
+    from sklearn.metrics import roc_auc_score
+
+    pred = pd.read_parquet(fof_trained / "predictions.parquet")
+    test = pred[pred.split == "test"]
+    assert len(test) == 8 and set(pred.split) == {"val", "test"}
+    auc = roc_auc_score(test.y_true, test[[c for c in test.columns if c.startswith("prob_")]].to_numpy(),
+                        multi_class="ovr")
+    assert auc >= 0.8, f"FoF test AUC {auc:.2f}"
+    hist = pd.read_parquet(fof_trained / "history.parquet")
+    assert {"loss_task", "loss_dummy", "loss_frl", "loss_mca"} <= set(hist.columns)  # every FoF term trains
+    assert (hist[["loss_frl", "loss_mca"]] > 0).all().all()
+    ckpt = torch.load(fof_trained / "checkpoint.pt", weights_only=True)
+    assert ckpt["base_model"] == "fof" and ckpt["biomarkers"] == ["idh", "codel_1p19q", "cdkn2a"]
+    assert any(k.startswith("projectors.") for k in ckpt["model_state"])
+
+
+def test_fof_attention_points_at_the_tiles_of_each_test_slide(fof_trained):
+    att = pd.read_parquet(fof_trained / "attention.parquet")
+    pred = pd.read_parquet(fof_trained / "predictions.parquet")
+    assert set(att.patient_id) == set(pred.patient_id[pred.split == "test"])
+    assert set(att["head"]) == {"fof"} and set(att.mag) == {"20x"} and set(att.tile_index) == {0, 1, 2, 3}
+    assert np.allclose(att.groupby("patient_id").weight.sum(), 1.0, atol=1e-5)
+
+
+def test_fof_reads_biomarkers_of_training_patients_only(image_cohort):
+    from pathomix.train.fof import biomarker_status
+
+    status = biomarker_status(image_cohort["root"] / "clinical.tsv", ["idh", "codel_1p19q", "cdkn2a", "mgmt"],
+                              ["P01", "P02", "P04"])
+    assert set(status) == {"idh", "codel_1p19q", "cdkn2a"}  # mgmt: not in the sheet, its projector idles
+    assert status["idh"] == {"P01": 0, "P02": 1, "P04": 0} and set(status["codel_1p19q"]) == {"P01", "P02", "P04"}
+
+
+def test_fof_refuses_survival_and_missing_slides(image_cohort, tmp_path, caplog):
+    from pathomix.train import main
+
+    assert main(_fof_argv(image_cohort, tmp_path / "s", task="survival")) == 2
+    assert "fof trains classification tasks only" in caplog.text
+    argv = _fof_argv(image_cohort, tmp_path / "n")
+    i = argv.index("--slides")
+    assert main(argv[:i] + argv[i + 2:]) == 2
+    assert "learns from tile images; pass --slides" in caplog.text
+    assert not (tmp_path / "s").exists() and not (tmp_path / "n").exists()

@@ -60,10 +60,13 @@ def test_registry_lists_the_models() -> None:
         assert MODELS[name].needs_wsi and MODELS[name].needs_genes and MODELS[name].mags == ("20x",), name
     with pytest.raises(KeyError, match="known models"):
         get_model("nope")
-    assert required_inputs("dmsf_student") == {"wsi": True, "genes": True, "mif": False, "teacher": "dmsf_teacher"}
-    assert required_inputs("abmil") == {"wsi": True, "genes": False, "mif": False, "teacher": None}
-    assert required_inputs("fluoroformer") == {"wsi": False, "genes": False, "mif": True, "teacher": None}
+    none = {"wsi": False, "genes": False, "mif": False, "images": False, "teacher": None}
+    assert required_inputs("dmsf_student") == {**none, "wsi": True, "genes": True, "teacher": "dmsf_teacher"}
+    assert required_inputs("abmil") == {**none, "wsi": True}
+    assert required_inputs("fluoroformer") == {**none, "mif": True}
+    assert required_inputs("fof") == {**none, "images": True}
     assert MODELS["fluoroformer"].tile_input == "mif" and MODELS["abmil"].tile_input == "wsi"
+    assert MODELS["fof"].tile_input == "wsi"  # its attention weighs the H&E tiles it reads as images
     assert MODELS["snn"].tile_input is None
 
 
@@ -226,7 +229,7 @@ def test_survival_distribution_sums_to_one_and_distils_to_zero() -> None:
 
 def test_catalog_matches_registry():
     """The Snakefile's torch-free table of model inputs agrees with the registry."""
-    from pathomix.catalog import MODEL_INPUTS, OWN_INPUTS, TEACHERS
+    from pathomix.catalog import JOINT, MODEL_INPUTS, OWN_INPUTS, TASK_KINDS, TEACHERS
     from pathomix.models import MODELS, required_inputs
 
     assert set(MODEL_INPUTS) == set(MODELS) == set(OWN_INPUTS)
@@ -234,7 +237,9 @@ def test_catalog_matches_registry():
         assert MODEL_INPUTS[name] == required_inputs(name), name
         assert TEACHERS.get(name) == MODELS[name].teacher, name
         assert OWN_INPUTS[name] == {"wsi": MODELS[name].needs_wsi, "genes": MODELS[name].needs_genes,
-                                    "mif": MODELS[name].needs_mif}, name
+                                    "mif": MODELS[name].needs_mif, "images": MODELS[name].reads == "images"}, name
+        assert (name in JOINT) == (MODELS[name].build_joint is not None), name
+        assert set(TASK_KINDS.get(name, ("classification", "survival"))) == set(MODELS[name].task_kinds), name
 
 
 def test_schema_enum_matches_registry():

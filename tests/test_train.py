@@ -439,3 +439,51 @@ def test_seed_model_diagnosis_beats_chance(seed_trained: dict, cohort: dict, mod
     assert set(att.patient_id) == set(test.patient_id) and (att.mag == "20x").all()
     assert np.allclose(att.groupby(["patient_id", "head"]).weight.sum(), 1.0, atol=1e-4)
     assert (out / "gene_importance.parquet").exists()
+
+
+# ---- joint multi-task training (UMEML: one decoder for every task) ----------------------------------
+def test_umeml_trains_diagnosis_and_survival_in_one_job(cohort: dict, tmp_path: Path) -> None:
+    outs = [tmp_path / "diagnosis", tmp_path / "survival"]
+    argv = _argv(cohort, "umeml", "diagnosis", outs[0])
+    argv[argv.index("--task") + 1:argv.index("--task") + 2] = ["diagnosis", "survival"]
+    argv[argv.index("--out") + 1:] = [str(o) for o in outs]
+    assert main(argv) == 0
+    diag, surv = (pd.read_parquet(o / "predictions.parquet") for o in outs)
+    assert set(diag.task) == {"diagnosis"} and "y_true" in diag and set(surv.task) == {"survival"} and "risk" in surv
+    test = diag[diag.split == "test"]
+    auc = roc_auc_score(test.y_true, test[[f"prob_{c}" for c in DIAGNOSES]].to_numpy(), multi_class="ovr")
+    st = surv[surv.split == "test"]
+    c = harrell_c(st.time.to_numpy(), st.risk.to_numpy(), st.event.to_numpy(bool))
+    assert auc >= 0.8 and c > 0.6, (auc, c)
+    ckpts = [torch.load(o / "checkpoint.pt", weights_only=True) for o in outs]
+    assert [k["task"] for k in ckpts] == ["diagnosis", "survival"]
+    assert all(k["joint_tasks"] == ["diagnosis", "survival"] for k in ckpts)
+    heads = {k.split(".")[1] for k in ckpts[0]["model_state"] if k.startswith("heads.")}
+    assert heads == {"diagnosis", "survival"}  # one model with both heads, saved with each task
+    assert ckpts[0]["bin_edges"] is None and len(ckpts[1]["bin_edges"]) == 5
+    hist = [pd.read_parquet(o / "history.parquet") for o in outs]
+    pd.testing.assert_frame_equal(hist[0], hist[1])  # one training run
+
+
+def test_joint_objective_sums_the_tasks_a_patient_has() -> None:
+    from pathomix.io.tasks import get_task
+    from pathomix.train.objectives import joint_objective
+
+    tasks = [get_task("diagnosis"), get_task("survival")]
+    full = {"diagnosis": {"y": 1}, "survival": {"time": 10.0, "event": 1, "bin": 2}}
+    only_diag = {"diagnosis": {"y": 0}}
+    joint, views = joint_objective(tasks, [full, only_diag], torch.device("cpu"))
+    logits = {"diagnosis": torch.tensor([[0.2, 1.0, -0.5]]), "survival": torch.tensor([[0.1, 0.3, -0.2, 0.0]])}
+    both = views["diagnosis"].loss(logits, full) + views["survival"].loss(logits, full)
+    assert torch.isclose(joint.loss(logits, full), both)
+    assert torch.isclose(joint.loss(logits, only_diag), views["diagnosis"].loss(logits, only_diag))
+    row = joint.rows(logits, only_diag)
+    assert set(row) == {f"diagnosis:{c}" for c in views["diagnosis"].columns}
+
+
+def test_a_single_task_model_refuses_several_tasks(cohort: dict, tmp_path: Path, caplog) -> None:
+    argv = _argv(cohort, "abmil", "diagnosis", tmp_path / "a")
+    argv[argv.index("--task") + 1:argv.index("--task") + 2] = ["diagnosis", "survival"]
+    argv[argv.index("--out") + 1:] = [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert main(argv) == 2
+    assert "abmil trains one task at a time" in caplog.text

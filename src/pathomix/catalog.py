@@ -28,27 +28,36 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-OWN_INPUTS: dict[str, dict[str, bool]] = {  # what each registered model itself reads
-    "abmil": {"wsi": True, "genes": False, "mif": False},
-    "snn": {"wsi": False, "genes": True, "mif": False},
-    "dmsf_teacher": {"wsi": True, "genes": True, "mif": False},
-    "dmsf_student": {"wsi": True, "genes": False, "mif": False},
-    "ksfusion": {"wsi": True, "genes": True, "mif": False},
-    "umeml": {"wsi": True, "genes": True, "mif": False},
-    "fluoroformer": {"wsi": False, "genes": False, "mif": True},
+from pathomix.io.tasks import TASKS
+
+# What each registered model itself reads: H&E features (wsi), genes, mIF features, H&E tile images
+_NONE = {"wsi": False, "genes": False, "mif": False, "images": False}
+OWN_INPUTS: dict[str, dict[str, bool]] = {
+    "abmil": {**_NONE, "wsi": True},
+    "snn": {**_NONE, "genes": True},
+    "dmsf_teacher": {**_NONE, "wsi": True, "genes": True},
+    "dmsf_student": {**_NONE, "wsi": True},
+    "ksfusion": {**_NONE, "wsi": True, "genes": True},
+    "umeml": {**_NONE, "wsi": True, "genes": True},
+    "fluoroformer": {**_NONE, "mif": True},
+    "fof": {**_NONE, "images": True},
 }
 TEACHERS: dict[str, str] = {"dmsf_student": "dmsf_teacher"}  # distilled model → its registered teacher
+JOINT: frozenset[str] = frozenset({"umeml"})  # trained on all its tasks in one job (ModelSpec.build_joint)
+TASK_KINDS: dict[str, tuple[str, ...]] = {"fof": ("classification",)}  # models limited to some task kinds
 _KEEP = object()
 # input kind → (config key that names it, what it is, how to add it)
 COHORT_KEYS: dict[str, tuple[str, str, str]] = {
     "wsi": ("slides", "H&E slides", "add a slides sheet"),
     "genes": ("genes", "a gene table", "add a gene table"),
     "mif": ("slides", "mIF images", "add a slides sheet with mIF rows (modality mif)"),
+    "images": ("slides", "H&E slides", "add a slides sheet"),
 }
 # slide-image input kind → the slides sheet's `modality` value, and what to add to the sheet
 MODALITY_OF: dict[str, tuple[str, str]] = {
     "wsi": ("he", "H&E slides"),
     "mif": ("mif", "mIF images (one row per image, modality mif; channel names in `mif_channels`)"),
+    "images": ("he", "H&E slides"),
 }
 
 
@@ -90,7 +99,7 @@ def resolve(name: str, variants: Mapping[str, Mapping[str, Any]] | None = None) 
 
 def model_inputs(name: str, variants: Mapping[str, Mapping[str, Any]] | None = None
                  ) -> dict[str, bool | str | None]:
-    """Input files a training job of ``name`` reads: ``{wsi, genes, mif, teacher}``, its teacher's
+    """Input files a training job of ``name`` reads: ``{wsi, genes, mif, images, teacher}``, its teacher's
     inputs included (a distilled student runs its teacher on the genes)."""
     v = resolve(name, variants)
     own = dict(OWN_INPUTS[v.model])
@@ -138,8 +147,22 @@ def missing_cohort_inputs(models: list[str], config: Mapping[str, Any],
     return out
 
 
+def slide_modality(name: str, variants: Mapping[str, Mapping[str, Any]] | None = None) -> str | None:
+    """The slides whose tiles a model's attention weighs: ``he`` (H&E features or images), ``mif``, or None."""
+    need = model_inputs(name, variants)
+    return "mif" if need["mif"] else "he" if need["wsi"] or need["images"] else None
+
+
+def is_joint(name: str, variants: Mapping[str, Mapping[str, Any]] | None = None) -> bool:
+    """Whether ``name`` (a model or a variant) trains on all its tasks in one job."""
+    return resolve(name, variants).model in JOINT
+
+
 def model_tasks(name: str, train: Mapping[str, Any]) -> list[str]:
     """The tasks ``name`` trains on: ``train.tasks``, or the subset a variant lists in ``tasks``
-    (e.g. ablations on the diagnosis task only)."""
-    own = resolve(name, train.get("variants")).overrides.get("tasks")
-    return [t for t in train["tasks"] if own is None or t in own]
+    (e.g. ablations on the diagnosis task only); a model limited to some task kinds (:data:`TASK_KINDS`:
+    ``fof`` classifies tiles) skips the others."""
+    v = resolve(name, train.get("variants"))
+    own = v.overrides.get("tasks")
+    kinds = TASK_KINDS.get(v.model)
+    return [t for t in train["tasks"] if (own is None or t in own) and (kinds is None or TASKS[t].kind in kinds)]

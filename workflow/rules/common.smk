@@ -2,9 +2,11 @@
 import functools
 import hashlib
 import json
+import re
 import shlex
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 
@@ -13,7 +15,15 @@ from snakemake.utils import validate
 
 import pathomix
 from pathomix import paths as P
-from pathomix.catalog import job_params, missing_cohort_inputs, model_inputs, model_tasks, resolve
+from pathomix.catalog import (
+    is_joint,
+    job_params,
+    missing_cohort_inputs,
+    model_inputs,
+    model_tasks,
+    resolve,
+    slide_modality,
+)
 from pathomix.io.sheets import read_slides
 
 RESULTS = config["results_dir"]

@@ -5,7 +5,7 @@
 
 
 def tile_models():
-    return [m for m in config["train"]["models"] if model_inputs(m, VARIANTS)["wsi"] or model_inputs(m, VARIANTS)["mif"]]
+    return [m for m in config["train"]["models"] if slide_modality(m, VARIANTS)]
 
 
 def tile_predictions(wildcards=None):
@@ -16,8 +16,7 @@ def tile_predictions(wildcards=None):
 
 def drawn_slides():
     """The slides the heatmaps may draw: H&E slides for H&E models, mIF images for mIF models."""
-    kinds = {"he": "wsi", "mif": "mif"}
-    wanted = {mod for mod, kind in kinds.items() if any(model_inputs(m, VARIANTS)[kind] for m in tile_models())}
+    wanted = {slide_modality(m, VARIANTS) for m in tile_models()}
     df = slides()
     return df[df.modality.isin(wanted)]
 

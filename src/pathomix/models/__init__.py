@@ -7,7 +7,7 @@ names from here.
 
 from __future__ import annotations
 
-from pathomix.models import abmil, dmsf, fluoroformer, ksfusion, snn, umeml
+from pathomix.models import abmil, dmsf, fluoroformer, fof, ksfusion, snn, umeml
 from pathomix.models.spec import (
     GENE_INPUTS,
     OPTIONAL_OUTPUT_KEYS,
@@ -35,22 +35,28 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("ksfusion", ksfusion.build, needs_wsi=True, needs_genes=True, mags=ksfusion.MAGS,
                   description="KS-Fusion: tumour/TME gene queries, deformable attention on the 20x tile grid"),
         ModelSpec("umeml", umeml.build, needs_wsi=True, needs_genes=True, mags=umeml.MAGS,
-                  description="UMEML: prototype queries + modularity, register tokens, one shared decoder"),
+                  build_joint=umeml.build_joint,
+                  description="UMEML: prototype queries + modularity, register tokens, one decoder for all tasks"),
         ModelSpec("fluoroformer", fluoroformer.build, needs_wsi=False, needs_genes=False, needs_mif=True,
                   mags=fluoroformer.MAGS,
                   description="Fluoroformer: marker self-attention per mIF tile, then gated attention MIL"),
+        ModelSpec("fof", fof.build, needs_wsi=False, needs_genes=False, mags=fof.MAGS, reads="images",
+                  task_kinds=("classification",),
+                  description="FoF: ViT-Tiny on H&E tile images, Grad-CAM focus views, EMA contrast, biomarker "
+                              "alignment; histology-only inference"),
     )
 }
 
 
 def required_inputs(name: str) -> dict[str, bool | str | None]:
     """Input files a training job of ``name`` needs, its teacher's included (a distilled
-    student also reads the genes, to run its teacher): ``{wsi, genes, mif, teacher}``.
+    student also reads the genes, to run its teacher): ``{wsi, genes, mif, images, teacher}``.
     The Snakemake rules build their inputs from this, so the two cannot drift."""
     spec = get_model(name)
     specs = [spec] + ([get_model(spec.teacher)] if spec.teacher else [])
     return {"wsi": any(s.needs_wsi for s in specs), "genes": any(s.needs_genes for s in specs),
-            "mif": any(s.needs_mif for s in specs), "teacher": spec.teacher}
+            "mif": any(s.needs_mif for s in specs), "images": any(s.reads == "images" for s in specs),
+            "teacher": spec.teacher}
 
 
 def get_model(name: str) -> ModelSpec:

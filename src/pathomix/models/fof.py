@@ -19,8 +19,10 @@ FoF learns from tile images (not from pre-extracted features), so it does not fi
   global/positive views of tiles with the same biomarker status attract (supervised InfoNCE), and the
   views' Gram matrices are kept alike (MSE). Inference uses histology only (the classifier head).
 
-Not built yet (next step of issue 9): the training stage that reads tile images from the WSI
-through the coords stores and aggregates tile predictions per patient.
+:class:`FoF` puts them together (``build(dims, task, params)`` as every registered model, but it reads
+tile images, not feature bags) and :meth:`FoF.training_loss` is one step's loss. The training stage
+(:mod:`pathomix.train.fof`) reads the tiles through the coords stores and averages the tiles'
+logits per patient.
 
 Where this differs from the paper: the dummy class and the Gram MSE follow the issue's reading of
 the method; the contribution map is computed on the ViT's last-block patch tokens (the paper's
@@ -30,7 +32,8 @@ pixel-wise gradients are not specified for ViTs) and upsampled with nearest neig
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +44,7 @@ TAU = 0.07
 EMA_MOMENTUM = 0.99
 FRL_WEIGHT = 0.2
 BIOMARKERS = ("idh", "codel", "cdkn2a")
+MAGS = ("20x",)
 
 
 class TileViT(nn.Module):
@@ -178,3 +182,52 @@ def mca_loss(views: Mapping[str, torch.Tensor], projectors: BiomarkerProjectors,
             if name != "global":
                 total = total + gram_mse(projected[name][marker], projected["global"][marker])
     return total / max(1, len(projectors.projectors))
+
+
+class FoF(nn.Module):
+    """The FoF network: :class:`TileViT` (task outputs + the dummy class) and one projector per biomarker.
+
+    ``forward(images)`` gives the ViT's outputs; inference reads ``logits[:, :n_outputs]`` only, so it
+    needs histology alone. The projectors serve the MCA term in training."""
+
+    def __init__(self, n_outputs: int, params: Any) -> None:
+        super().__init__()
+        self.vit = TileViT(n_outputs, img_size=params.fof_image_px, arch=params.fof_arch)
+        self.projectors = BiomarkerProjectors(params.fof_biomarkers, self.vit.backbone.num_features,
+                                              hidden=params.hidden)
+        self.n_outputs = n_outputs
+        self.params = params
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.vit(images)
+
+    def training_loss(self, images: torch.Tensor, cam_index: torch.Tensor,
+                      task_loss: Callable[[torch.Tensor], torch.Tensor], biomarkers: Mapping[str, torch.Tensor],
+                      teacher: EMATeacher) -> dict[str, torch.Tensor]:
+        """One step on (B, 3, H, W) images → the weighted terms (their sum is the loss).
+
+        ``cam_index`` (B,): the output whose score Grad-CAM explains (the true class; for survival the
+        observed bin); ``task_loss`` maps (B, n_outputs) logits to the task's mean loss over the tiles;
+        ``biomarkers`` {name: (B,) status index, −1 = unknown}."""
+        p, n = self.params, self.n_outputs
+        out = self(images)
+        cam = grad_cam(out["logits"].gather(1, cam_index[:, None])[:, 0], out["tokens"], self.vit.grid)
+        positive, negative, _ = focus_views(images, cam, p.fof_threshold)
+        pos, neg = self(positive), self(negative)
+        with torch.no_grad():
+            t_global, t_negative = teacher.model(images)["cls"], teacher.model(negative)["cls"]
+        # real images keep their class against the dummy; negative views belong to it
+        views = F.cross_entropy(torch.cat([out["logits"], neg["logits"]]),
+                                torch.cat([cam_index, dummy_targets(len(images), n, images.device)]))
+        return {
+            "task": task_loss(out["logits"][:, :n]) + task_loss(pos["logits"][:, :n]),
+            "dummy": views,
+            "frl": p.fof_frl * frl_loss(pos["cls"], t_global, t_negative, p.fof_tau),
+            "mca": p.fof_mca * mca_loss({"global": out["cls"], "positive": pos["cls"], "negative": neg["cls"]},
+                                        self.projectors, biomarkers, p.fof_tau),
+        }
+
+
+def build(dims: Mapping[str, Any], task: Any, params: Any) -> FoF:
+    """``dims`` is unused (FoF reads images); ``task.n_outputs`` outputs plus the dummy class."""
+    return FoF(task.n_outputs, params)

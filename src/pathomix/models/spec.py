@@ -25,7 +25,7 @@ then adds each branch's task loss and, with ``train.cgc``, coordinates their gra
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +84,18 @@ class ModelParams:
     umeml_registers: int = 3  # UMEML: register tokens between the pathology and genomic tokens
     umeml_modularity: float = 5.0  # UMEML: weight of the modularity loss
     umeml_temperature: float = 0.1  # UMEML: temperature of the soft prototype-patch assignment
+    fof_arch: str = "vit_tiny_patch16_224"  # FoF: timm ViT trained on the tile images (paper: ViT-Tiny)
+    fof_image_px: int = 64  # FoF: tiles are read at this size (paper: 224 px ROIs; 64 fits the demo on a CPU)
+    fof_threshold: float = 0.5  # FoF: Grad-CAM contribution threshold between positive and negative views
+    fof_tau: float = 0.07  # FoF: InfoNCE temperature (FRL and MCA)
+    fof_frl: float = 0.2  # FoF: weight of the FRL consistency term
+    fof_mca: float = 1.0  # FoF: weight of the multi-view cross-modal alignment term
+    fof_ema: float = 0.99  # FoF: momentum of the EMA teacher
+    fof_biomarkers: tuple[str, ...] = ("idh", "codel_1p19q", "cdkn2a")  # FoF: clinical columns, one projector each
+    fof_tiles: int = 8  # FoF: tiles sampled per training patient and epoch
+    fof_batch: int = 32  # FoF: tiles per training step
+    fof_eval_tiles: int = 256  # FoF: tiles per patient at evaluation (spread evenly over its tiles)
+    fof_workers: int = 0  # FoF: DataLoader workers reading the tile images
 
 
 Builder = Callable[[Mapping[str, Any], Task, ModelParams], nn.Module]
@@ -99,7 +111,11 @@ class ModelSpec:
     ``weights_only=True``. ``mags`` lists the magnifications used; the first is required
     (a patient without tiles there is skipped), the others are used when present.
     ``needs_mif``: the model reads the mIF bags (manifest rows with modality ``mif``).
-    ``teacher`` names the registered model it is distilled from, or None.
+    ``teacher`` names the registered model it is distilled from, or None. ``reads`` picks the
+    trainer (:data:`pathomix.train.cli.TRAINERS`): ``images`` models take tile images read through the
+    coords stores instead of feature bags, and ``build`` gets empty ``dims``. ``build_joint(dims, tasks,
+    params)``, where given, builds one model for several tasks whose ``logits`` are ``{task: logits}``:
+    the workflow then trains it on all its tasks in one job (joint multi-task training).
     """
 
     name: str
@@ -110,8 +126,12 @@ class ModelSpec:
     teacher: str | None = None
     description: str = ""
     needs_mif: bool = False
+    reads: str = "features"  # features: bags of tile features and genes; images: H&E tile images (FoF)
+    build_joint: Callable[[Mapping[str, Any], Sequence[Task], ModelParams], nn.Module] | None = None
+    task_kinds: tuple[str, ...] = ("classification", "survival")  # the Task.kind values it can train on
 
     @property
     def tile_input(self) -> str | None:
-        """The bag kind (:data:`TILE_INPUTS`) its attention maps weigh, or None (no tiles)."""
-        return "mif" if self.needs_mif else "wsi" if self.needs_wsi else None
+        """The bag kind (:data:`TILE_INPUTS`) its attention maps weigh, or None (no tiles). Image models
+        weigh the H&E tiles."""
+        return "mif" if self.needs_mif else "wsi" if self.needs_wsi or self.reads == "images" else None

@@ -14,15 +14,15 @@ for the genomic tokens as prototypes; it is computed on training steps only (it 
 N × N patch graph). Attention head ``prototypes``: the last block's prototype attention,
 averaged over the prototypes.
 
-One decoder, several tasks: :class:`UMEML` takes a head per task and
-:meth:`UMEML.predict_tasks` returns every task's logits from one shared decoder pass. The
-training stage trains one task per job (``models/{model}/{task}/fold{k}``), so ``build`` gives
-the decoder the job's task head only: each job trains the shared-decoder architecture on one
-task; joint training on grading, classification and survival (the paper) needs a multi-task
-objective that the rule layout does not have.
+One decoder, several tasks (the paper's unified modelling): :func:`build_joint` gives the decoder a
+head per task and ``forward`` then returns ``logits`` as ``{task: logits}`` from one shared pass.
+The workflow trains ``umeml`` jointly on every task in ``train.tasks`` in one job per fold (the loss
+is the sum of the task losses a patient has labels for) and writes each task's outputs to
+``models/umeml/{task}/fold{k}``; :func:`build` (one head) remains for training one task alone.
 
 Where this differs from the paper and its code (helenypzhang/Interpretable-Multimodal-Prototyping):
-one task per job (above); the genomic groups are our tumour/TME subspaces plus all HVG genes
+the task losses are summed with weight 1 and early stopping watches their sum on the validation
+patients; the genomic groups are our tumour/TME subspaces plus all HVG genes
 (the code: fixed-size chunks of 1 000 genes plus all genes) encoded by SNN blocks instead of
 Linear+ReLU; the two class tokens are fused by concatenation + MLP (the code's ``concat``
 option) instead of bilinear fusion; self-attention is exact softmax attention
@@ -36,7 +36,7 @@ genes on a share of training steps, which the paper does not do; the width is ``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -84,13 +84,14 @@ def _stack(n: int, dim: int, params: ModelParams) -> nn.Sequential:
 
 class UMEML(nn.Module):
     """Prototype pathology encoder + genomic encoder + register tokens + one decoder for ``heads``
-    (task name → outputs); ``forward`` returns the ``primary`` task's logits (the model contract)."""
+    (task name → outputs); ``forward`` returns the ``primary`` task's logits (the model contract), or
+    with ``joint`` the logits of every head as ``{task: logits}``."""
 
     def __init__(self, dims: Mapping[str, Any], heads: Mapping[str, int], params: ModelParams,
-                 primary: str | None = None, mag: str = MAGS[0]) -> None:
+                 primary: str | None = None, mag: str = MAGS[0], joint: bool = False) -> None:
         super().__init__()
         h = params.hidden
-        self.mag, self.primary = mag, primary or next(iter(heads))
+        self.mag, self.primary, self.joint = mag, primary or next(iter(heads)), joint
         self.groups = {g: key for g, key in GENE_GROUPS.items() if int(dims.get(key, 0))}
         self.patch = PatchEncoder(int(dims["wsi"]), h, params.dropout)
         self.prototypes = nn.Parameter(torch.empty(params.umeml_prototypes, h).uniform_(
@@ -138,8 +139,15 @@ class UMEML(nn.Module):
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         out = self.encode(inputs)
+        if self.joint:
+            return {"logits": {task: head(out["features"]) for task, head in self.heads.items()}, **out}
         return {"logits": self.heads[self.primary](out["features"]), **out}
 
 
 def build(dims: Mapping[str, Any], task: Task, params: ModelParams) -> nn.Module:
     return UMEML(dims, {task.name: task.n_outputs}, params, task.name, (params.mags or MAGS)[0])
+
+
+def build_joint(dims: Mapping[str, Any], tasks: Sequence[Task], params: ModelParams) -> nn.Module:
+    """One shared decoder with a head per task; ``logits`` is ``{task: logits}``."""
+    return UMEML(dims, {t.name: t.n_outputs for t in tasks}, params, None, (params.mags or MAGS)[0], joint=True)

@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,11 @@ import pandas as pd
 import torch
 
 from pathomix.io.errors import PathomixInputError
-from pathomix.io.tasks import TASKS, get_task
+from pathomix.io.tasks import TASKS, Task, get_task
 from pathomix.logs import setup_logging
 from pathomix.models import GENE_INPUTS, MODELS, ModelSpec, get_model, wsi_key
-from pathomix.train.data import Needs, Sources, load_cohort, read_cohorts
+from pathomix.train import fof
+from pathomix.train.data import SPLITS, Needs, Sources, load_cohort, read_cohorts
 from pathomix.train.distill import (
     check_teacher,
     distill_term,
@@ -41,8 +43,8 @@ from pathomix.train.distill import (
     teacher_targets,
 )
 from pathomix.train.importance import gene_importance
-from pathomix.train.loop import Explain, evaluate, fit
-from pathomix.train.objectives import make_objective
+from pathomix.train.loop import Explain, FitResult, evaluate, fit
+from pathomix.train.objectives import Objective, joint_objective, make_objective
 from pathomix.train.outputs import checkpoint_dict, predictions_frame, write_outputs
 from pathomix.train.params import TrainParams, resolve_device
 
@@ -56,17 +58,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--teacher-name", help="model name the teacher checkpoint must carry (a variant); "
                     "default: the registered teacher")
     ap.add_argument("--scratch", action="store_true", help="train a distilled model without its teacher")
-    ap.add_argument("--task", required=True, choices=sorted(TASKS))
+    ap.add_argument("--task", required=True, nargs="+", choices=sorted(TASKS),
+                    help="task; several train one joint model (models with a joint builder, e.g. umeml)")
     ap.add_argument("--fold", required=True, type=int)
     ap.add_argument("--clinical", required=True, type=Path)
     ap.add_argument("--folds", required=True, type=Path, help="splits/folds.parquet")
     ap.add_argument("--manifest", type=Path, help="features/{encoder}/manifest.parquet (H&E and mIF models)")
     ap.add_argument("--hvg", type=Path, help="genes/hvg.parquet (gene models and distilled students)")
     ap.add_argument("--subspaces", type=Path, help="genes/subspaces.parquet")
+    ap.add_argument("--slides", type=Path, help="slides sheet (image models: where the slides are)")
+    ap.add_argument("--tiles", nargs="+", default=[], help="coords stores tiles/{mag}/{slide}.h5 (image models)")
     ap.add_argument("--teacher-checkpoint", type=Path, help="checkpoint.pt of the teacher (same task, fold)")
     ap.add_argument("--params", default="{}", help="JSON of the config's train: subtree, or @file.json")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--out", required=True, type=Path, help="output folder models/{model}/{task}/fold{k}")
+    ap.add_argument("--out", required=True, nargs="+", type=Path,
+                    help="output folder models/{model}/{task}/fold{k}, one per --task")
     ap.add_argument("--log-level", help="overrides PATHOMIX_LOGLEVEL (default INFO)")
     return ap.parse_args(argv)
 
@@ -118,34 +124,50 @@ def _teacher(args: argparse.Namespace, spec: ModelSpec, task_name: str) -> tuple
     return get_model(spec.teacher), load_checkpoint(args.teacher_checkpoint)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Train, predict and write the outputs; returns a summary (for logs and tests)."""
-    t_start = time.perf_counter()
-    params = read_params(args.params)
-    device = resolve_device(params.device)
-    seed_everything(params.seed, device)
-    spec, task = get_model(args.model), get_task(args.task)
-    name = args.name or spec.name
-    teacher_spec, teacher_ckpt = _teacher(args, spec, task.name)
+@dataclass
+class Trained:
+    """What a trainer hands back for the outputs: the model, its fit, predictions per split and tables."""
+
+    model: torch.nn.Module
+    result: FitResult
+    objective: Objective
+    predictions: dict[str, pd.DataFrame]  # split → one row per patient (val, test, external)
+    attention: pd.DataFrame | None = None
+    marker_attention: pd.DataFrame | None = None
+    importance: pd.DataFrame | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # dims, gene_stats, bin_edges, markers, teacher
+
+
+def train_bags(args: argparse.Namespace, spec: ModelSpec, tasks: list[Task], params: TrainParams,
+               device: torch.device) -> dict[str, Trained]:
+    """Models on feature bags and genes (every model but the image models); several tasks train one
+    joint model (``spec.build_joint``) → {task name: Trained}."""
+    joint = len(tasks) > 1
+    teacher_spec, teacher_ckpt = _teacher(args, spec, tasks[0].name)
     teacher_name = args.teacher_name or spec.teacher
     if teacher_ckpt is not None:
-        check_teacher(teacher_ckpt, teacher_name, task, args.fold)
+        check_teacher(teacher_ckpt, teacher_name, tasks[0], args.fold)
     src = Sources(args.clinical, args.folds, args.manifest, args.hvg, args.subspaces)
-    cohort = load_cohort(src, task, args.fold, _needs(spec, teacher_spec, params),
+    cohort = load_cohort(src, tasks if joint else tasks[0], args.fold, _needs(spec, teacher_spec, params),
                          gene_stats=teacher_ckpt["gene_stats"] if teacher_ckpt else None,
                          empty_bags=params.empty_bags)
-    log.info("model %s (%s), task %s, fold %d on %s, dims %s", name, spec.name, task.name, args.fold, device,
-             cohort.dims)
+    log.info("model %s (%s), task %s, fold %d on %s, dims %s", args.name or spec.name, spec.name,
+             " + ".join(t.name for t in tasks), args.fold, device, cohort.dims)
 
-    train, val, test, external = (cohort.split(s) for s in ("train", "val", "test", "external"))
-    model = spec.build(cohort.dims, task, params.model).to(device)
-    objective = make_objective(task, [p.target for p in train], device)
+    train, val, test, external = (cohort.split(s) for s in SPLITS)
+    if joint:
+        model = spec.build_joint(cohort.dims, tasks, params.model).to(device)
+        objective, views = joint_objective(tasks, [p.target for p in train], device)
+    else:
+        model = spec.build(cohort.dims, tasks[0], params.model).to(device)
+        objective = make_objective(tasks[0], [p.target for p in train], device)
+        views = {tasks[0].name: objective}
     extra, monitor_from = None, 1
     if teacher_spec is not None and teacher_ckpt is not None:
         if teacher_ckpt["dims"].get("wsi") != cohort.dims.get("wsi"):
             raise PathomixInputError(f"teacher was trained on {teacher_ckpt['dims'].get('wsi')}-d features, "
                                      f"these are {cohort.dims.get('wsi')}-d; use the same encoder")
-        teacher = load_teacher(teacher_ckpt, teacher_name, task, args.fold, device)
+        teacher = load_teacher(teacher_ckpt, teacher_name, tasks[0], args.fold, device)
         needed = ([wsi_key(teacher_spec.mags[0])] if teacher_spec.needs_wsi else []) + (
             list(GENE_INPUTS) if teacher_spec.needs_genes else [])
         extra = distill_term(teacher_targets(teacher, train, needed, device), params.distill,
@@ -156,26 +178,88 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                  params.distill.temperature, params.distill.feature_weight)
 
     result = fit(model, train, val, objective, params, device, extra, monitor_from)
-    _, pred_val, _ = evaluate(model, val, objective, device)
     explain = Explain(spec.tile_input, cohort.markers) if spec.tile_input else None
-    _, pred_test, tables = evaluate(model, test, objective, device, explain)
-    _, pred_ext, _ = evaluate(model, external, objective, device)  # external cohorts, zero-shot
-    parts = [f for f in (pred_val, pred_test, pred_ext) if len(f)] or [pred_test]
-    predictions = predictions_frame(pd.concat(parts, ignore_index=True), args.fold, name, task.name,
-                                    read_cohorts(args.folds))
-    importance = (gene_importance(model, test, objective, device, cohort.gene_stats)
-                  if spec.needs_genes else None)
-    meta = {"model": name, "base_model": spec.name, "teacher": teacher_name if teacher_ckpt else None,
-            "task": task.name, "fold": args.fold, "dims": dict(cohort.dims),
-            "params": params.to_dict(), "gene_stats": cohort.gene_stats, "bin_edges": cohort.bin_edges,
-            "classes": list(task.classes), "markers": list(cohort.markers), "best_epoch": result.best_epoch}
-    write_outputs(args.out, checkpoint_dict(model, meta), result.history, predictions, tables.get("attention"),
-                  importance, tables.get("marker_attention") if spec.needs_mif else None)
-    summary = {"seconds": time.perf_counter() - t_start, "best_epoch": result.best_epoch,
-               f"test_{objective.metric_name}": objective.metric(pred_test), "n_train": len(train),
-               "n_val": len(val), "n_test": len(test), "n_external": len(external)}
-    log.info("%s/%s/fold%d done in %.2f s: %s", name, task.name, args.fold, summary["seconds"], summary)
-    return summary
+    out = {}
+    for name, view in views.items():
+        def labelled(patients: list, name: str = name) -> list:  # joint: the patients with this task's label
+            return [p for p in patients if name in p.target] if joint else patients
+        preds, tables = {}, {}
+        for split, patients in zip(SPLITS[1:], (val, test, external), strict=True):
+            _, preds[split], got = evaluate(model, labelled(patients), view, device,
+                                            explain if split == "test" else None)
+            tables.update(got)
+        importance = (gene_importance(model, labelled(test), view, device, cohort.gene_stats)
+                      if spec.needs_genes else None)
+        meta = {"teacher": teacher_name if teacher_ckpt else None, "dims": dict(cohort.dims),
+                "gene_stats": cohort.gene_stats, "markers": list(cohort.markers),
+                "bin_edges": cohort.bin_edges[name] if joint else cohort.bin_edges,
+                "joint_tasks": [t.name for t in tasks] if joint else None}
+        out[name] = Trained(model, result, view, preds, tables.get("attention"),
+                            tables.get("marker_attention") if spec.needs_mif else None, importance, meta)
+    return out
+
+
+def train_images(args: argparse.Namespace, spec: ModelSpec, tasks: list[Task], params: TrainParams,
+                 device: torch.device) -> dict[str, Trained]:
+    """Models on tile images (``fof``): tiles read through the coords stores (:mod:`pathomix.train.fof`)."""
+    if args.slides is None or not args.tiles:
+        raise PathomixInputError(f"{spec.name} learns from tile images; pass --slides (the slides sheet) and "
+                                 "--tiles (the coords stores tiles/{mag}/{slide}.h5)")
+    task = tasks[0]
+    cohort = load_cohort(Sources(args.clinical, args.folds), task, args.fold, Needs())
+    mag = (params.model.mags or spec.mags)[0]
+    data = fof.image_cohort(cohort, args.slides, args.tiles, mag, params.model.fof_image_px)
+    log.info("model %s (%s), task %s, fold %d on %s, %s tiles at %d px", args.name or spec.name, spec.name,
+             task.name, args.fold, device, mag, params.model.fof_image_px)
+    model = spec.build({}, task, params.model).to(device)
+    objective = make_objective(task, [p.target for p in data.split("train")], device)
+    result = fof.fit(model, data, objective, args.clinical, params, device)
+    preds, attention = {}, None
+    for split in SPLITS[1:]:
+        _, preds[split], att = fof.evaluate(model, data, data.split(split), objective, params, device,
+                                            attention=split == "test")
+        attention = att if att is not None else attention
+    meta = {"teacher": None, "dims": {}, "gene_stats": None, "bin_edges": cohort.bin_edges, "markers": [],
+            "biomarkers": list(params.model.fof_biomarkers)}
+    return {task.name: Trained(model, result, objective, preds, attention, meta=meta)}
+
+
+TRAINERS = {"features": train_bags, "images": train_images}  # ModelSpec.reads → trainer
+
+
+def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Train, predict and write the outputs (one folder per task); returns a summary per task."""
+    t_start = time.perf_counter()
+    params = read_params(args.params)
+    device = resolve_device(params.device)
+    seed_everything(params.seed, device)
+    spec, tasks = get_model(args.model), [get_task(t) for t in args.task]
+    name = args.name or spec.name
+    if len(args.out) != len(tasks):
+        raise PathomixInputError(f"--out names {len(args.out)} folder(s) for {len(tasks)} task(s); give one per task")
+    if bad := [t.name for t in tasks if t.kind not in spec.task_kinds]:
+        raise PathomixInputError(f"{spec.name} trains {' and '.join(spec.task_kinds)} tasks only, not {bad}")
+    if len(tasks) > 1 and spec.build_joint is None:
+        raise PathomixInputError(f"{spec.name} trains one task at a time; run one job per task")
+    trained = TRAINERS[spec.reads](args, spec, tasks, params, device)
+    summaries = {}
+    for task, out_dir in zip(tasks, args.out, strict=True):
+        t = trained[task.name]
+        parts = [f for f in t.predictions.values() if len(f)] or [t.predictions["test"]]
+        predictions = predictions_frame(pd.concat(parts, ignore_index=True), args.fold, name, task.name,
+                                        read_cohorts(args.folds))
+        meta = {"model": name, "base_model": spec.name, "task": task.name, "fold": args.fold,
+                "params": params.to_dict(), "classes": list(task.classes), "best_epoch": t.result.best_epoch,
+                **t.meta}
+        write_outputs(out_dir, checkpoint_dict(t.model, meta), t.result.history, predictions, t.attention,
+                      t.importance, t.marker_attention)
+        summaries[task.name] = {
+            "seconds": time.perf_counter() - t_start, "best_epoch": t.result.best_epoch,
+            f"test_{t.objective.metric_name}": t.objective.metric(t.predictions["test"]),
+            **{f"n_{s}": int((predictions.split == s).sum()) for s in SPLITS[1:]}}
+        log.info("%s/%s/fold%d done in %.2f s: %s", name, task.name, args.fold, summaries[task.name]["seconds"],
+                 summaries[task.name])
+    return summaries
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,7 +69,7 @@ class Cohort:
     patients: list[Patient]
     dims: dict[str, int]
     gene_stats: dict[str, Any] | None
-    bin_edges: list[float] | None
+    bin_edges: list[float] | dict[str, list[float] | None] | None  # by task name in joint training
     markers: tuple[str, ...] = ()  # mIF marker names (the stores' `channels`), in feature order
 
     def split(self, name: str) -> list[Patient]:
@@ -129,20 +129,26 @@ def _survival_targets(clin: pd.DataFrame, label: pd.Series, pids: Sequence[str],
 TARGETS = {"classification": _classification_targets, "survival": _survival_targets}
 
 
-def load_cohort(src: Sources, task: Task, fold: int, needs: Needs,
+def load_cohort(src: Sources, task: Task | Sequence[Task], fold: int, needs: Needs,
                 gene_stats: Mapping[str, Any] | None = None, empty_bags: str = "skip") -> Cohort:
     """Load everything one training job needs into memory (features loaded once).
 
     ``gene_stats`` (e.g. a teacher's) replaces statistics fitted on this fold's training set.
     ``empty_bags``: what to do with a patient whose H&E slides all have 0 tiles (no tissue, or
     smaller than one tile): ``skip`` (logged with the reason) or ``error``.
+
+    Several tasks (joint multi-task training): a patient is used when it has a label for at least one
+    of them; its ``target`` is then ``{task name: target}`` over the tasks it has a label for, and
+    ``bin_edges`` ``{task name: edges}`` (survival tasks only).
     """
+    tasks = [task] if isinstance(task, Task) else list(task)
     split = read_fold(src.folds, fold)
     clin = read_clinical(src.clinical)
-    label = task.label(clin)
+    labels = {t.name: t.label(clin) for t in tasks}
     pids = _drop(list(split.index), lambda p: p in clin.index,
                  "of the fold table are not in the clinical sheet")
-    pids = _drop(pids, lambda p: pd.notna(label.get(p)), f"have no {task.name} label")
+    pids = _drop(pids, lambda p: any(pd.notna(lab.get(p)) for lab in labels.values()),
+                 f"have no {' or '.join(labels)} label")
 
     bags: dict[str, dict[str, Bag]] = {}  # patient → input key → bag
     dims: dict[str, int] = {}
@@ -168,21 +174,27 @@ def load_cohort(src: Sources, task: Task, fold: int, needs: Needs,
         genes = gene_inputs(hvg, stats)
         dims.update(gene_dims(stats))
 
-    train = [p for p in pids if split[p] == "train"]
-    if not train:
-        raise PathomixInputError(f"fold {fold}: no training patient has a {task.name} label and the inputs "
-                                 "this model needs")
-    targets, edges = TARGETS[task.kind](clin, label, pids, train)
+    targets: dict[str, dict[str, dict[str, float]]] = {}
+    edges: dict[str, list[float] | None] = {}
+    for t in tasks:
+        with_label = [p for p in pids if pd.notna(labels[t.name].get(p))]
+        train = [p for p in with_label if split[p] == "train"]
+        if not train:
+            raise PathomixInputError(f"fold {fold}: no training patient has a {t.name} label and the inputs "
+                                     "this model needs")
+        targets[t.name], edges[t.name] = TARGETS[t.kind](clin, labels[t.name], with_label, train)
     patients = []
     for p in pids:
         by_key = bags.get(p, {})
         positions = {pos_key(m): torch.from_numpy(by_key[wsi_key(m)].positions)
                      for m in needs.mags if wsi_key(m) in by_key}  # of the H&E tiles
         inputs = {key: b.features for key, b in by_key.items()} | positions | genes.get(p, {})
-        patients.append(Patient(p, str(split[p]), targets[p], inputs, by_key))
+        target = ({t: by_p[p] for t, by_p in targets.items() if p in by_p} if len(tasks) > 1
+                  else targets[tasks[0].name][p])
+        patients.append(Patient(p, str(split[p]), target, inputs, by_key))
     counts = {s: sum(q.split == s for q in patients) for s in SPLITS}
-    log.info("fold %d, task %s: %d patients used (%s)", fold, task.name, len(patients), counts)
-    return Cohort(patients, dims, stats, edges, markers)
+    log.info("fold %d, task %s: %d patients used (%s)", fold, " + ".join(labels), len(patients), counts)
+    return Cohort(patients, dims, stats, edges if len(tasks) > 1 else edges[tasks[0].name], markers)
 
 
 def _load_tiles(kind: str, modality: str, src: Sources, mags: tuple[str, ...], pids: list[str], require: bool,

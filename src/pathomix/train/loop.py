@@ -177,6 +177,41 @@ def _coordinator(model: nn.Module, objective: Objective, params: TrainParams) ->
     return GradientCoordinator(model, objective)
 
 
+class EarlyStopping:
+    """Early stopping on the validation loss: keeps the best weights; epochs before ``monitor_from``
+    (a distilled student's warm-up) are neither kept as the best nor counted towards ``patience``."""
+
+    def __init__(self, model: nn.Module, patience: int, monitor_from: int = 1) -> None:
+        self.model, self.patience, self.monitor_from = model, patience, monitor_from
+        self.best_loss, self.best_epoch, self.bad = math.inf, 0, 0
+        self.best_state = self._state()
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def update(self, epoch: int, train_loss: float, val_loss: float) -> bool:
+        """Record one epoch → True when training should stop; a non-finite training loss raises."""
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"training loss became {train_loss} at epoch {epoch}; lower train.lr")
+        if epoch < self.monitor_from:
+            return False
+        if val_loss < self.best_loss - 1e-6:
+            self.best_loss, self.best_epoch, self.bad = val_loss, epoch, 0
+            self.best_state = self._state()
+            return False
+        self.bad += 1
+        if self.bad >= self.patience:
+            log.info("early stop at epoch %d (no val-loss improvement for %d epochs)", epoch, self.bad)
+            return True
+        return False
+
+    def restore(self) -> int:
+        """Load the best weights into the model → the best epoch."""
+        self.model.load_state_dict(self.best_state)
+        log.info("best epoch %d (val_loss %.4f)", self.best_epoch, self.best_loss)
+        return self.best_epoch
+
+
 def fit(model: nn.Module, train: Sequence[Patient], val: Sequence[Patient], objective: Objective,
         params: TrainParams, device: torch.device, extra: ExtraLoss | None = None,
         monitor_from: int = 1) -> FitResult:
@@ -191,8 +226,7 @@ def fit(model: nn.Module, train: Sequence[Patient], val: Sequence[Patient], obje
     if not val:
         log.warning("no validation patients; early stopping on the training set's loss")
         monitor = train
-    best_loss, best_epoch, bad = math.inf, 0, 0
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    stopper = EarlyStopping(model, params.patience, monitor_from)
     history = []
     coordinator = _coordinator(model, objective, params)
     stage_on_device([*train, *val], device)
@@ -211,18 +245,6 @@ def fit(model: nn.Module, train: Sequence[Patient], val: Sequence[Patient], obje
         log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_%s %.3f  (%.2f s)%s", epoch, params.epochs,
                  train_loss, val_loss, objective.metric_name, metric, seconds,
                  f"  CGC conflicts {row['cgc_conflicts']:.0%}" if coordinator is not None else "")
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(f"training loss became {train_loss} at epoch {epoch}; lower train.lr")
-        if epoch < monitor_from:
-            continue
-        if val_loss < best_loss - 1e-6:
-            best_loss, best_epoch, bad = val_loss, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            bad += 1
-            if bad >= params.patience:
-                log.info("early stop at epoch %d (no val-loss improvement for %d epochs)", epoch, bad)
-                break
-    model.load_state_dict(best_state)
-    log.info("best epoch %d (val_loss %.4f)", best_epoch, best_loss)
-    return FitResult(pd.DataFrame(history), best_epoch)
+        if stopper.update(epoch, train_loss, val_loss):
+            break
+    return FitResult(pd.DataFrame(history), stopper.restore())

@@ -122,3 +122,44 @@ OBJECTIVES: dict[str, Callable[[Task, Sequence[Target], torch.device], Objective
 def make_objective(task: Task, train_targets: Sequence[Target], device: torch.device) -> Objective:
     """The objective of ``task.kind``, fitted to the training targets (class weights)."""
     return OBJECTIVES[task.kind](task, train_targets, device)
+
+
+def task_view(name: str, objective: Objective) -> Objective:
+    """``objective`` of task ``name`` inside joint training: reads ``logits[name]`` and ``target[name]``
+    (a joint model returns logits per task; a patient's target holds the tasks it has labels for)."""
+    return Objective(
+        loss=lambda logits, target: objective.loss(logits[name], target[name]),
+        rows=lambda logits, target: objective.rows(logits[name], target[name]),
+        metric=objective.metric, metric_name=objective.metric_name, columns=objective.columns,
+        log_prob=objective.log_prob,
+        confidence=lambda logits, target: objective.confidence(logits[name], target[name]))
+
+
+def joint_objective(tasks: Sequence[Task], train_targets: Sequence[Mapping[str, Target]],
+                    device: torch.device) -> tuple[Objective, dict[str, Objective]]:
+    """Joint multi-task training (one model, a head per task) → (the joint objective, a view per task).
+
+    The joint loss is the sum of the task losses a patient has labels for; its rows carry each task's
+    columns as ``{task}:{column}``, and its metric (early stopping's log) is the mean of the task metrics."""
+    views = {t.name: task_view(t.name, make_objective(t, [g[t.name] for g in train_targets if t.name in g], device))
+             for t in tasks}
+
+    def loss(logits: Mapping[str, torch.Tensor], target: Mapping[str, Target]) -> torch.Tensor:
+        return torch.stack([views[t].loss(logits, target) for t in target]).sum()
+
+    def rows(logits: Mapping[str, torch.Tensor], target: Mapping[str, Target]) -> dict[str, Any]:
+        return {f"{t}:{c}": v for t in target for c, v in views[t].rows(logits, target).items()}
+
+    def metric(pred: pd.DataFrame) -> float:
+        values = []
+        for t, view in views.items():
+            cols = {f"{t}:{c}": c for c in view.columns}
+            part = pred.reindex(columns=list(cols)).dropna(how="all").rename(columns=cols)
+            values.append(view.metric(part) if len(part) else float("nan"))
+        return float(np.nanmean(values)) if not np.isnan(values).all() else float("nan")
+
+    def unsupported(*_: Any) -> Any:
+        raise NotImplementedError("joint multi-task training has no single output distribution")
+
+    columns = tuple(f"{t}:{c}" for t, view in views.items() for c in view.columns)
+    return Objective(loss, rows, metric, "mean_metric", columns, unsupported, unsupported), views
