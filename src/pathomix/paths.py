@@ -23,6 +23,16 @@ def tile_qc(results: str | Path, mag: str, slide_id: str) -> Path:
     return Path(results) / "tiles" / mag_name(mag) / "qc" / f"{slide_id}.png"
 
 
+def tile_batch(results: str | Path, batch: int | str) -> Path:
+    """Marker of a tiling batch job (large cohorts): the slides and stores it covers."""
+    return Path(results) / "tiles" / "batches" / f"{batch}.parquet"
+
+
+def feature_batch(results: str | Path, encoder: str, batch: int | str) -> Path:
+    """Marker of an extraction batch job (large cohorts)."""
+    return Path(results) / "features" / encoder / "batches" / f"{batch}.parquet"
+
+
 def features(results: str | Path, encoder: str, mag: str, slide_id: str) -> Path:
     return Path(results) / "features" / encoder / mag_name(mag) / f"{slide_id}.h5"
 

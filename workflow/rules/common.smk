@@ -5,6 +5,7 @@ import json
 import re
 import shlex
 import shutil
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,6 +35,7 @@ ENCODER = config["features"]["encoder"]
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
 SRC = Path(pathomix.__file__).parent  # the package the jobs will import
 VARIANTS = config["train"].get("variants") or {}
+SLIDE_BATCHES = config.get("slide_batches") or {}
 for _name in config["train"]["models"]:  # fail at parse time, naming the model and the fix
     try:
         resolve(_name, VARIANTS)
@@ -120,6 +122,46 @@ def slides():
     return _sheet()[0]
 
 
+@functools.lru_cache(maxsize=4)
+def _batch_map(path, mtime, size, above):
+    rows = _read_sheet(path, mtime)[1]
+    if not size or len(rows) <= above:
+        return {}
+    n = -(-len(rows) // size)
+    out = {}
+    for sid, r in rows.items():  # a slide keeps its batch while the number of batches stays
+        member = {"slide_id": sid, "path": r["path"], "modality": r["modality"],
+                  "mpp": None if pd.isna(r["mpp"]) else float(r["mpp"])}
+        out.setdefault(zlib.crc32(sid.encode()) % n, []).append(member)
+    return out
+
+
+def batch_map():
+    """batch → its slides (dicts for `python -m pathomix.batch`); {} when every slide has its own jobs
+    (cohorts of at most slide_batches.above slides, or slide_batches.size 0)."""
+    if not config.get("slides"):
+        return {}
+    _sheet()  # the demo's sheet is generated first
+    return _batch_map(config["slides"], Path(config["slides"]).stat().st_mtime, SLIDE_BATCHES.get("size", 0),
+                      SLIDE_BATCHES.get("above", 500))
+
+
+def batch_of(slide_id):
+    return zlib.crc32(slide_id.encode()) % len(batch_map())
+
+
+def tile_dependencies(slide_ids):
+    """What a job reading the tile stores of `slide_ids` waits for: the stores, or their batches' markers."""
+    if batch_map():
+        return [str(P.tile_batch(RESULTS, b)) for b in sorted({batch_of(s) for s in slide_ids})]
+    return [str(P.tiles(RESULTS, m, s)) for s in slide_ids for m in MAGS]
+
+
+def tile_store_paths(slide_ids):
+    """The tile stores of `slide_ids` (per-slide files in either mode)."""
+    return [str(P.tiles(RESULTS, m, s)) for s in slide_ids for m in MAGS]
+
+
 def slide_row(wildcards):
     """One slide as a dict: slide_id, patient_id, path, modality, mpp, mpp_flag, cohort."""
     return _sheet()[1][wildcards.slide_id]
@@ -136,13 +178,18 @@ def channels_flag(wildcards, input):
 
 
 def feature_stores(wildcards=None):
+    """The feature stores, or in batch mode the extraction batches' markers (which list them)."""
+    if batches := batch_map():
+        return [str(P.feature_batch(RESULTS, ENCODER, b)) for b in sorted(batches)]
     df = slides()
     return [str(P.features(RESULTS, ENCODER, m, s)) for s in df.slide_id for m in MAGS]
 
 
 def all_targets(wildcards):
     targets = [P.metrics(RESULTS), f"{RESULTS}/eval/summary.csv", *report_targets()]
-    if config.get("slides"):
+    if batches := batch_map():  # the batch jobs write the QC images next to the stores
+        targets += [str(P.tile_batch(RESULTS, b)) for b in sorted(batches)]
+    elif config.get("slides"):
         targets += [str(P.tile_qc(RESULTS, m, s)) for s in slides().slide_id for m in MAGS]
     return targets
 

@@ -31,6 +31,36 @@ rule extract:
         "> {log:q} 2>&1"
 
 
+rule extract_batch:  # large cohorts: one job per batch of slides (see rule tile_batch)
+    input:
+        tiles=str(P.tile_batch(RESULTS, "{batch}")),
+        channels=lambda w: [config["mif_channels"]] if config.get("mif_channels") and any(
+            m["modality"] == "mif" for m in batch_map()[int(w.batch)]) else [],
+    output:
+        str(P.feature_batch(RESULTS, ENCODER, "{batch}")),
+    params:
+        members=lambda w: json.dumps(batch_map()[int(w.batch)]),
+        channels=lambda w, input: f"--channels-sheet {shlex.quote(input.channels[0])}" if input.channels else "",
+        mags=" ".join(MAGS),
+        cfg=subtree("features"),
+        on_bad_tile=config["tiling"]["on_bad_tile"],
+        code=code_hash("features"),
+    wildcard_constraints:
+        batch=r"\d+",
+    log:
+        f"{LOGS}/extract/batch{{batch}}.log",
+    benchmark:
+        f"{BENCH}/extract/batch{{batch}}.tsv"
+    threads: config["features"]["num_workers"] + 2 if GPU else 1
+    resources:
+        mem_mb=8000,
+        gpu=GPU,
+    shell:
+        "python -m pathomix.batch extract --members {params.members:q} --results {RESULTS:q} --mag {params.mags} "
+        "--encoder {ENCODER} --params {params.cfg:q} --code {params.code} --on-bad-tile {params.on_bad_tile} "
+        "{params.channels} --threads {threads} --out {output:q} > {log:q} 2>&1"
+
+
 rule manifest:
     input:
         sheet=config["slides"] or [],
@@ -38,6 +68,7 @@ rule manifest:
     output:
         str(P.manifest(RESULTS, ENCODER)),
     params:
+        source=lambda w: "--batches" if batch_map() else "--stores",
         code=code_hash("features"),
     log:
         f"{LOGS}/manifest.log",
@@ -45,5 +76,5 @@ rule manifest:
         f"{BENCH}/manifest.tsv"
     threads: 1
     shell:
-        "python -m pathomix.features.manifest --slides {input.sheet:q} --stores {input.stores:q} "
+        "python -m pathomix.features.manifest --slides {input.sheet:q} {params.source} {input.stores:q} "
         "--out {output:q} > {log:q} 2>&1"

@@ -30,13 +30,14 @@ rule heatmaps:
         predictions=tile_predictions,
         sheet=config["slides"] or [],
         slides=lambda w: list(drawn_slides().path),
-        tiles=lambda w: [str(P.tiles(RESULTS, m, s)) for s in drawn_slides().slide_id for m in MAGS],
+        tiles=lambda w: tile_dependencies(drawn_slides().slide_id),
     output:
         grids=report(directory(str(L.heatmaps(RESULTS))), patterns=[L.HEATMAP_GRID],
                      category=CATEGORY["heatmaps"], subcategory="{model}", caption="../report/heatmaps.rst",
                      labels={"model": "{model}", "head": "{head}"}),
         export=directory(str(L.heatmap_exports(RESULTS))),
     params:
+        tiles=lambda w: " ".join(shlex.quote(t) for t in tile_store_paths(drawn_slides().slide_id)),
         cfg=json.dumps(EVAL.get("heatmaps") or {}, sort_keys=True),
         code=code_hash("evaluate"),
     log:
@@ -48,5 +49,5 @@ rule heatmaps:
         mem_mb=4000,
     shell:
         "python -m pathomix.evaluate.heatmaps --predictions {input.predictions:q} --slides {input.sheet:q} "
-        "--tiles {input.tiles:q} --params {params.cfg:q} --out {output.grids:q} --export {output.export:q} "
+        "--tiles {params.tiles} --params {params.cfg:q} --out {output.grids:q} --export {output.export:q} "
         "> {log:q} 2>&1"

@@ -29,3 +29,34 @@ rule tile:
         "--modality {params.modality} {params.mpp} {params.channels} --mag {params.mags} "
         "--target-mpp {params.target_mpp} --params {params.cfg:q} --out {output.tiles:q} "
         "--qc {output.qc:q} > {log:q} 2>&1"
+
+
+# Large cohorts (more than slide_batches.above slides): one job per batch of slides, same stores
+# (python -m pathomix.batch; a rerun redoes only the slides whose stores are missing or stale).
+rule tile_batch:
+    input:
+        slides=lambda w: [m["path"] for m in batch_map()[int(w.batch)]],
+        channels=lambda w: [config["mif_channels"]] if config.get("mif_channels") and any(
+            m["modality"] == "mif" for m in batch_map()[int(w.batch)]) else [],
+    output:
+        str(P.tile_batch(RESULTS, "{batch}")),
+    params:
+        members=lambda w: json.dumps(batch_map()[int(w.batch)]),
+        channels=lambda w, input: f"--channels-sheet {shlex.quote(input.channels[0])}" if input.channels else "",
+        mags=" ".join(MAGS),
+        target_mpp=" ".join(str(v) for v in config["tiling"]["magnifications"].values()),
+        cfg=subtree("tiling", drop=("magnifications",)),
+        code=code_hash("tiling"),
+    wildcard_constraints:
+        batch=r"\d+",
+    log:
+        f"{LOGS}/tile/batch{{batch}}.log",
+    benchmark:
+        f"{BENCH}/tile/batch{{batch}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "python -m pathomix.batch tile --members {params.members:q} --results {RESULTS:q} --mag {params.mags} "
+        "--target-mpp {params.target_mpp} --params {params.cfg:q} --code {params.code} {params.channels} "
+        "--out {output:q} > {log:q} 2>&1"

@@ -17,7 +17,7 @@ def train_inputs(w):
     if need["images"]:  # image models read the H&E tiles from the slides, through the coords stores
         he = slides()[slides().modality == "he"]
         inputs["slides"] = config["slides"]
-        inputs["tiles"] = [str(P.tiles(RESULTS, m, s)) for s in he.slide_id for m in MAGS]
+        inputs["tiles"] = tile_dependencies(he.slide_id)
     if need["teacher"]:
         inputs["teacher"] = str(P.model_dir(RESULTS, need["teacher"], w.task, w.fold) / "checkpoint.pt")
     return inputs
@@ -27,8 +27,8 @@ def optional_flags(w, input):
     names = {"manifest": "--manifest", "hvg": "--hvg", "subspaces": "--subspaces",
              "teacher": "--teacher-checkpoint", "slides": "--slides"}
     flags = [f"{flag} {shlex.quote(input[k])}" for k, flag in names.items() if k in input.keys()]
-    if "tiles" in input.keys():
-        flags.append("--tiles " + " ".join(shlex.quote(t) for t in input.tiles))
+    if "tiles" in input.keys():  # the folder of the stores (the input may be their batches' markers)
+        flags.append(f"--tiles {shlex.quote(str(Path(RESULTS) / 'tiles'))}")
     v = resolve(w.model, VARIANTS)
     flags += [f"--model {v.model} --name {shlex.quote(v.name)}"]
     if v.teacher is not None:

@@ -99,14 +99,23 @@ def main_threads(threads: int, workers: int) -> int:
     return max(1, min(4, threads - workers))
 
 
-def run(args: argparse.Namespace) -> None:
+def load_encoder(args: argparse.Namespace) -> tuple[nn.Module, EncoderSpec, str]:
+    """The encoder ``--params`` names, with its weights (model, spec, weights sha256)."""
+    params = ExtractParams(**json.loads(args.params))
+    return build_encoder(params.encoder, params.weights)
+
+
+def run(args: argparse.Namespace, encoder: tuple[nn.Module, EncoderSpec, str] | None = None,
+        batch_encoders: dict[int, BatchEncoder] | None = None) -> None:
+    """Encode one slide at every magnification. A caller encoding several slides (``pathomix.batch``)
+    passes the ``encoder`` and ``batch_encoders`` it keeps, so they are set up once."""
     if len(args.tiles) != len(args.out):
         raise SystemExit("--tiles and --out need the same number of paths")
     params = ExtractParams(**json.loads(args.params))
     torch.set_num_threads(main_threads(args.threads, params.num_workers))
     ref = SlideRef(args.slide_id, args.path, args.modality, args.mpp, args.channels_sheet)
-    encoder = build_encoder(params.encoder, params.weights)
-    batch_encoders: dict[int, BatchEncoder] = {}
+    encoder = encoder or load_encoder(args)
+    batch_encoders = {} if batch_encoders is None else batch_encoders
     for tiles, out in zip(args.tiles, args.out, strict=True):
         extract_store(args, ref, encoder, params, tiles, out, batch_encoders)
 

@@ -40,13 +40,16 @@ def manifest_row(store: Path, slide: pd.Series, mag: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pathomix.features.manifest", description=__doc__)
     p.add_argument("--slides", required=True)
-    p.add_argument("--stores", nargs="+", required=True, help="feature stores: .../{mag}/{slide_id}.h5")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--stores", nargs="+", help="feature stores: .../{mag}/{slide_id}.h5")
+    src.add_argument("--batches", nargs="+", help="markers of extraction batch jobs (pathomix.batch), listing stores")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     setup_logging()
     slides = read_slides(args.slides, check_files=False)
+    stores = args.stores or [s for b in args.batches for s in pd.read_parquet(b, columns=["path"]).path]
     rows = []
-    for store in map(Path, args.stores):
+    for store in map(Path, stores):
         rows.append(manifest_row(store, slides.loc[store.name.removesuffix(".h5")], store.parent.name))
     df = pd.DataFrame(rows)
     write_parquet(df, args.out)

@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--hvg", type=Path, help="genes/hvg.parquet (gene models and distilled students)")
     ap.add_argument("--subspaces", type=Path, help="genes/subspaces.parquet")
     ap.add_argument("--slides", type=Path, help="slides sheet (image models: where the slides are)")
-    ap.add_argument("--tiles", nargs="+", default=[], help="coords stores tiles/{mag}/{slide}.h5 (image models)")
+    ap.add_argument("--tiles", nargs="+", default=[],
+                    help="coords stores tiles/{mag}/{slide}.h5, or the tiles folder holding them (image models)")
     ap.add_argument("--teacher-checkpoint", type=Path, help="checkpoint.pt of the teacher (same task, fold)")
     ap.add_argument("--params", default="{}", help="JSON of the config's train: subtree, or @file.json")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")

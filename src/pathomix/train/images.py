@@ -109,8 +109,10 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def store_index(stores: Iterable[str | Path]) -> dict[tuple[str, str], Path]:
-    """Coords stores ``.../{mag}/{slide_id}.h5`` → {(mag, slide_id): path}."""
-    return {(Path(s).parent.name, Path(s).name.removesuffix(".h5")): Path(s) for s in stores}
+    """Coords stores ``.../{mag}/{slide_id}.h5``, or folders holding ``{mag}/{slide_id}.h5`` (the tiles
+    folder: a long list of stores would not fit on one command line) → {(mag, slide_id): path}."""
+    files = [f for s in map(Path, stores) for f in (sorted(s.glob("*/*.h5")) if s.is_dir() else [s])]
+    return {(f.parent.name, f.name.removesuffix(".h5")): f for f in files}
 
 
 def load_image_bags(slides_sheet: Path, stores: Iterable[str | Path], patients: Sequence[str], mag: str,

@@ -1,0 +1,3 @@
+from pathomix.batch.cli import main
+
+raise SystemExit(main())

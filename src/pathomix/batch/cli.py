@@ -1,0 +1,216 @@
+"""``python -m pathomix.batch tile|extract``: tile or encode a batch of slides in one job.
+
+Cohorts with more than ``slide_batches.above`` slides are tiled and extracted in jobs of about
+``slide_batches.size`` slides (a slide's batch is ``crc32(slide_id) mod n_batches``), so Snakemake plans
+hundreds of jobs instead of tens of thousands. The outputs are the same per-slide stores as with one job
+per slide (``tiles/{mag}/{slide}.h5`` + QC images, ``features/{encoder}/{mag}/{slide}.h5``); each batch
+job also writes a marker, ``tiles/batches/{batch}.parquet`` or ``features/{encoder}/batches/{batch}.parquet``
+(slide_id, mag, path, status, seconds), which the downstream rules depend on.
+
+A batch job that reruns (a slide added to the batch, a slide file or the stage's config or code
+changed) redoes only the slides whose outputs are missing or stale: every store carries a stamp
+(attribute ``pathomix_stamp``) of what made it — the stage's config subtree and code hash, the
+magnifications, the slide file's size and modification time, its mpp override and mIF channel sheet
+(tiling), the tile stores' stamps (extraction). Equal stamp → the slide is left as it is.
+
+A slide that fails (an input error: no MPP, unreadable file, ...) is logged with its message; the
+other slides of the batch go on, then the job fails naming every failed slide and writes no marker,
+so nothing downstream runs on a partial batch (other batches go on under ``--keep-going``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import h5py
+import pandas as pd
+
+from pathomix import paths as P
+from pathomix.io.atomic import write_parquet
+from pathomix.io.errors import PathomixInputError
+from pathomix.logs import setup_logging
+
+log = logging.getLogger("pathomix.batch")
+
+STAMP_ATTR = "pathomix_stamp"
+MARKER_COLUMNS = ("slide_id", "mag", "path", "status", "seconds")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One slide of a batch, as the slides sheet gives it."""
+
+    slide_id: str
+    path: str
+    modality: str = "he"
+    mpp: float | None = None
+
+
+def read_members(text: str) -> list[Member]:
+    """``--members`` JSON: a list of {slide_id, path, modality, mpp} (or ``@file.json``)."""
+    raw = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
+    return [Member(str(m["slide_id"]), str(m["path"]), str(m.get("modality", "he")),
+                   None if m.get("mpp") is None else float(m["mpp"])) for m in raw]
+
+
+def file_signature(path: str | Path) -> list[Any]:
+    """Size and modification time of a file, or of every file in a folder (an mIF channel folder)."""
+    p = Path(path)
+    if not p.exists():
+        return [str(p), None]
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    return [str(p), [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]]
+
+
+def make_stamp(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def read_stamp(path: str | Path) -> str | None:
+    """The stamp of an h5 store, or None (missing file, no stamp, unreadable)."""
+    try:
+        with h5py.File(path, "r") as h:
+            value = h.attrs.get(STAMP_ATTR)
+    except (OSError, KeyError):
+        return None
+    return None if value is None else str(value)
+
+
+def write_stamp(paths: Sequence[str | Path], stamp: str) -> None:
+    for path in paths:
+        with h5py.File(path, "a") as h:
+            h.attrs[STAMP_ATTR] = stamp
+
+
+def up_to_date(stores: Sequence[Path], others: Sequence[Path], stamp: str) -> bool:
+    return all(read_stamp(s) == stamp for s in stores) and all(Path(o).exists() for o in others)
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one slide needs done: the stores it writes (stamped), other files, its stamp and the call."""
+
+    stores: list[Path]
+    others: list[Path]
+    stamp: str
+    run: Callable[[], Any]
+
+
+def tile_work(m: Member, args: argparse.Namespace) -> Work:
+    from pathomix.tiling.stage import main as tile_main
+
+    stores = [P.tiles(args.results, mag, m.slide_id) for mag in args.mag]
+    qcs = [P.tile_qc(args.results, mag, m.slide_id) for mag in args.mag]
+    sheet = args.channels_sheet if m.modality == "mif" else None
+    stamp = make_stamp("tile", args.code, json.loads(args.params), args.mag, args.target_mpp, file_signature(m.path),
+                       m.modality, m.mpp, file_signature(sheet) if sheet else None)
+    argv = ["--slide-id", m.slide_id, "--path", m.path, "--modality", m.modality, "--mag", *args.mag,
+            "--target-mpp", *map(str, args.target_mpp), "--params", args.params,
+            "--out", *map(str, stores), "--qc", *map(str, qcs)]
+    argv += (["--mpp", str(m.mpp)] if m.mpp is not None else []) + (["--channels-sheet", str(sheet)] if sheet else [])
+    return Work(stores, qcs, stamp, partial(tile_main, argv))
+
+
+class Extractor:
+    """Encodes slide after slide with one encoder (built once per batch job)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.encoder, self.batch_encoders = args, None, {}
+
+    def work(self, m: Member) -> Work:
+        from pathomix.features import cli as features
+
+        args = self.args
+        tiles = [P.tiles(args.results, mag, m.slide_id) for mag in args.mag]
+        stores = [P.features(args.results, args.encoder, mag, m.slide_id) for mag in args.mag]
+        stamp = make_stamp("extract", args.code, json.loads(args.params), args.on_bad_tile,
+                           [read_stamp(t) for t in tiles])
+        argv = ["--slide-id", m.slide_id, "--path", m.path, "--modality", m.modality, "--tiles", *map(str, tiles),
+                "--out", *map(str, stores), "--params", args.params, "--threads", str(args.threads),
+                "--on-bad-tile", args.on_bad_tile]
+        argv += (["--mpp", str(m.mpp)] if m.mpp is not None else []) + (
+            ["--channels-sheet", str(args.channels_sheet)] if m.modality == "mif" and args.channels_sheet else [])
+
+        def run() -> None:
+            ns = features.parse_args(argv)
+            if self.encoder is None:
+                self.encoder = features.load_encoder(ns)
+            features.run(ns, self.encoder, self.batch_encoders)
+        return Work(stores, [], stamp, run)
+
+
+STAGES: dict[str, Callable[[argparse.Namespace], Callable[[Member], Work]]] = {
+    "tile": lambda args: lambda m: tile_work(m, args),
+    "extract": lambda args: Extractor(args).work,
+}
+
+
+def run_batch(members: Sequence[Member], work: Callable[[Member], Work], mags: Sequence[str]) -> pd.DataFrame:
+    """Do each member whose outputs are missing or stale → the marker rows; raises after the others
+    are done when any slide failed."""
+    rows, failed = [], []
+    for i, m in enumerate(members, 1):
+        start = time.perf_counter()
+        try:
+            w = work(m)
+            if up_to_date(w.stores, w.others, w.stamp):
+                status = "up to date"
+            else:
+                w.run()
+                write_stamp(w.stores, w.stamp)
+                status = "computed"
+        except PathomixInputError as err:
+            log.error("slide %s: %s", m.slide_id, err)
+            failed.append(m.slide_id)
+            continue
+        seconds = time.perf_counter() - start
+        log.info("[%d/%d] slide %s: %s (%.2f s)", i, len(members), m.slide_id, status, seconds)
+        rows += [{"slide_id": m.slide_id, "mag": mag, "path": str(Path(s).resolve()), "status": status,
+                  "seconds": seconds} for mag, s in zip(mags, w.stores, strict=True)]
+    if failed:
+        raise PathomixInputError(f"{len(failed)} of {len(members)} slides of this batch failed: {failed} "
+                                 "(messages above); fix them, or remove them from the slides sheet")
+    return pd.DataFrame(rows, columns=list(MARKER_COLUMNS))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pathomix.batch", description=__doc__.splitlines()[0])
+    p.add_argument("stage", choices=("tile", "extract"))
+    p.add_argument("--members", required=True, help="JSON list of {slide_id, path, modality, mpp}, or @file")
+    p.add_argument("--results", required=True, help="results folder (stores go to their usual paths in it)")
+    p.add_argument("--mag", required=True, nargs="+", help="magnification names, e.g. 20x 10x")
+    p.add_argument("--target-mpp", nargs="+", type=float, default=[], help="tile: µm/px per --mag")
+    p.add_argument("--encoder", help="extract: encoder name (the features/{encoder} folder)")
+    p.add_argument("--params", default="{}", help="JSON of the stage's config subtree")
+    p.add_argument("--code", default="", help="code hash of the stage (part of the stamp)")
+    p.add_argument("--channels-sheet", default=None, help="mIF channel sheet")
+    p.add_argument("--on-bad-tile", default="error", choices=("error", "skip"))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True, type=Path, help="the batch's marker (.parquet)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    start = time.perf_counter()
+    try:
+        members = read_members(args.members)
+        work = STAGES[args.stage](args)
+        marker = run_batch(members, work, args.mag)
+    except PathomixInputError as err:
+        log.error("%s", err)
+        return 1
+    write_parquet(marker, args.out)
+    done = marker.drop_duplicates("slide_id").status.value_counts().to_dict()
+    log.info("batch %s: %d slides %s in %.1f s", args.out.name, len(members), done, time.perf_counter() - start)
+    return 0

@@ -1,0 +1,177 @@
+"""Slide batches (pathomix.batch): many slides per tiling/extraction job for large cohorts.
+
+On copies of the real CMU-1-Small-Region.svs: a batch writes the same per-slide stores as the
+per-slide jobs, a rerun redoes only stale slides (file changed, config changed), and a bad slide
+fails the batch after the others are done, without a marker."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import pandas as pd
+import pytest
+
+from pathomix import paths as P
+from pathomix.batch.cli import STAMP_ATTR, main
+
+TILING = {"tile_px": 256, "mask_mpp": 8.0, "min_tissue_fraction": 0.5}
+FEATURES = {"encoder": "resnet18_trunc", "batch_size": 32, "num_workers": 0, "device": "cpu"}
+
+
+@pytest.fixture
+def cohort(shared_data: Path, tmp_path: Path) -> dict:
+    slides = []
+    for i in range(3):
+        path = tmp_path / "slides" / f"S{i}.svs"
+        path.parent.mkdir(exist_ok=True)
+        shutil.copy(shared_data / "wsi" / "CMU-1-Small-Region.svs", path)
+        slides.append({"slide_id": f"S{i}", "path": str(path), "modality": "he", "mpp": None})
+    return {"root": tmp_path, "members": slides, "results": tmp_path / "results"}
+
+
+def tile(c: dict, members: list | None = None, params: dict | None = None, code: str = "c1") -> int:
+    return main(["tile", "--members", json.dumps(members or c["members"]), "--results", str(c["results"]),
+                 "--mag", "20x", "--target-mpp", "0.5", "--params", json.dumps(params or TILING), "--code", code,
+                 "--out", str(P.tile_batch(c["results"], 0))])
+
+
+def extract(c: dict) -> int:
+    return main(["extract", "--members", json.dumps(c["members"]), "--results", str(c["results"]), "--mag", "20x",
+                 "--encoder", "resnet18_trunc", "--params", json.dumps(FEATURES), "--code", "f1",
+                 "--out", str(P.feature_batch(c["results"], "resnet18_trunc", 0))])
+
+
+def statuses(marker: Path) -> dict[str, str]:
+    m = pd.read_parquet(marker)
+    return dict(zip(m.slide_id, m.status, strict=True))
+
+
+def test_a_batch_writes_the_per_slide_stores_and_redoes_only_stale_slides(cohort: dict) -> None:
+    marker = P.tile_batch(cohort["results"], 0)
+    assert tile(cohort) == 0
+    assert statuses(marker) == {"S0": "computed", "S1": "computed", "S2": "computed"}
+    for s in ("S0", "S1", "S2"):
+        with h5py.File(P.tiles(cohort["results"], "20x", s)) as h:
+            assert h["coords"].shape[0] > 0 and STAMP_ATTR in h.attrs
+        assert P.tile_qc(cohort["results"], "20x", s).exists()
+    assert tile(cohort) == 0  # nothing changed
+    assert set(statuses(marker).values()) == {"up to date"}
+    slide = Path(cohort["members"][1]["path"])
+    os.utime(slide, ns=(slide.stat().st_atime_ns, slide.stat().st_mtime_ns + 10**9))  # the slide file changed
+    assert tile(cohort) == 0
+    assert statuses(marker) == {"S0": "up to date", "S1": "computed", "S2": "up to date"}
+    assert tile(cohort, code="c2") == 0  # the tiling code changed
+    assert set(statuses(marker).values()) == {"computed"}
+
+    fmarker = P.feature_batch(cohort["results"], "resnet18_trunc", 0)
+    assert extract(cohort) == 0
+    assert set(statuses(fmarker).values()) == {"computed"}
+    paths = pd.read_parquet(fmarker).path
+    for p in paths:
+        with h5py.File(p) as h:
+            assert h["features"].shape[0] == h["coords"].shape[0] > 0
+    assert extract(cohort) == 0
+    assert set(statuses(fmarker).values()) == {"up to date"}
+    assert tile(cohort, params={**TILING, "min_tissue_fraction": 0.6}, code="c2") == 0  # re-tiled: new stamps
+    assert extract(cohort) == 0
+    assert set(statuses(fmarker).values()) == {"computed"}  # so the features are redone too
+
+
+def test_a_bad_slide_fails_the_batch_after_the_others(cohort: dict, caplog) -> None:
+    members = [*cohort["members"][:2], {"slide_id": "BAD", "path": str(cohort["root"] / "nope.svs"),
+                                        "modality": "he", "mpp": None}, cohort["members"][2]]
+    assert tile(cohort, members=members) == 1
+    assert "slide BAD:" in caplog.text and "1 of 4 slides of this batch failed: ['BAD']" in caplog.text
+    assert all(P.tiles(cohort["results"], "20x", s).exists() for s in ("S0", "S1", "S2"))  # the others are done
+    assert not P.tiles(cohort["results"], "20x", "BAD").exists()
+    assert not P.tile_batch(cohort["results"], 0).exists()  # no marker: nothing downstream runs on it
+
+
+def _plan(work: Path, *config: str) -> dict[str, int]:
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "-d", str(work), "-n",
+                           "--quiet", "rules", "--cores", "1", "--config", *config], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", proc.stdout, re.M)}
+
+
+def test_large_cohorts_are_planned_in_batches(tmp_path: Path) -> None:
+    import yaml
+
+    n = 60
+    (tmp_path / "slides").mkdir()
+    for i in range(n):
+        (tmp_path / "slides" / f"S{i:03d}.svs").touch()
+    pd.DataFrame({"slide_id": [f"S{i:03d}" for i in range(n)], "patient_id": [f"P{i // 2:03d}" for i in range(n)],
+                  "path": [f"slides/S{i:03d}.svs" for i in range(n)], "modality": "he", "mpp": 0.25}) \
+        .to_csv(tmp_path / "slides.tsv", sep="\t", index=False)
+    pd.DataFrame({"patient_id": [f"P{i:03d}" for i in range(n // 2)], "idh": "wt"}) \
+        .to_csv(tmp_path / "clinical.tsv", sep="\t", index=False)
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    cfg.update(slides="slides.tsv", clinical="clinical.tsv", genes=None, mif_channels=None, demo={"enabled": False})
+    cfg["train"]["models"] = ["abmil", "fof"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    per_slide = _plan(tmp_path)  # 60 slides <= slide_batches.above
+    assert per_slide["tile"] == per_slide["extract"] == n and "tile_batch" not in per_slide
+    batched = _plan(tmp_path, "slide_batches={size: 10, above: 50}")
+    assert "tile" not in batched and "extract" not in batched
+    assert 3 <= batched["tile_batch"] == batched["extract_batch"] <= 6  # crc32 spreads 60 slides over 6 batches
+    assert batched["train"] == per_slide["train"] and batched["manifest"] == 1
+
+
+@pytest.mark.slow
+def test_a_slide_added_to_a_batched_cohort_is_the_only_one_computed(cohort: dict) -> None:
+    """Through Snakemake: tile + extract + manifest in batches; a new slide reruns its batch jobs, which
+    compute that slide alone, and the manifest then lists it."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    root, work = Path(__file__).resolve().parents[1], cohort["root"]
+    # crc32 mod 2: S0, S1 → batch 0; S4, S5 → batch 1 (2 batches for 3 or 4 slides of size 2)
+    members = [{**m, "slide_id": sid} for m, sid in zip(cohort["members"], ("S0", "S1", "S4"), strict=True)]
+
+    def sheet(rows: list[dict]) -> None:
+        pd.DataFrame([{**r, "patient_id": f"P{r['slide_id']}", "mpp": ""} for r in rows]).to_csv(
+            work / "slides.tsv", sep="\t", index=False)
+
+    def run() -> None:
+        env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                   PYTHONPATH=str(root / "src"))
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "-d", str(work),
+                               "--cores", "2", str(P.manifest("results", "resnet18_trunc"))], env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+
+    sheet(members)
+    pd.DataFrame({"patient_id": [f"P{m['slide_id']}" for m in members] + ["PS5"], "idh": "wt"}).to_csv(
+        work / "clinical.tsv", sep="\t", index=False)
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    cfg.update(slides="slides.tsv", clinical="clinical.tsv", genes=None, mif_channels=None, demo={"enabled": False},
+               slide_batches={"size": 2, "above": 0})
+    cfg["tiling"]["magnifications"] = {"20x": 0.5}
+    cfg["train"]["models"] = ["abmil"]
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    run()
+    batches = work / "results" / "features" / "resnet18_trunc" / "batches"
+    assert statuses(batches / "0.parquet") == {"S0": "computed", "S1": "computed"}
+    assert statuses(batches / "1.parquet") == {"S4": "computed"}
+    untouched = (batches / "0.parquet").stat().st_mtime_ns
+    shutil.copy(members[0]["path"], work / "slides" / "S5.svs")
+    sheet([*members, {"slide_id": "S5", "path": str(work / "slides" / "S5.svs"), "modality": "he"}])
+    run()
+    assert statuses(batches / "1.parquet") == {"S4": "up to date", "S5": "computed"}  # only the new slide
+    assert (batches / "0.parquet").stat().st_mtime_ns == untouched  # the other batch did not rerun
+    manifest = pd.read_parquet(work / "results" / "features" / "resnet18_trunc" / "manifest.parquet")
+    assert set(manifest.slide_id) == {"S0", "S1", "S4", "S5"}
