@@ -94,3 +94,20 @@ def test_fluoroformer_plans_on_the_demo_and_fails_without_mif():
     proc = dry_run("demo={n_mif: 0}", "train={models: [fluoroformer], tasks: [survival]}")
     assert proc.returncode != 0
     assert "model fluoroformer needs mIF images" in proc.stderr + proc.stdout
+
+
+def test_sheet_validation_names_the_column_value_and_row():
+    import pandas as pd
+
+    from pathomix.config import validate_table
+
+    schema = yaml.safe_load((ROOT / "workflow/schemas/slides.schema.yaml").read_text())
+    good = pd.DataFrame({"slide_id": ["S1", "S2"], "patient_id": ["P1", "P1"], "path": ["a.svs", "b.svs"],
+                         "modality": ["he", "mif"], "mpp": [0.25, None]}).set_index("slide_id", drop=False)
+    validate_table(good, schema, "slides.tsv")
+    with pytest.raises(ValueError, match=r"slides.tsv, row S2: column 'mpp' has -1.0: -1.0 is less than or equal"):
+        validate_table(good.assign(mpp=[0.25, -1.0]), schema, "slides.tsv")
+    with pytest.raises(ValueError, match=r"row S1: column 'modality' has 'HE'"):
+        validate_table(good.assign(modality=["HE", "mif"]), schema, "slides.tsv")
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['path'\]"):
+        validate_table(good.drop(columns="path"), schema, "slides.tsv")

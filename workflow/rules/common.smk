@@ -12,10 +12,10 @@ from types import SimpleNamespace
 import pandas as pd
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 import pathomix
 from pathomix import paths as P
+from pathomix.config import validate_table
 from pathomix.catalog import (
     is_joint,
     job_params,
@@ -33,6 +33,8 @@ BENCH = f"{RESULTS}/benchmarks"
 MAGS = list(config["tiling"]["magnifications"])
 ENCODER = config["features"]["encoder"]
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
+with open(SCHEMAS / "slides.schema.yaml") as _f:
+    SLIDES_SCHEMA = yaml.safe_load(_f)
 SRC = Path(pathomix.__file__).parent  # the package the jobs will import
 VARIANTS = config["train"].get("variants") or {}
 SLIDE_BATCHES = config.get("slide_batches") or {}
@@ -83,7 +85,10 @@ def demo_pending():
 @functools.lru_cache(maxsize=4)
 def _read_sheet(path, mtime):
     df = read_slides(path, check_files=False)
-    validate(df.astype(object).where(df.notna(), None), SCHEMAS / "slides.schema.yaml")
+    try:
+        validate_table(df, SLIDES_SCHEMA, f"slides sheet {path}")
+    except ValueError as err:
+        raise WorkflowError(str(err)) from None
     # plain dicts: the scheduler re-evaluates params often, pandas lookups would cost seconds
     rows = {
         r["slide_id"]: {**r, "mpp_flag": "" if pd.isna(r["mpp"]) else f"--mpp {r['mpp']}"}

@@ -35,6 +35,7 @@ import h5py
 import pandas as pd
 
 from pathomix import paths as P
+from pathomix.features.tiles import SlideRef
 from pathomix.io.atomic import write_parquet
 from pathomix.io.errors import PathomixInputError
 from pathomix.logs import setup_logging
@@ -45,14 +46,7 @@ STAMP_ATTR = "pathomix_stamp"
 MARKER_COLUMNS = ("slide_id", "mag", "path", "status", "seconds")
 
 
-@dataclass(frozen=True)
-class Member:
-    """One slide of a batch, as the slides sheet gives it."""
-
-    slide_id: str
-    path: str
-    modality: str = "he"
-    mpp: float | None = None
+Member = SlideRef  # one slide of a batch, as the slides sheet gives it
 
 
 def read_members(text: str) -> list[Member]:
