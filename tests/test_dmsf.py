@@ -178,9 +178,9 @@ VARIANTS = {"dmsf_teacher-noCGC": {"model": "dmsf_teacher", "cgc": False},
 def test_variants_resolve_to_registered_models_with_their_inputs() -> None:
     assert resolve("dmsf_student-scratch", VARIANTS).teacher is None
     assert model_inputs("dmsf_student-scratch", VARIANTS) == {"wsi": True, "genes": False, "mif": False,
-                                                               "teacher": None}
+                                                               "images": False, "teacher": None}
     assert model_inputs("dmsf_student-noCGC", VARIANTS)["teacher"] == "dmsf_teacher-noCGC"
-    assert model_inputs("dmsf_student", VARIANTS) == {"wsi": True, "genes": True, "mif": False,
+    assert model_inputs("dmsf_student", VARIANTS) == {"wsi": True, "genes": True, "mif": False, "images": False,
                                                        "teacher": "dmsf_teacher"}
     with pytest.raises(KeyError, match="neither a registered model"):
         resolve("dmsf_teacher-typo", VARIANTS)
@@ -234,4 +234,16 @@ def test_a_variant_may_train_on_some_tasks_only() -> None:
              "variants": {"t-dx": {"model": "dmsf_teacher", "tasks": ["diagnosis"]}}}
     assert model_tasks("t-dx", train) == ["diagnosis"]
     assert model_tasks("abmil", train) == ["diagnosis", "survival"]
+    assert model_tasks("fof", train) == ["diagnosis"]  # FoF classifies tiles: no survival jobs
     assert TrainParams.from_mapping(job_params("t-dx", train)) == TrainParams()
+
+
+def test_an_entry_named_after_a_registered_model_overrides_its_keys() -> None:
+    train = {"tasks": ["diagnosis"], "patience": 10, "variants": {"umeml": {"patience": 20}}}
+    assert resolve("umeml", train["variants"]).model == "umeml"
+    assert TrainParams.from_mapping(job_params("umeml", train)).patience == 20
+    assert TrainParams.from_mapping(job_params("abmil", train)).patience == 10
+    with pytest.raises(KeyError, match="can only override its train: keys"):
+        resolve("umeml", {"umeml": {"model": "abmil"}})
+    with pytest.raises(KeyError, match="can only override its train: keys"):
+        resolve("dmsf_student", {"dmsf_student": {"teacher": None}})

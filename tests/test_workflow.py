@@ -95,6 +95,22 @@ def test_metrics_cover_every_model_task_fold(demo_run):
     assert teacher_auc.value.iloc[0] >= 0.8
 
 
+def test_seed_models_train_through_their_own_rules(demo_run):
+    """umeml: one joint job per fold writes every task; fof: H&E tile images, classification only; all four
+    beat chance on the demo (diagnosis AUC; fluoroformer: survival C-index), pooled over the folds."""
+    res = demo_run / "results"
+    assert sorted(p.name for p in (res / "logs" / "train" / "umeml" / "joint").glob("*.log")) == [
+        "fold0.log", "fold1.log", "fold2.log"]
+    assert not (res / "models" / "fof" / "survival").exists()
+    m = pd.read_parquet(res / "eval" / "metrics.parquet").query("fold == 'all'")
+    auc = m.query("task == 'diagnosis' and metric == 'auc'").set_index("model").value
+    assert (auc[["ksfusion", "umeml", "fof"]] > 0.5).all(), auc.to_dict()
+    c = m.query("model == 'fluoroformer' and task == 'survival' and metric == 'c_index'").value.item()
+    assert c > 0.5
+    att = pd.read_parquet(res / "models" / "fof" / "diagnosis" / "fold0" / "attention.parquet")
+    assert set(att["head"]) == {"fof"} and (att.mag == "20x").all()
+
+
 def test_demo_shows_what_the_dmsf_paper_claims(demo_run):
     """The planted signals make the paper's comparisons real on the demo (diagnosis AUC, mean over
     folds): the teacher beats histology-only abmil and genes-only snn; distillation beats scratch."""
@@ -132,7 +148,8 @@ def test_model_source_edit_reruns_only_training(demo_run):
     original = src.read_text()
     try:
         src.write_text(original + "\n# an edit\n")
-        assert planned_rules(demo_run) == {"train", "evaluate", "heatmaps", "gene_view", "provenance", "all"}
+        assert planned_rules(demo_run) == {"train", "train_joint_umeml", "evaluate", "heatmaps", "gene_view",
+                                           "provenance", "all"}
     finally:
         src.write_text(original)
 

@@ -12,7 +12,8 @@ with some ``train:`` keys overridden, e.g. the ablations of the DMSF paper::
     dmsf_teacher-noCGC: {model: dmsf_teacher, cgc: false}
     dmsf_student-scratch: {model: dmsf_student, teacher: null}
 
-``tasks`` restricts a variant to some of ``train.tasks``. ``teacher`` (only for a model that
+``tasks`` restricts a variant to some of ``train.tasks``. An entry named after a registered model
+(e.g. ``umeml: {patience: 20}``) overrides that model's own ``train:`` keys. ``teacher`` (only for a model that
 has one) names the model it is distilled from: the registered teacher by default, another
 variant, or null for training from scratch. A variant trains through the same rule on the same
 folds and is reported under its own name.
@@ -75,10 +76,12 @@ class Variant:
 def resolve(name: str, variants: Mapping[str, Mapping[str, Any]] | None = None) -> Variant:
     """``name`` as a registered model or a variant of one; a KeyError names the known ones."""
     variants = variants or {}
-    if name in OWN_INPUTS:
-        if name in variants:
-            raise KeyError(f"train.variants: {name!r} is a registered model; give the variant another name")
-        return Variant(name, name, TEACHERS.get(name))
+    if name in OWN_INPUTS:  # an entry under its own name overrides the registered model's train: keys
+        own = dict(variants.get(name) or {})
+        if own.pop("model", name) != name or "teacher" in own:
+            raise KeyError(f"train.variants.{name}: {name} is a registered model, so this entry can only override "
+                           "its train: keys (no `model` or `teacher`); give a variant another name")
+        return Variant(name, name, TEACHERS.get(name), own)
     if name not in variants:
         raise KeyError(f"unknown model {name!r}: neither a registered model {sorted(OWN_INPUTS)} nor a "
                        f"variant in train.variants {sorted(variants)}")

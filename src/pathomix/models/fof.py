@@ -26,7 +26,12 @@ logits per patient.
 
 Where this differs from the paper: the dummy class and the Gram MSE follow the issue's reading of
 the method; the contribution map is computed on the ViT's last-block patch tokens (the paper's
-pixel-wise gradients are not specified for ViTs) and upsampled with nearest neighbours.
+pixel-wise gradients are not specified for ViTs) and upsampled with nearest neighbours; the paper
+trains on labelled 224 px ROIs, here every tile of a patient carries the patient's label and the
+demo reads them at 64 px (``train.fof_image_px``); the ViT starts from random weights (no download);
+the MCA weight (``train.fof_mca`` = 1) is not given in the paper summary; the negative views take
+part in MCA as the summary lists them (global, positive, negative); a patient's prediction is the
+mean of its tiles' logits. The hyperparameters are the ``train.fof_*`` keys (config.yaml).
 """
 
 from __future__ import annotations
