@@ -14,7 +14,9 @@
 # environment: WORK (folder for the cluster and both runs, default a new /tmp/pathomix-slurm.*),
 #   PORT (first of four TCP ports: slurmctld, slurmd, slurmdbd, mariadb; default 16817),
 #   EPOCHS (train.epochs of both runs, default 10), NO_INSTALL=1 (do not apt-get install),
-#   CGROUP=0 (track and confine jobs without cgroups, for containers that have none).
+#   CGROUP=0 (track and confine jobs without cgroups, for containers that have none),
+#   EXTRA_CONFIG (one more --config item for both runs, e.g. 'slide_batches={size: 10, above: 0}' to
+#   tile and extract the demo in batch jobs).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -26,6 +28,7 @@ HOST=$(hostname -s)
 CPUS=2
 # what both runs override in config.yaml (the demo, fewer epochs so that the test takes minutes)
 CONFIG=(results_dir=results "train={epochs: $EPOCHS}")
+if [[ -n ${EXTRA_CONFIG:-} ]]; then CONFIG+=("$EXTRA_CONFIG"); fi
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
