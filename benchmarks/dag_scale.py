@@ -1,6 +1,9 @@
 """How fast Snakemake plans the workflow for large cohorts (dry run, no slide is opened).
 
-    python benchmarks/dag_scale.py [N ...]      (default: 1000 10000)
+    python benchmarks/dag_scale.py [N ...] [--per-slide]      (default: 1000 10000)
+
+``--per-slide`` also plans the same cohort with one job per slide (``slide_batches.size: 0``), side by
+side with the batch jobs that cohorts above ``slide_batches.above`` get.
 
 For each N: a temporary cohort of N slides (empty stub files; N/2 patients), a config.yaml
 next to it, then ``snakemake -n`` timed end to end; also the sheet validation alone
@@ -25,7 +28,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_cohort(work: Path, n: int) -> None:
+def make_cohort(work: Path, n: int, per_slide: bool = False) -> None:
     (work / "slides").mkdir()
     for i in range(n):
         (work / "slides" / f"S{i:05d}.svs").touch()
@@ -37,6 +40,8 @@ def make_cohort(work: Path, n: int) -> None:
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     cfg.update(slides="slides.tsv", clinical="clinical.tsv", genes=None, mif_channels=None, demo={"enabled": False})
     cfg["train"]["models"] = ["abmil"]
+    if per_slide:
+        cfg["slide_batches"] = {"size": 0, "above": 0}
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
@@ -62,15 +67,23 @@ def time_dry_run(work: Path) -> tuple[float, int]:
 
 
 def main() -> None:
-    sizes = [int(a) for a in sys.argv[1:]] or [1000, 10000]
+    args = [a for a in sys.argv[1:] if a != "--per-slide"]
+    sizes = [int(a) for a in args] or [1000, 10000]
+    modes = [False, True] if "--per-slide" in sys.argv else [False]
     for n in sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            make_cohort(work, n)
-            v = time_validation(work)
-            s, jobs = time_dry_run(work)
-            print(f"N = {n:6d} slides: sheet read + schema validation {v:6.2f} s; "
-                  f"snakemake -n {s:6.2f} s for {jobs} jobs ({jobs / s:,.0f} jobs/s)")
+        seconds = {}
+        for per_slide in modes:
+            with tempfile.TemporaryDirectory() as tmp:
+                work = Path(tmp)
+                make_cohort(work, n, per_slide)
+                v = time_validation(work)
+                s, jobs = time_dry_run(work)
+                seconds[per_slide] = s
+                mode = "one job per slide" if per_slide else "default (batches above slide_batches.above)"
+                print(f"N = {n:6d} slides, {mode}: sheet read + schema validation {v:6.2f} s; "
+                      f"snakemake -n {s:6.2f} s for {jobs} jobs ({jobs / s:,.0f} jobs/s)")
+        if len(seconds) == 2:
+            print(f"N = {n:6d}: per-slide / default planning time = {seconds[True] / seconds[False]:.1f}x")
 
 
 if __name__ == "__main__":
