@@ -82,7 +82,7 @@ def biomarker_status(clinical: Path, names: Sequence[str], train: Sequence[str])
     return out
 
 
-def _tile_targets(objective: Objective, targets: Sequence[Mapping[str, float]]):
+def _tile_task_loss(objective: Objective, targets: Sequence[Mapping[str, float]]):
     """(B, n) logits of tiles whose patients have ``targets`` → the mean task loss over the tiles."""
     def loss(logits: torch.Tensor) -> torch.Tensor:
         return torch.stack([objective.loss(logits[j:j + 1], t) for j, t in enumerate(targets)]).mean()
@@ -111,7 +111,7 @@ def _train_epoch(model: FoF, teacher: EMATeacher, data: ImageCohort, train: Sequ
         status.update({m: torch.full((len(owners),), -1, device=device)
                        for m in model.projectors.projectors if m not in status})
         terms = model.training_loss(augment(normalise(tiles, device), generator), cam_index,
-                                    _tile_targets(objective, targets), status, teacher)
+                                    _tile_task_loss(objective, targets), status, teacher)
         loss = sum(terms.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
