@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 
 from pathomix import paths as P
-from pathomix.batch.cli import STAMP_ATTR, main
+from pathomix.batch.cli import main
+from pathomix.io.stamps import STAMP_ATTR
 
 TILING = {"tile_px": 256, "mask_mpp": 8.0, "min_tissue_fraction": 0.5}
 FEATURES = {"encoder": "resnet18_trunc", "batch_size": 32, "num_workers": 0, "device": "cpu"}
@@ -175,3 +176,22 @@ def test_a_slide_added_to_a_batched_cohort_is_the_only_one_computed(cohort: dict
     assert (batches / "0.parquet").stat().st_mtime_ns == untouched  # the other batch did not rerun
     manifest = pd.read_parquet(work / "results" / "features" / "resnet18_trunc" / "manifest.parquet")
     assert set(manifest.slide_id) == {"S0", "S1", "S4", "S5"}
+
+
+def test_stores_of_per_slide_jobs_are_up_to_date_for_a_batch(cohort: dict) -> None:
+    """A cohort that grows past slide_batches.above keeps its stores: the per-slide jobs stamp them the same way."""
+    from pathomix.features.cli import main as extract_main
+    from pathomix.tiling.stage import main as tile_main
+
+    res = cohort["results"]
+    for m in cohort["members"]:
+        tiles = P.tiles(res, "20x", m["slide_id"])
+        assert tile_main(["--slide-id", m["slide_id"], "--path", m["path"], "--modality", "he", "--mag", "20x",
+                          "--target-mpp", "0.5", "--params", json.dumps(TILING), "--out", str(tiles),
+                          "--qc", str(P.tile_qc(res, "20x", m["slide_id"])), "--code", "c1"]) == 0
+        assert extract_main(["--slide-id", m["slide_id"], "--path", m["path"], "--modality", "he", "--tiles",
+                             str(tiles), "--out", str(P.features(res, "resnet18_trunc", "20x", m["slide_id"])),
+                             "--params", json.dumps(FEATURES), "--code", "f1"]) == 0
+    assert tile(cohort) == 0 and extract(cohort) == 0
+    assert set(statuses(P.tile_batch(res, 0)).values()) == {"up to date"}
+    assert set(statuses(P.feature_batch(res, "resnet18_trunc", 0)).values()) == {"up to date"}

@@ -28,7 +28,7 @@ rule extract:
         "python -m pathomix.features --slide-id {wildcards.slide_id:q} --path {input.slide:q} "
         "--modality {params.modality} {params.mpp} {params.channels} --tiles {input.tiles:q} "
         "--out {output:q} --params {params.cfg:q} --on-bad-tile {params.on_bad_tile} --threads {threads} "
-        "> {log:q} 2>&1"
+        "--code {params.code} > {log:q} 2>&1"
 
 
 rule extract_batch:  # large cohorts: one job per batch of slides (see rule tile_batch)

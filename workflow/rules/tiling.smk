@@ -28,7 +28,7 @@ rule tile:
         "python -m pathomix.tiling --slide-id {wildcards.slide_id:q} --path {input.slide:q} "
         "--modality {params.modality} {params.mpp} {params.channels} --mag {params.mags} "
         "--target-mpp {params.target_mpp} --params {params.cfg:q} --out {output.tiles:q} "
-        "--qc {output.qc:q} > {log:q} 2>&1"
+        "--qc {output.qc:q} --code {params.code} > {log:q} 2>&1"
 
 
 # Large cohorts (more than slide_batches.above slides): one job per batch of slides, same stores

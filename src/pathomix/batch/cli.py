@@ -8,10 +8,9 @@ job also writes a marker, ``tiles/batches/{batch}.parquet`` or ``features/{encod
 (slide_id, mag, path, status, seconds), which the downstream rules depend on.
 
 A batch job that reruns (a slide added to the batch, a slide file or the stage's config or code
-changed) redoes only the slides whose outputs are missing or stale: every store carries a stamp
-(attribute ``pathomix_stamp``) of what made it — the stage's config subtree and code hash, the
-magnifications, the slide file's size and modification time, its mpp override and mIF channel sheet
-(tiling), the tile stores' stamps (extraction). Equal stamp → the slide is left as it is.
+changed) redoes only the slides whose outputs are missing or stale: every store carries a stamp of what
+made it (:mod:`pathomix.io.stamps`; the per-slide jobs write the same stamps). Equal stamp → the slide is
+left as it is.
 
 A slide that fails (an input error: no MPP, unreadable file, ...) is logged with its message; the
 other slides of the batch go on, then the job fails naming every failed slide and writes no marker,
@@ -21,7 +20,6 @@ so nothing downstream runs on a partial batch (other batches go on under ``--kee
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import time
@@ -31,18 +29,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import h5py
 import pandas as pd
 
 from pathomix import paths as P
 from pathomix.features.tiles import SlideRef
 from pathomix.io.atomic import write_parquet
 from pathomix.io.errors import PathomixInputError
+from pathomix.io.stamps import extract_stamp, read_stamp, tile_stamp, write_stamp
 from pathomix.logs import setup_logging
 
 log = logging.getLogger("pathomix.batch")
 
-STAMP_ATTR = "pathomix_stamp"
 MARKER_COLUMNS = ("slide_id", "mag", "path", "status", "seconds")
 
 
@@ -54,35 +51,6 @@ def read_members(text: str) -> list[Member]:
     raw = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
     return [Member(str(m["slide_id"]), str(m["path"]), str(m.get("modality", "he")),
                    None if m.get("mpp") is None else float(m["mpp"])) for m in raw]
-
-
-def file_signature(path: str | Path) -> list[Any]:
-    """Size and modification time of a file, or of every file in a folder (an mIF channel folder)."""
-    p = Path(path)
-    if not p.exists():
-        return [str(p), None]
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    return [str(p), [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]]
-
-
-def make_stamp(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-def read_stamp(path: str | Path) -> str | None:
-    """The stamp of an h5 store, or None (missing file, no stamp, unreadable)."""
-    try:
-        with h5py.File(path, "r") as h:
-            value = h.attrs.get(STAMP_ATTR)
-    except (OSError, KeyError):
-        return None
-    return None if value is None else str(value)
-
-
-def write_stamp(paths: Sequence[str | Path], stamp: str) -> None:
-    for path in paths:
-        with h5py.File(path, "a") as h:
-            h.attrs[STAMP_ATTR] = stamp
 
 
 def up_to_date(stores: Sequence[Path], others: Sequence[Path], stamp: str) -> bool:
@@ -105,8 +73,7 @@ def tile_work(m: Member, args: argparse.Namespace) -> Work:
     stores = [P.tiles(args.results, mag, m.slide_id) for mag in args.mag]
     qcs = [P.tile_qc(args.results, mag, m.slide_id) for mag in args.mag]
     sheet = args.channels_sheet if m.modality == "mif" else None
-    stamp = make_stamp("tile", args.code, json.loads(args.params), args.mag, args.target_mpp, file_signature(m.path),
-                       m.modality, m.mpp, file_signature(sheet) if sheet else None)
+    stamp = tile_stamp(args.code, args.params, args.mag, args.target_mpp, m.path, m.modality, m.mpp, sheet)
     argv = ["--slide-id", m.slide_id, "--path", m.path, "--modality", m.modality, "--mag", *args.mag,
             "--target-mpp", *map(str, args.target_mpp), "--params", args.params,
             "--out", *map(str, stores), "--qc", *map(str, qcs)]
@@ -126,8 +93,7 @@ class Extractor:
         args = self.args
         tiles = [P.tiles(args.results, mag, m.slide_id) for mag in args.mag]
         stores = [P.features(args.results, args.encoder, mag, m.slide_id) for mag in args.mag]
-        stamp = make_stamp("extract", args.code, json.loads(args.params), args.on_bad_tile,
-                           [read_stamp(t) for t in tiles])
+        stamp = extract_stamp(args.code, args.params, args.on_bad_tile, tiles)
         argv = ["--slide-id", m.slide_id, "--path", m.path, "--modality", m.modality, "--tiles", *map(str, tiles),
                 "--out", *map(str, stores), "--params", args.params, "--threads", str(args.threads),
                 "--on-bad-tile", args.on_bad_tile]

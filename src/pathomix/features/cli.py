@@ -25,6 +25,7 @@ from pathomix.features.extract import BAD_TILE_POLICIES, BatchEncoder, Extracted
 from pathomix.features.tiles import SlideRef, TileDataset
 from pathomix.io.errors import PathomixInputError
 from pathomix.io.h5store import read_coords, write_features
+from pathomix.io.stamps import extract_stamp, write_stamp
 from pathomix.logs import setup_logging
 
 log = logging.getLogger("pathomix.features")
@@ -47,6 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--on-bad-tile", default="error", choices=BAD_TILE_POLICIES,
                    help="a tile whose image data cannot be read: fail the slide (error) or leave it out and "
                         "record it in `skipped_coords` (skip); config `tiling.on_bad_tile`")
+    p.add_argument("--code", default=None, help="code hash of the stage: stamps the stores (pathomix.io.stamps)")
     return p.parse_args(argv)
 
 
@@ -118,6 +120,8 @@ def run(args: argparse.Namespace, encoder: tuple[nn.Module, EncoderSpec, str] | 
     batch_encoders = {} if batch_encoders is None else batch_encoders
     for tiles, out in zip(args.tiles, args.out, strict=True):
         extract_store(args, ref, encoder, params, tiles, out, batch_encoders)
+    if args.code is not None:  # what made these stores, so a batch job of a larger cohort keeps them
+        write_stamp(args.out, extract_stamp(args.code, args.params, args.on_bad_tile, args.tiles))
 
 
 def main(argv: list[str] | None = None) -> int:

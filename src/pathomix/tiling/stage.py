@@ -22,6 +22,7 @@ import numpy as np
 from pathomix.io.errors import PathomixInputError
 from pathomix.io.h5store import write_coords
 from pathomix.io.slide import MODALITIES, Slide, open_slide
+from pathomix.io.stamps import tile_stamp, write_stamp
 from pathomix.logs import setup_logging
 from pathomix.tiling.grid import GridGeometry, n_positions, tile_coords
 from pathomix.tiling.params import TilingParams
@@ -153,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="{}", help="JSON of the config's `tiling:` section")
     p.add_argument("--out", required=True, nargs="+", type=Path, help="coords store(s) (.h5), per --mag")
     p.add_argument("--qc", required=True, nargs="+", type=Path, help="QC image(s) (.png), per --mag")
+    p.add_argument("--code", default=None, help="code hash of the stage: stamps the stores (pathomix.io.stamps)")
     return p
 
 
@@ -194,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     except PathomixInputError as e:
         log.error("%s", e)
         raise
+    if args.code is not None:  # what made these stores, so a batch job of a larger cohort keeps them
+        write_stamp(args.out, tile_stamp(args.code, args.params, args.mag, args.target_mpp, args.path, args.modality,
+                                         args.mpp, args.channels_sheet))
     log.info("slide %s: tiled at %s in %.2f s", args.slide_id, " ".join(args.mag),
              time.perf_counter() - start)
     return 0
