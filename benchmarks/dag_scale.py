@@ -28,7 +28,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_cohort(work: Path, n: int, per_slide: bool = False) -> None:
+def make_cohort(work: Path, n: int, per_slide: bool = False, models: tuple[str, ...] = ("abmil",)) -> None:
+    """N stub slides of N/2 patients, their sheets and a config.yaml (also used by tests/test_batch.py)."""
     (work / "slides").mkdir()
     for i in range(n):
         (work / "slides" / f"S{i:05d}.svs").touch()
@@ -39,7 +40,7 @@ def make_cohort(work: Path, n: int, per_slide: bool = False) -> None:
         .to_csv(work / "clinical.tsv", sep="\t", index=False)
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     cfg.update(slides="slides.tsv", clinical="clinical.tsv", genes=None, mif_channels=None, demo={"enabled": False})
-    cfg["train"]["models"] = ["abmil"]
+    cfg["train"]["models"] = list(models)
     if per_slide:
         cfg["slide_batches"] = {"size": 0, "above": 0}
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))

@@ -107,21 +107,14 @@ def _plan(work: Path, *config: str) -> dict[str, int]:
 
 
 def test_large_cohorts_are_planned_in_batches(tmp_path: Path) -> None:
-    import yaml
+    import importlib.util
 
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "dag_scale.py"  # the same stub cohort it plans
+    spec = importlib.util.spec_from_file_location("dag_scale", bench)
+    dag_scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dag_scale)
     n = 60
-    (tmp_path / "slides").mkdir()
-    for i in range(n):
-        (tmp_path / "slides" / f"S{i:03d}.svs").touch()
-    pd.DataFrame({"slide_id": [f"S{i:03d}" for i in range(n)], "patient_id": [f"P{i // 2:03d}" for i in range(n)],
-                  "path": [f"slides/S{i:03d}.svs" for i in range(n)], "modality": "he", "mpp": 0.25}) \
-        .to_csv(tmp_path / "slides.tsv", sep="\t", index=False)
-    pd.DataFrame({"patient_id": [f"P{i:03d}" for i in range(n // 2)], "idh": "wt"}) \
-        .to_csv(tmp_path / "clinical.tsv", sep="\t", index=False)
-    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
-    cfg.update(slides="slides.tsv", clinical="clinical.tsv", genes=None, mif_channels=None, demo={"enabled": False})
-    cfg["train"]["models"] = ["abmil", "fof"]
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    dag_scale.make_cohort(tmp_path, n, models=("abmil", "fof"))
     per_slide = _plan(tmp_path)  # 60 slides <= slide_batches.above
     assert per_slide["tile"] == per_slide["extract"] == n and "tile_batch" not in per_slide
     batched = _plan(tmp_path, "slide_batches={size: 10, above: 50}")

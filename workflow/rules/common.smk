@@ -128,31 +128,43 @@ def slides():
 
 
 @functools.lru_cache(maxsize=4)
-def _batch_map(path, mtime, size, above):
+def _batches(path, mtime, size, above):
+    """→ (batch → its slides, slide → its batch); both empty below the threshold."""
     rows = _read_sheet(path, mtime)[1]
     if not size or len(rows) <= above:
-        return {}
+        return {}, {}
     n = -(-len(rows) // size)
-    out = {}
+    members, batch_of = {}, {}
     for sid, r in rows.items():  # a slide keeps its batch while the number of batches stays
-        member = {"slide_id": sid, "path": r["path"], "modality": r["modality"],
-                  "mpp": None if pd.isna(r["mpp"]) else float(r["mpp"])}
-        out.setdefault(zlib.crc32(sid.encode()) % n, []).append(member)
-    return out
+        batch_of[sid] = zlib.crc32(sid.encode()) % n
+        members.setdefault(batch_of[sid], []).append({
+            "slide_id": sid, "path": r["path"], "modality": r["modality"],
+            "mpp": None if pd.isna(r["mpp"]) else float(r["mpp"])})
+    return members, batch_of
+
+
+def _batch_tables():
+    if not config.get("slides"):
+        return {}, {}
+    _sheet()  # the demo's sheet is generated first
+    return _batches(config["slides"], Path(config["slides"]).stat().st_mtime, SLIDE_BATCHES.get("size", 0),
+                    SLIDE_BATCHES.get("above", 500))
 
 
 def batch_map():
     """batch → its slides (dicts for `python -m pathomix.batch`); {} when every slide has its own jobs
     (cohorts of at most slide_batches.above slides, or slide_batches.size 0)."""
-    if not config.get("slides"):
-        return {}
-    _sheet()  # the demo's sheet is generated first
-    return _batch_map(config["slides"], Path(config["slides"]).stat().st_mtime, SLIDE_BATCHES.get("size", 0),
-                      SLIDE_BATCHES.get("above", 500))
+    return _batch_tables()[0]
 
 
 def batch_of(slide_id):
-    return zlib.crc32(slide_id.encode()) % len(batch_map())
+    return _batch_tables()[1][slide_id]
+
+
+def batch_channel_sheet(wildcards):
+    """The mIF channel sheet as an input of a batch job with an mIF slide, else nothing."""
+    sheet = config.get("mif_channels")
+    return [sheet] if sheet and any(m["modality"] == "mif" for m in batch_map()[int(wildcards.batch)]) else []
 
 
 def tile_dependencies(slide_ids):

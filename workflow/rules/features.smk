@@ -34,13 +34,12 @@ rule extract:
 rule extract_batch:  # large cohorts: one job per batch of slides (see rule tile_batch)
     input:
         tiles=str(P.tile_batch(RESULTS, "{batch}")),
-        channels=lambda w: [config["mif_channels"]] if config.get("mif_channels") and any(
-            m["modality"] == "mif" for m in batch_map()[int(w.batch)]) else [],
+        channels=batch_channel_sheet,
     output:
         str(P.feature_batch(RESULTS, ENCODER, "{batch}")),
     params:
         members=lambda w: json.dumps(batch_map()[int(w.batch)]),
-        channels=lambda w, input: f"--channels-sheet {shlex.quote(input.channels[0])}" if input.channels else "",
+        channels=channels_flag,
         mags=" ".join(MAGS),
         cfg=subtree("features"),
         on_bad_tile=config["tiling"]["on_bad_tile"],

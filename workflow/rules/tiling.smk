@@ -36,13 +36,12 @@ rule tile:
 rule tile_batch:
     input:
         slides=lambda w: [m["path"] for m in batch_map()[int(w.batch)]],
-        channels=lambda w: [config["mif_channels"]] if config.get("mif_channels") and any(
-            m["modality"] == "mif" for m in batch_map()[int(w.batch)]) else [],
+        channels=batch_channel_sheet,
     output:
         str(P.tile_batch(RESULTS, "{batch}")),
     params:
         members=lambda w: json.dumps(batch_map()[int(w.batch)]),
-        channels=lambda w, input: f"--channels-sheet {shlex.quote(input.channels[0])}" if input.channels else "",
+        channels=channels_flag,
         mags=" ".join(MAGS),
         target_mpp=" ".join(str(v) for v in config["tiling"]["magnifications"].values()),
         cfg=subtree("tiling", drop=("magnifications",)),

@@ -243,12 +243,11 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if len(tasks) > 1 and spec.build_joint is None:
         raise PathomixInputError(f"{spec.name} trains one task at a time; run one job per task")
     trained = TRAINERS[spec.reads](args, spec, tasks, params, device)
-    summaries = {}
+    summaries, cohorts = {}, read_cohorts(args.folds)
     for task, out_dir in zip(tasks, args.out, strict=True):
         t = trained[task.name]
         parts = [f for f in t.predictions.values() if len(f)] or [t.predictions["test"]]
-        predictions = predictions_frame(pd.concat(parts, ignore_index=True), args.fold, name, task.name,
-                                        read_cohorts(args.folds))
+        predictions = predictions_frame(pd.concat(parts, ignore_index=True), args.fold, name, task.name, cohorts)
         meta = {"model": name, "base_model": spec.name, "task": task.name, "fold": args.fold,
                 "params": params.to_dict(), "classes": list(task.classes), "best_epoch": t.result.best_epoch,
                 **t.meta}

@@ -66,11 +66,6 @@ class TileImages(Dataset):
             self.sets[self._open.popitem(last=False)[0]].close()
         return self.sets[k][i]
 
-    def close(self) -> None:
-        for k in self._open:
-            self.sets[k].close()
-        self._open.clear()
-
 
 class _Picks(Dataset):
     def __init__(self, images: TileImages, picks: np.ndarray) -> None:
