@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import pandas as pd
 import pytest
+from snake import snakemake_cmd, workflow_env
 
 from pathomix import paths as P
 from pathomix.batch.cli import main
@@ -95,11 +96,10 @@ def test_a_bad_slide_fails_the_batch_after_the_others(cohort: dict, caplog) -> N
 def _plan(work: Path, *config: str) -> dict[str, int]:
     import re
     import subprocess
-    import sys
 
     root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "-d", str(work), "-n",
+    env = workflow_env()
+    proc = subprocess.run([*snakemake_cmd(), "-s", str(root / "Snakefile"), "-d", str(work), "-n",
                            "--quiet", "rules", "--cores", "1", "--config", *config], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -128,7 +128,6 @@ def test_a_slide_added_to_a_batched_cohort_is_the_only_one_computed(cohort: dict
     """Through Snakemake: tile + extract + manifest in batches; a new slide reruns its batch jobs, which
     compute that slide alone, and the manifest then lists it."""
     import subprocess
-    import sys
 
     import yaml
 
@@ -141,9 +140,8 @@ def test_a_slide_added_to_a_batched_cohort_is_the_only_one_computed(cohort: dict
             work / "slides.tsv", sep="\t", index=False)
 
     def run() -> None:
-        env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                   PYTHONPATH=str(root / "src"))
-        proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "-d", str(work),
+        env = workflow_env(PYTHONPATH=str(root / "src"))
+        proc = subprocess.run([*snakemake_cmd(), "-s", str(root / "Snakefile"), "-d", str(work),
                                "--cores", "2", str(P.manifest("results", "resnet18_trunc"))], env=env,
                               capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-4000:]

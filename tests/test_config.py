@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from snake import snakemake_cmd, workflow_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def dry_run(*config: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    return subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "--cores", "1",
+    env = workflow_env()
+    return subprocess.run([*snakemake_cmd(), "-n", "--quiet", "--cores", "1",
                            "--directory", str(ROOT), "--config", *config],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 

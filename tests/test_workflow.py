@@ -7,7 +7,6 @@ tile size reruns from tiling.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from snake import snakemake_cmd, workflow_env
 
 from pathomix.catalog import model_tasks
 from pathomix.io.h5store import COORD_ATTRS, FEATURE_ATTRS
@@ -28,9 +28,8 @@ pytestmark = pytest.mark.slow
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(workdir / "src"),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir, env=env,
+    env = workflow_env(PYTHONPATH=str(workdir / "src"))
+    proc = subprocess.run([*snakemake_cmd(), "--cores", "2", *args], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=1500)
     if check and proc.returncode:
         logs = "\n".join(p.read_text()[-3000:] for p in (workdir / "results" / "logs").rglob("*.log")

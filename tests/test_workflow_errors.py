@@ -8,16 +8,15 @@ at a low magnification so that it runs in under a minute on 2 CPU cores.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import pandas as pd
 import pytest
 import yaml
+from snake import snakemake_cmd, workflow_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,9 +47,9 @@ def bad_cohort(tmp_path_factory, shared_data):
     cfg["features"].update(encoder="resnet18_trunc", num_workers=0)
     cfg["train"].update(models=["abmil"])  # histology only: this cohort has no gene table
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = workflow_env()
     target = str(work / "results" / "features" / "resnet18_trunc" / "manifest.parquet")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work),
+    proc = subprocess.run([*snakemake_cmd(), "-s", str(ROOT / "Snakefile"), "-d", str(work),
                            target, "--cores", "2", "--keep-going"],
                           cwd=work, env=env, capture_output=True, text=True, timeout=900)
     return work, proc

@@ -7,14 +7,13 @@ in metrics, the eval summary and a report without broken section links (about 30
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from snake import snakemake_cmd, workflow_env
 
 from pathomix.io.convert import convert, read_table, write
 
@@ -22,9 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def snakemake(work: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work),
+    env = workflow_env(PYTHONPATH=str(ROOT / "src"))
+    return subprocess.run([*snakemake_cmd(), "-s", str(ROOT / "Snakefile"), "-d", str(work),
                            "--cores", "2", *args], cwd=work, env=env, capture_output=True, text=True, timeout=600)
 
 
