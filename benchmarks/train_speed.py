@@ -21,9 +21,9 @@ import time
 import numpy as np
 import torch
 
-from pathomix.io.tasks import get_task
 from pathomix.models import MODELS, wsi_key
 from pathomix.models.spec import ModelParams
+from pathomix.tasks import get_task
 from pathomix.train.cgc import branch_losses
 from pathomix.train.data import Patient
 from pathomix.train.loop import _coordinator, _train_epoch, batch_inputs, stage_on_device

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from pathomix.errors import PathomixInputError
 from pathomix.io.convert import convert, main, read_table
-from pathomix.io.errors import PathomixInputError
 from pathomix.io.sheets import read_clinical, read_genes
 
 LUAD = "genomics/tcga_luad_all_clean.csv.zip"

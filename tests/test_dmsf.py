@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from pathomix.catalog import job_params, model_inputs, resolve
-from pathomix.io.tasks import get_task
 from pathomix.models import MODELS, ModelParams, wsi_key
 from pathomix.models.auxiliary import igc_gram
 from pathomix.models.ita import TokenAggregator, dpc_knn
+from pathomix.tasks import get_task
 from pathomix.train.cgc import GradientCoordinator, coordinate
 from pathomix.train.distill import distill_term
 from pathomix.train.objectives import make_objective

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from pathomix.errors import PathomixInputError
 from pathomix.features.cli import main
 from pathomix.features.encoders import ENCODERS, RANDOM_INIT, build_encoder
 from pathomix.features.extract import (
@@ -23,7 +24,6 @@ from pathomix.features.extract import (
     padded_size,
 )
 from pathomix.features.tiles import SlideRef, TileDataset
-from pathomix.io.errors import PathomixInputError
 from pathomix.tiling import main as tile_main
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]

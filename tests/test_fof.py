@@ -151,7 +151,7 @@ def _slide(path, rng, cls: int) -> None:
 @pytest.fixture(scope="module")
 def image_cohort(tmp_path_factory):
     from pathomix.io.h5store import COORD_ATTRS, write_coords
-    from pathomix.io.tasks import DIAGNOSES
+    from pathomix.tasks import DIAGNOSES
 
     root = tmp_path_factory.mktemp("fof_cohort")
     rng = np.random.default_rng(3)

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from pathomix.io.errors import PathomixInputError
-from pathomix.io.tasks import get_task
+from pathomix.errors import PathomixInputError
 from pathomix.models import (
     MODELS,
     OPTIONAL_OUTPUT_KEYS,
@@ -22,6 +21,7 @@ from pathomix.models import (
 )
 from pathomix.models.auxiliary import aux_losses, igc_mse
 from pathomix.models.blocks import CrossAttention, GatedAttention, MarkerAttention, SNNEncoder
+from pathomix.tasks import get_task
 from pathomix.train.losses import (
     class_weights,
     distill_kl,
@@ -252,3 +252,23 @@ def test_schema_enum_matches_registry():
     schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
     variant = schema["properties"]["train"]["properties"]["variants"]["additionalProperties"]
     assert set(variant["properties"]["model"]["enum"]) == set(MODELS)
+
+
+def test_models_import_nothing_from_io():
+    """The models are domain code: they read tensors, never files, so no module of models/ imports pathomix.io."""
+    import ast
+    from pathlib import Path
+
+    import pathomix.models
+
+    found = []
+    for path in sorted(Path(pathomix.models.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):  # `from pathomix import io` as well as `from pathomix.io.x import y`
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            found += [f"{path.name}: {n}" for n in names if (n + ".").startswith("pathomix.io.")]
+    assert found == []

@@ -23,9 +23,9 @@ import tifffile
 import torch
 from torch import nn
 
+from pathomix.errors import PathomixInputError
 from pathomix.features import cli
 from pathomix.features.encoders import ENCODERS, RANDOM_INIT
-from pathomix.io.errors import PathomixInputError
 from pathomix.io.h5store import COORD_ATTRS, read_coords, write_coords, write_features
 from pathomix.io.slide import open_slide
 from pathomix.tiling import main as tile_main

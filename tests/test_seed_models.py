@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pathomix.io.tasks import get_task
 from pathomix.models import MODELS, ModelParams, wsi_key
 from pathomix.models.auxiliary import GENE_VIEW, ggc_gram, igc_gram
 from pathomix.models.deformable import (
@@ -18,6 +17,7 @@ from pathomix.models.deformable import (
     splat_to_tiles,
 )
 from pathomix.models.spec import pos_key
+from pathomix.tasks import get_task
 from pathomix.train.cgc import GradientCoordinator
 from pathomix.train.objectives import make_objective
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathomix.io.errors import PathomixInputError
+from pathomix.errors import PathomixInputError
 from pathomix.io.sheets import read_clinical, read_slides
-from pathomix.io.tasks import TASKS, discretise, survival_bins
+from pathomix.tasks import TASKS, discretise, survival_bins
 
 
 def _write(path, rows):

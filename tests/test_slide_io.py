@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from pathomix.io.errors import PathomixInputError
+from pathomix.errors import PathomixInputError
 from pathomix.io.mif import is_autofluorescence, read_channel_sheet
 from pathomix.io.slide import open_slide
 

@@ -17,8 +17,8 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import disk
 
 from pathomix.demo.he import write_pyramidal_tiff
+from pathomix.errors import PathomixInputError
 from pathomix.io import slide as slide_io
-from pathomix.io.errors import PathomixInputError
 from pathomix.io.h5store import COORD_ATTRS, read_coords
 from pathomix.io.slide import open_slide
 from pathomix.tiling import TilingParams, grid, main, tile_slide, tissue

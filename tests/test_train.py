@@ -22,7 +22,7 @@ from lifelines.utils import concordance_index
 from sklearn.metrics import roc_auc_score
 
 from pathomix.io.h5store import COORD_ATTRS, write_features
-from pathomix.io.tasks import DIAGNOSES
+from pathomix.tasks import DIAGNOSES
 from pathomix.train import TrainParams, main
 from pathomix.train.objectives import harrell_c
 from pathomix.train.optim import Adam
@@ -375,7 +375,7 @@ def test_tile_positions_are_in_tile_units() -> None:
 
 
 def test_bags_carry_positions_and_subsample_them_with_their_tiles(cohort: dict) -> None:
-    from pathomix.io.tasks import get_task
+    from pathomix.tasks import get_task
     from pathomix.train.data import Needs, Sources, load_cohort
     from pathomix.train.loop import batch_inputs
 
@@ -395,7 +395,7 @@ def test_bags_carry_positions_and_subsample_them_with_their_tiles(cohort: dict) 
 
 
 def test_mif_bags_sit_next_to_the_h_and_e_bags_and_are_subsampled_on_their_own(cohort: dict) -> None:
-    from pathomix.io.tasks import get_task
+    from pathomix.tasks import get_task
     from pathomix.train.data import Needs, Sources, load_cohort
     from pathomix.train.loop import batch_inputs
 
@@ -466,7 +466,7 @@ def test_umeml_trains_diagnosis_and_survival_in_one_job(cohort: dict, tmp_path: 
 
 
 def test_joint_objective_sums_the_tasks_a_patient_has() -> None:
-    from pathomix.io.tasks import get_task
+    from pathomix.tasks import get_task
     from pathomix.train.objectives import joint_objective
 
     tasks = [get_task("diagnosis"), get_task("survival")]

@@ -29,7 +29,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pathomix.io.tasks import TASKS
+from pathomix.tasks import TASKS
 
 # What each registered model itself reads: H&E features (wsi), genes, mIF features, H&E tile images
 _NONE = {"wsi": False, "genes": False, "mif": False, "images": False}

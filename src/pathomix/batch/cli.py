@@ -32,9 +32,9 @@ from typing import Any
 import pandas as pd
 
 from pathomix import paths as P
+from pathomix.errors import PathomixInputError
 from pathomix.features.tiles import SlideRef
 from pathomix.io.atomic import write_parquet
-from pathomix.io.errors import PathomixInputError
 from pathomix.io.stamps import extract_stamp, read_stamp, tile_stamp, write_stamp
 from pathomix.logs import setup_logging
 

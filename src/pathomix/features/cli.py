@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from pathomix.errors import PathomixInputError
 from pathomix.features.encoders import ENCODERS, EncoderSpec, build_encoder
 from pathomix.features.extract import BAD_TILE_POLICIES, BatchEncoder, Extracted, ExtractParams, extract_tiles
 from pathomix.features.tiles import SlideRef, TileDataset
-from pathomix.io.errors import PathomixInputError
 from pathomix.io.h5store import read_coords, write_features
 from pathomix.io.stamps import extract_stamp, write_stamp
 from pathomix.logs import setup_logging

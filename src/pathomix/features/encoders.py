@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pathomix.errors import PathomixInputError
 from pathomix.features.resnet import ResNetTrunk
 from pathomix.io.atomic import sha256_file
-from pathomix.io.errors import PathomixInputError
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from pathomix.errors import PathomixInputError
 from pathomix.features.encoders import EncoderSpec
 from pathomix.features.tiles import SlideChunks, TileDataset
-from pathomix.io.errors import PathomixInputError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pathomix.io.errors import PathomixInputError
+from pathomix.errors import PathomixInputError
 from pathomix.io.slide import Slide, open_slide
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pathomix.errors import PathomixInputError
 from pathomix.io.atomic import write_parquet
-from pathomix.io.errors import PathomixInputError
 from pathomix.io.sheets import read_clinical, read_genes
 from pathomix.logs import setup_logging
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from pathomix.errors import PathomixInputError
 from pathomix.io.atomic import atomic_path, write_parquet
-from pathomix.io.errors import PathomixInputError
 from pathomix.logs import setup_logging
 
 log = logging.getLogger("pathomix.io.convert")

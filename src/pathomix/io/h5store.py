@@ -14,8 +14,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pathomix.errors import PathomixInputError
 from pathomix.io.atomic import atomic_path
-from pathomix.io.errors import PathomixInputError
 
 COORD_ATTRS = (
     "patch_size", "patch_size_level0", "level0_magnification", "target_magnification", "overlap",

@@ -22,7 +22,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from pathomix.io.errors import PathomixInputError
+from pathomix.errors import PathomixInputError
 from pathomix.io.slide import Slide, checked_mpp, mpp_from_resolution, resize_chw
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pathomix.io.errors import PathomixInputError
-from pathomix.io.tasks import who2021_diagnosis, who2021_grade
+from pathomix.errors import PathomixInputError
+from pathomix.tasks import who2021_diagnosis, who2021_grade
 
 log = logging.getLogger(__name__)
 

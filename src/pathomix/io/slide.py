@@ -20,7 +20,7 @@ import openslide
 import tifffile
 from PIL import Image
 
-from pathomix.io.errors import PathomixInputError
+from pathomix.errors import PathomixInputError
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pathomix.io.tasks import Task
 from pathomix.models.blocks import GatedAttention, PatchEncoder, ProjectionHead
 from pathomix.models.spec import ModelParams, wsi_key
+from pathomix.tasks import Task
 
 
 class ABMIL(nn.Module):

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from pathomix.io.errors import PathomixInputError
+from pathomix.errors import PathomixInputError
 
 
 class PatchEncoder(nn.Sequential):

@@ -36,9 +36,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pathomix.io.tasks import Task
 from pathomix.models.blocks import GatedAttention, MarkerAttention, ProjectionHead
 from pathomix.models.spec import ModelParams, mif_key
+from pathomix.tasks import Task
 
 HEAD = "fluoroformer"
 MAGS = ("20x",)

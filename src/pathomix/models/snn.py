@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pathomix.io.tasks import Task
 from pathomix.models.blocks import ProjectionHead, SNNEncoder
 from pathomix.models.spec import ModelParams
+from pathomix.tasks import Task
 
 
 class SNN(nn.Module):

@@ -31,7 +31,7 @@ from typing import Any
 
 from torch import nn
 
-from pathomix.io.tasks import Task
+from pathomix.tasks import Task
 
 OUTPUT_KEYS = ("logits", "features", "attention", "aux")
 OPTIONAL_OUTPUT_KEYS = ("branch_logits", "marker_attention")

@@ -42,10 +42,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pathomix.io.tasks import Task
 from pathomix.models.blocks import CrossAttention, GeneTokens, PatchEncoder, ProjectionHead
 from pathomix.models.modularity import modularity_loss
 from pathomix.models.spec import ModelParams, wsi_key
+from pathomix.tasks import Task
 
 MAGS = ("20x",)
 GENE_GROUPS = {"tumour": "genes_tumour", "tme": "genes_tme", "all": "genes"}

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from pathomix.errors import PathomixInputError
 from pathomix.io.atomic import write_parquet
-from pathomix.io.errors import PathomixInputError
 from pathomix.io.sheets import read_clinical, read_slides
 from pathomix.logs import setup_logging
 

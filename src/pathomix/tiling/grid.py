@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pathomix.io.errors import PathomixInputError
+from pathomix.errors import PathomixInputError
 
 MAX_UPSAMPLE = 0.9   # the target mpp may be at most 10 % finer than the slide's
 

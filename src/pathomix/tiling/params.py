@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pathomix.io.errors import PathomixInputError
+from pathomix.errors import PathomixInputError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pathomix.io.errors import PathomixInputError
+from pathomix.errors import PathomixInputError
 from pathomix.io.h5store import write_coords
 from pathomix.io.slide import MODALITIES, Slide, open_slide
 from pathomix.io.stamps import tile_stamp, write_stamp

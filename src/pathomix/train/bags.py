@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pathomix.io.errors import PathomixInputError
+from pathomix.errors import PathomixInputError
 from pathomix.io.h5store import read_features
 
 log = logging.getLogger(__name__)

@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pathomix.io.errors import PathomixInputError
-from pathomix.io.tasks import TASKS, Task, get_task
+from pathomix.errors import PathomixInputError
 from pathomix.logs import setup_logging
 from pathomix.models import GENE_INPUTS, MODELS, ModelSpec, get_model, wsi_key
+from pathomix.tasks import TASKS, Task, get_task
 from pathomix.train import fof
 from pathomix.train.data import SPLITS, Needs, Sources, load_cohort, read_cohorts
 from pathomix.train.distill import (

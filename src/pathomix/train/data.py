@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pathomix.io.errors import PathomixInputError
+from pathomix.errors import PathomixInputError
 from pathomix.io.sheets import read_clinical
-from pathomix.io.tasks import Task, discretise, survival_bins
 from pathomix.models import tile_key, wsi_key
 from pathomix.models.spec import pos_key
+from pathomix.tasks import Task, discretise, survival_bins
 from pathomix.train.bags import MODALITIES, Bag, load_bags, read_manifest
 from pathomix.train.genes import fit_gene_stats, gene_dims, gene_inputs, read_hvg
 

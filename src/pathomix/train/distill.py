@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pathomix.io.errors import PathomixInputError
-from pathomix.io.tasks import Task
+from pathomix.errors import PathomixInputError
 from pathomix.models import MODELS
+from pathomix.tasks import Task
 from pathomix.train.data import Patient
 from pathomix.train.loop import ExtraLoss, batch_inputs
 from pathomix.train.losses import LogProb, distillation_loss

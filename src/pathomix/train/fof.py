@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pathomix.io.errors import PathomixInputError
+from pathomix.errors import PathomixInputError
 from pathomix.io.sheets import CLINICAL_VOCAB, read_clinical
 from pathomix.models.fof import EMATeacher, FoF
 from pathomix.train.data import Cohort, Patient

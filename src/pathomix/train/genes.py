@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pathomix.io.errors import PathomixInputError
+from pathomix.errors import PathomixInputError
 
 log = logging.getLogger(__name__)
 

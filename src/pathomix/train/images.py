@@ -21,9 +21,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pathomix.errors import PathomixInputError
 from pathomix.features.encoders import IMAGENET_MEAN, IMAGENET_STD
 from pathomix.features.tiles import SlideRef, TileDataset
-from pathomix.io.errors import PathomixInputError
 from pathomix.io.h5store import read_coords
 from pathomix.io.sheets import read_slides
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pathomix.io.tasks import Task
+from pathomix.tasks import Task
 from pathomix.train.losses import (
     LogProb,
     class_weights,
