@@ -227,19 +227,86 @@ def test_survival_distribution_sums_to_one_and_distils_to_zero() -> None:
     assert distill_kl(logits, logits + 1.0, 2.0, survival_log_pmf).item() > 1e-3
 
 
-def test_catalog_matches_registry():
-    """The Snakefile's torch-free table of model inputs agrees with the registry."""
-    from pathomix.catalog import JOINT, MODEL_INPUTS, OWN_INPUTS, TASK_KINDS, TEACHERS
-    from pathomix.models import MODELS, required_inputs
+def test_the_registry_is_built_from_the_catalogue():
+    """One table: every catalogue entry is a registered model whose spec comes from the entry, and every
+    builder it names imports and builds a model (a joint builder one model for several tasks)."""
+    from pathomix import catalog
+    from pathomix.models import spec_of
 
-    assert set(MODEL_INPUTS) == set(MODELS) == set(OWN_INPUTS)
-    for name in MODELS:
-        assert MODEL_INPUTS[name] == required_inputs(name), name
-        assert TEACHERS.get(name) == MODELS[name].teacher, name
-        assert OWN_INPUTS[name] == {"wsi": MODELS[name].needs_wsi, "genes": MODELS[name].needs_genes,
-                                    "mif": MODELS[name].needs_mif, "images": MODELS[name].reads == "images"}, name
-        assert (name in JOINT) == (MODELS[name].build_joint is not None), name
-        assert set(TASK_KINDS.get(name, ("classification", "survival"))) == set(MODELS[name].task_kinds), name
+    assert list(MODELS) == list(catalog.MODELS)
+    for name, entry in catalog.MODELS.items():
+        assert MODELS[name] == spec_of(entry), name
+        assert MODELS[name].build is catalog.import_object(entry.builder), name
+        assert required_inputs(name) == catalog.model_inputs(name), name
+        assert catalog.is_joint(name) == (MODELS[name].build_joint is not None), name
+        assert entry.teacher is None or entry.teacher in catalog.MODELS, name
+        tasks = [get_task(t) for t in catalog.model_tasks(name, {"tasks": list(catalog.TASK_NAMES)})]
+        assert tasks and {t.kind for t in tasks} == set(entry.task_kinds), name
+        params = ModelParams(hidden=8, dropout=0.0, fof_image_px=32)
+        assert isinstance(MODELS[name].build(DIMS, tasks[0], params), torch.nn.Module), name
+        if entry.joint:
+            assert isinstance(MODELS[name].build_joint(DIMS, tasks, params), torch.nn.Module), name
+
+
+def test_model_modules_default_to_their_catalogue_magnifications():
+    """A model module's own MAGS (its builder's default) are the catalogue's, which the trainer reads."""
+    import importlib
+
+    from pathomix import catalog
+
+    for name, entry in catalog.MODELS.items():
+        module = importlib.import_module(entry.builder.partition(":")[0])
+        assert getattr(module, "MAGS", entry.mags) == entry.mags, name
+
+
+def test_resources_of_a_model_or_variant():
+    from pathomix.catalog import RESOURCES, resources_class, resources_of
+
+    variants = {"abmil-small": {"model": "abmil", "hidden": 32}, "umeml-fast": {"model": "umeml", "epochs": 2},
+                "snn-wide": {"model": "snn", "hidden": 256}, "abmil": {"patience": 3}}
+    assert resources_of("abmil-small", variants) == resources_of("abmil") == RESOURCES["gpu"].as_dict()
+    assert resources_of("abmil", variants) == RESOURCES["gpu"].as_dict()  # own overrides keep the class
+    assert resources_of("abmil") == {"threads": 4, "mem_mb": 16000, "runtime": 60, "gpu": 1, "cpus_per_gpu": 4}
+    assert resources_class("umeml-fast", variants) == "gpu_long" and resources_of("umeml")["runtime"] == 90
+    assert resources_of("snn-wide", variants) == {"threads": 1, "mem_mb": 8000, "runtime": 30, "gpu": 0,
+                                                  "cpus_per_gpu": 0}
+    with pytest.raises(KeyError, match="neither a registered model"):
+        resources_of("nope", variants)
+
+
+def test_catalogue_entries_are_checked_and_one_entry_registers_a_model(monkeypatch):
+    """A new model is its module plus one catalogue entry: every question the workflow asks answers from it."""
+    from pathomix import catalog
+    from pathomix.catalog import entries
+    from pathomix.models import spec_of
+
+    with pytest.raises(ValueError, match="reads 'rna'"):
+        catalog.ModelEntry("bad", "pathomix.models.abmil:build", reads=("rna",))
+    with pytest.raises(ValueError, match="resources 'tpu'"):
+        catalog.ModelEntry("bad", "pathomix.models.abmil:build", reads=("wsi",), resources="tpu")
+    with pytest.raises(ValueError, match="module:attribute"):
+        catalog.ModelEntry("bad", "pathomix.models.abmil.build", reads=("wsi",))
+    new = catalog.ModelEntry("abmil2", "pathomix.models.abmil:build", reads=("wsi", "genes"), mags=("20x",),
+                             task_kinds=("classification",), resources="cpu")
+    monkeypatch.setitem(entries.MODELS, "abmil2", new)
+    train = {"tasks": ["diagnosis", "survival"], "variants": {"abmil2-x": {"model": "abmil2"}}}
+    assert catalog.model_inputs("abmil2-x", train["variants"]) == {
+        "wsi": True, "genes": True, "mif": False, "images": False, "teacher": None}
+    assert catalog.model_tasks("abmil2-x", train) == ["diagnosis"]
+    assert catalog.resources_class("abmil2-x", train["variants"]) == "cpu"
+    assert catalog.slide_modality("abmil2") == "he" and not catalog.is_joint("abmil2")
+    spec = spec_of(new)
+    assert spec.needs_genes and spec.build(DIMS, get_task("diagnosis"), PARAMS) is not None
+
+
+def test_catalogue_is_torch_free():
+    """The Snakefile imports the catalogue at parse time: it must not pull in torch (seconds per process)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pathomix.catalog as c; c.resources_of('umeml'); c.model_inputs('dmsf_student'); "
+            "assert 'torch' not in sys.modules, 'torch imported'; assert 'torch' not in str(c.metric_names())")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_schema_enum_matches_registry():

@@ -1,4 +1,5 @@
-"""Encoder registry: one name → one builder (TRIDENT's encoder_factory, without the bare excepts).
+"""Encoder registry: one name → one builder (TRIDENT's encoder_factory, without the bare excepts), built
+from the catalogue's encoder entries (:data:`pathomix.catalog.ENCODERS`).
 
 Each builder returns an ``nn.Module`` mapping a float batch (B, 3, S, S), already
 normalised, to (B, D). Weights come only from a local file named in the config; without
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pathomix import catalog
 from pathomix.errors import PathomixInputError
 from pathomix.features.resnet import ResNetTrunk
 from pathomix.io.atomic import sha256_file
@@ -46,19 +48,22 @@ def _vit(arch: str) -> Callable[[], nn.Module]:
     return build
 
 
-ENCODERS: dict[str, EncoderSpec] = {
-    s.name: s
-    for s in (
-        EncoderSpec("resnet50_trunc", 1024, 224, lambda: ResNetTrunk("resnet50"),
-                    description="ResNet50 through layer3 + avg pool (CLAM default), 1024-d"),
-        EncoderSpec("resnet18_trunc", 256, 224, lambda: ResNetTrunk("resnet18"),
-                    description="ResNet18 through layer3 + avg pool, 256-d; light, for CPU demos"),
-        EncoderSpec("vit_small", 384, 224, _vit("vit_small_patch16_224"),
-                    description="timm ViT-S/16 CLS token, 384-d"),
-        EncoderSpec("vit_tiny", 192, 224, _vit("vit_tiny_patch16_224"),
-                    description="timm ViT-Ti/16 CLS token, 192-d"),
-    )
-}
+def _resnet_trunc(arch: str) -> Callable[[], nn.Module]:
+    return lambda: ResNetTrunk(arch)
+
+
+# catalogue EncoderEntry.family → (arch → builder)
+FAMILIES: dict[str, Callable[[str], Callable[[], nn.Module]]] = {"resnet_trunc": _resnet_trunc, "timm": _vit}
+
+
+def spec_of(entry: catalog.EncoderEntry) -> EncoderSpec:
+    """The ``EncoderSpec`` of a catalogue entry."""
+    return EncoderSpec(entry.name, entry.dim, entry.input_px, FAMILIES[entry.family](entry.arch),
+                       description=entry.description)
+
+
+# the names, sizes and descriptions are the catalogue's (pathomix.catalog.ENCODERS: torch-free, for the schema)
+ENCODERS: dict[str, EncoderSpec] = {name: spec_of(entry) for name, entry in catalog.ENCODERS.items()}
 
 
 def _load_weights(model: nn.Module, name: str, weights: Path) -> None:

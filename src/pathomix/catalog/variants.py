@@ -1,10 +1,6 @@
-"""Torch-free facts about the registered models and their variants, for the Snakefile (which
-must load fast).
-
-``pathomix.models.MODELS`` is the registry; :data:`OWN_INPUTS` and :data:`TEACHERS` state what
-each registered model reads and whom it is distilled from, and :data:`MODEL_INPUTS` (derived)
-which input files a training job reads, its teacher's included. ``tests/test_models.py``
-checks that they agree with the registry, so they cannot drift.
+"""Model names as the workflow uses them: registered models and their variants, what a job reads,
+which tasks it trains on and what it asks a cluster for; all derived from :data:`catalog.MODELS
+<pathomix.catalog.entries.MODELS>`.
 
 A *variant* (``train.variants`` in the config) is a new model name for a registered model
 with some ``train:`` keys overridden, e.g. the ablations of the DMSF paper::
@@ -16,7 +12,7 @@ with some ``train:`` keys overridden, e.g. the ablations of the DMSF paper::
 (e.g. ``umeml: {patience: 20}``) overrides that model's own ``train:`` keys. ``teacher`` (only for a model that
 has one) names the model it is distilled from: the registered teacher by default, another
 variant, or null for training from scratch. A variant trains through the same rule on the same
-folds and is reported under its own name.
+folds, with its registered model's resources class, and is reported under its own name.
 
 :func:`missing_cohort_inputs` checks a config's models against the cohort it names (a
 genes-only cohort has ``slides: null``; a cohort without mIF has no slides-sheet row with
@@ -29,23 +25,16 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pathomix.catalog.entries import INPUT_KINDS, MODELS, RESOURCES, TASK_KINDS_ALL
 from pathomix.tasks import TASKS
 
-# What each registered model itself reads: H&E features (wsi), genes, mIF features, H&E tile images
-_NONE = {"wsi": False, "genes": False, "mif": False, "images": False}
-OWN_INPUTS: dict[str, dict[str, bool]] = {
-    "abmil": {**_NONE, "wsi": True},
-    "snn": {**_NONE, "genes": True},
-    "dmsf_teacher": {**_NONE, "wsi": True, "genes": True},
-    "dmsf_student": {**_NONE, "wsi": True},
-    "ksfusion": {**_NONE, "wsi": True, "genes": True},
-    "umeml": {**_NONE, "wsi": True, "genes": True},
-    "fluoroformer": {**_NONE, "mif": True},
-    "fof": {**_NONE, "images": True},
-}
-TEACHERS: dict[str, str] = {"dmsf_student": "dmsf_teacher"}  # distilled model → its registered teacher
-JOINT: frozenset[str] = frozenset({"umeml"})  # trained on all its tasks in one job (ModelSpec.build_joint)
-TASK_KINDS: dict[str, tuple[str, ...]] = {"fof": ("classification",)}  # models limited to some task kinds
+# Views of the entries, kept for older callers: what each registered model itself reads, whom it is distilled
+# from, which models train all tasks in one job, and the models limited to some task kinds
+OWN_INPUTS: dict[str, dict[str, bool]] = {n: {k: k in e.reads for k in INPUT_KINDS} for n, e in MODELS.items()}
+TEACHERS: dict[str, str] = {n: e.teacher for n, e in MODELS.items() if e.teacher is not None}
+JOINT: frozenset[str] = frozenset(n for n, e in MODELS.items() if e.joint)
+TASK_KINDS: dict[str, tuple[str, ...]] = {n: e.task_kinds for n, e in MODELS.items()
+                                          if set(e.task_kinds) != set(TASK_KINDS_ALL)}
 _KEEP = object()
 # input kind → (config key that names it, what it is, how to add it)
 COHORT_KEYS: dict[str, tuple[str, str, str]] = {
@@ -76,21 +65,21 @@ class Variant:
 def resolve(name: str, variants: Mapping[str, Mapping[str, Any]] | None = None) -> Variant:
     """``name`` as a registered model or a variant of one; a KeyError names the known ones."""
     variants = variants or {}
-    if name in OWN_INPUTS:  # an entry under its own name overrides the registered model's train: keys
+    if name in MODELS:  # an entry under its own name overrides the registered model's train: keys
         own = dict(variants.get(name) or {})
         if own.pop("model", name) != name or "teacher" in own:
             raise KeyError(f"train.variants.{name}: {name} is a registered model, so this entry can only override "
                            "its train: keys (no `model` or `teacher`); give a variant another name")
-        return Variant(name, name, TEACHERS.get(name), own)
+        return Variant(name, name, MODELS[name].teacher, own)
     if name not in variants:
-        raise KeyError(f"unknown model {name!r}: neither a registered model {sorted(OWN_INPUTS)} nor a "
+        raise KeyError(f"unknown model {name!r}: neither a registered model {sorted(MODELS)} nor a "
                        f"variant in train.variants {sorted(variants)}")
     spec = dict(variants[name])
     base = spec.pop("model", None)
-    if base not in OWN_INPUTS:
-        raise KeyError(f"train.variants.{name}: `model` must be one of {sorted(OWN_INPUTS)}, got {base!r}")
+    if base not in MODELS:
+        raise KeyError(f"train.variants.{name}: `model` must be one of {sorted(MODELS)}, got {base!r}")
     teacher = spec.pop("teacher", _KEEP)
-    default_teacher = TEACHERS.get(base)
+    default_teacher = MODELS[base].teacher
     if teacher is _KEEP:
         teacher = default_teacher
     elif teacher is not None and default_teacher is None:
@@ -105,11 +94,10 @@ def model_inputs(name: str, variants: Mapping[str, Mapping[str, Any]] | None = N
     """Input files a training job of ``name`` reads: ``{wsi, genes, mif, images, teacher}``, its teacher's
     inputs included (a distilled student runs its teacher on the genes)."""
     v = resolve(name, variants)
-    own = dict(OWN_INPUTS[v.model])
+    reads = set(MODELS[v.model].reads)
     if v.teacher is not None:
-        t = OWN_INPUTS[resolve(v.teacher, variants).model]
-        own = {k: own[k] or t[k] for k in own}
-    return {**own, "teacher": v.teacher}
+        reads |= set(MODELS[resolve(v.teacher, variants).model].reads)
+    return {**{k: k in reads for k in INPUT_KINDS}, "teacher": v.teacher}
 
 
 def job_params(name: str, train: Mapping[str, Any]) -> dict[str, Any]:
@@ -126,7 +114,7 @@ def job_params(name: str, train: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-MODEL_INPUTS: dict[str, dict[str, bool | str | None]] = {name: model_inputs(name) for name in OWN_INPUTS}
+MODEL_INPUTS: dict[str, dict[str, bool | str | None]] = {name: model_inputs(name) for name in MODELS}
 
 
 def missing_cohort_inputs(models: list[str], config: Mapping[str, Any],
@@ -158,14 +146,25 @@ def slide_modality(name: str, variants: Mapping[str, Mapping[str, Any]] | None =
 
 def is_joint(name: str, variants: Mapping[str, Mapping[str, Any]] | None = None) -> bool:
     """Whether ``name`` (a model or a variant) trains on all its tasks in one job."""
-    return resolve(name, variants).model in JOINT
+    return MODELS[resolve(name, variants).model].joint
 
 
 def model_tasks(name: str, train: Mapping[str, Any]) -> list[str]:
     """The tasks ``name`` trains on: ``train.tasks``, or the subset a variant lists in ``tasks``
-    (e.g. ablations on the diagnosis task only); a model limited to some task kinds (:data:`TASK_KINDS`:
+    (e.g. ablations on the diagnosis task only); a model limited to some task kinds (``ModelEntry.task_kinds``:
     ``fof`` classifies tiles) skips the others."""
     v = resolve(name, train.get("variants"))
     own = v.overrides.get("tasks")
-    kinds = TASK_KINDS.get(v.model)
-    return [t for t in train["tasks"] if (own is None or t in own) and (kinds is None or TASKS[t].kind in kinds)]
+    kinds = MODELS[v.model].task_kinds
+    return [t for t in train["tasks"] if (own is None or t in own) and TASKS[t].kind in kinds]
+
+
+def resources_class(name: str, variants: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """The :data:`RESOURCES` class of ``name``: its registered model's (a variant of a GPU model is a GPU job)."""
+    return MODELS[resolve(name, variants).model].resources
+
+
+def resources_of(name: str, variants: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, int]:
+    """What one training job of ``name`` (a model or a variant) asks a cluster for:
+    ``{threads, mem_mb, runtime (minutes), gpu, cpus_per_gpu}`` of its resources class."""
+    return RESOURCES[resources_class(name, variants)].as_dict()
