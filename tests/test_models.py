@@ -309,18 +309,6 @@ def test_catalogue_is_torch_free():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_schema_enum_matches_registry():
-    from pathlib import Path
-
-    import yaml
-
-    from pathomix.models import MODELS
-
-    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
-    variant = schema["properties"]["train"]["properties"]["variants"]["additionalProperties"]
-    assert set(variant["properties"]["model"]["enum"]) == set(MODELS)
-
-
 def test_models_import_nothing_from_io():
     """The models are domain code: they read tensors, never files, so no module of models/ imports pathomix.io."""
     import ast
