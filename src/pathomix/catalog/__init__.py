@@ -7,7 +7,8 @@ import path and never imports torch.
   teacher, joint builder, task kinds, resources class, description). :data:`pathomix.models.MODELS` (the
   ``ModelSpec`` registry the training stage uses) is built from it, importing the builders.
 - :data:`RESOURCES`: the resources classes (:class:`Resources`) a training job asks a cluster for.
-- :data:`ENCODERS`: one :class:`EncoderEntry` per patch encoder; :mod:`pathomix.features.encoders` builds them.
+- :data:`ENCODERS`: one :class:`EncoderEntry` per patch encoder, stated in :mod:`pathomix.features.entries` (so
+  that the extraction rules' code hash covers them); :mod:`pathomix.features.encoders` builds them.
 - :data:`TASK_NAMES` (from :data:`pathomix.tasks.TASKS`) and :func:`metric_names` (the registries of
   :mod:`pathomix.evaluate.metrics`).
 - Variants and the questions the rules ask (:mod:`pathomix.catalog.variants`): :func:`resolve`,
@@ -19,13 +20,11 @@ Adding a model: docs/adding-a-model.md.
 """
 
 from pathomix.catalog.entries import (
-    ENCODERS,
     INPUT_KINDS,
     MODELS,
     RESOURCES,
     TASK_KINDS_ALL,
     TASK_NAMES,
-    EncoderEntry,
     ModelEntry,
     Resources,
     import_object,
@@ -51,6 +50,7 @@ from pathomix.catalog.variants import (
     resources_of,
     slide_modality,
 )
+from pathomix.features.entries import ENCODERS, EncoderEntry
 
 __all__ = [
     "COHORT_KEYS", "ENCODERS", "INPUT_KINDS", "JOINT", "MODALITY_OF", "MODELS", "MODEL_INPUTS", "OWN_INPUTS",

@@ -1,4 +1,5 @@
-"""The catalogue's entries: one frozen record per registered model, encoder and resources class.
+"""The catalogue's entries: one frozen record per registered model and resources class (the encoders' entries
+live in :mod:`pathomix.features.entries`, hashed with the features stage; re-exported here).
 
 Torch-free on purpose: the Snakefile reads it at parse time, and the config schema's enums are generated
 from it (:mod:`pathomix.schema`). Code is named by import path (``"pathomix.models.abmil:build"``) and
@@ -109,34 +110,6 @@ MODELS: dict[str, ModelEntry] = {
     )
 }
 
-
-@dataclass(frozen=True)
-class EncoderEntry:
-    """One registered patch encoder: :mod:`pathomix.features.encoders` builds it from ``family``
-    (``resnet_trunc``: a ResNet through layer3 + avg pool; ``timm``: a timm model's pooled output) and
-    ``arch``; it maps (B, 3, ``input_px``, ``input_px``) to (B, ``dim``)."""
-
-    name: str
-    family: str
-    arch: str
-    dim: int
-    input_px: int
-    description: str = ""
-
-
-ENCODERS: dict[str, EncoderEntry] = {
-    e.name: e
-    for e in (
-        EncoderEntry("resnet50_trunc", "resnet_trunc", "resnet50", 1024, 224,
-                     description="ResNet50 through layer3 + avg pool (CLAM default), 1024-d"),
-        EncoderEntry("resnet18_trunc", "resnet_trunc", "resnet18", 256, 224,
-                     description="ResNet18 through layer3 + avg pool, 256-d; light, for CPU demos"),
-        EncoderEntry("vit_small", "timm", "vit_small_patch16_224", 384, 224,
-                     description="timm ViT-S/16 CLS token, 384-d"),
-        EncoderEntry("vit_tiny", "timm", "vit_tiny_patch16_224", 192, 224,
-                     description="timm ViT-Ti/16 CLS token, 192-d"),
-    )
-}
 
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)  # pathomix.tasks.TASKS (labels need pandas, not torch)
 

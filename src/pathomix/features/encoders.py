@@ -1,5 +1,5 @@
 """Encoder registry: one name → one builder (TRIDENT's encoder_factory, without the bare excepts), built
-from the catalogue's encoder entries (:data:`pathomix.catalog.ENCODERS`).
+from the catalogue's encoder entries (:mod:`pathomix.features.entries`).
 
 Each builder returns an ``nn.Module`` mapping a float batch (B, 3, S, S), already
 normalised, to (B, D). Weights come only from a local file named in the config; without
@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pathomix import catalog
 from pathomix.errors import PathomixInputError
+from pathomix.features.entries import ENCODERS as ENTRIES
+from pathomix.features.entries import EncoderEntry
 from pathomix.features.resnet import ResNetTrunk
 from pathomix.io.atomic import sha256_file
 
@@ -56,14 +57,14 @@ def _resnet_trunc(arch: str) -> Callable[[], nn.Module]:
 FAMILIES: dict[str, Callable[[str], Callable[[], nn.Module]]] = {"resnet_trunc": _resnet_trunc, "timm": _vit}
 
 
-def spec_of(entry: catalog.EncoderEntry) -> EncoderSpec:
+def spec_of(entry: EncoderEntry) -> EncoderSpec:
     """The ``EncoderSpec`` of a catalogue entry."""
     return EncoderSpec(entry.name, entry.dim, entry.input_px, FAMILIES[entry.family](entry.arch),
                        description=entry.description)
 
 
-# the names, sizes and descriptions are the catalogue's (pathomix.catalog.ENCODERS: torch-free, for the schema)
-ENCODERS: dict[str, EncoderSpec] = {name: spec_of(entry) for name, entry in catalog.ENCODERS.items()}
+# names, sizes and descriptions: the catalogue entries (pathomix.features.entries, torch-free, for the schema)
+ENCODERS: dict[str, EncoderSpec] = {name: spec_of(entry) for name, entry in ENTRIES.items()}
 
 
 def _load_weights(model: nn.Module, name: str, weights: Path) -> None:
