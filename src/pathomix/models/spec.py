@@ -103,7 +103,9 @@ Builder = Callable[[Mapping[str, Any], Task, ModelParams], nn.Module]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registry entry: how to build a model and which inputs it needs.
+    """A registry entry: how to build a model and which inputs it needs. Built from the model's catalogue
+    entry (:class:`pathomix.catalog.ModelEntry`, the one place these facts are stated) by
+    :func:`pathomix.models.spec_of`.
 
     ``dims`` (passed to ``build``) holds ``wsi`` (H&E feature size D), ``mif`` and ``markers``
     (mIF feature size D and number of marker channels C) and the sizes of the
