@@ -49,7 +49,7 @@ rule train:
         flags=optional_flags,
         out=lambda w, output: str(Path(output.checkpoint).parent),
         cfg=lambda w: json.dumps(job_params(w.model, config["train"]), sort_keys=True),
-        code=code_hash("catalog", "models", "train"),  # catalog: the model entries (mags, builders, ...)
+        code=code_hash("models", "train"),
     wildcard_constraints:
         fold=r"\d+",
         # not the joint models (their jobs train all tasks at once); the wildcard is followed by "/"
@@ -88,7 +88,7 @@ for _model in JOINT_MODELS:
             tasks=" ".join(model_tasks(_model, config["train"])),
             out=lambda w, output: " ".join(shlex.quote(str(Path(c).parent)) for c in output.checkpoint),
             cfg=json.dumps(job_params(_model, config["train"]), sort_keys=True),
-            code=code_hash("catalog", "models", "train"),  # catalog: the model entries (mags, builders, ...)
+            code=code_hash("models", "train"),
         wildcard_constraints:
             fold=r"\d+",
         log:
