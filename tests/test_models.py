@@ -268,9 +268,9 @@ def test_resources_of_a_model_or_variant():
                 "snn-wide": {"model": "snn", "hidden": 256}, "abmil": {"patience": 3}}
     assert resources_of("abmil-small", variants) == resources_of("abmil") == RESOURCES["gpu"].as_dict()
     assert resources_of("abmil", variants) == RESOURCES["gpu"].as_dict()  # own overrides keep the class
-    assert resources_of("abmil") == {"threads": 4, "mem_mb": 16000, "runtime": 60, "gpu": 1, "cpus_per_gpu": 4}
+    assert resources_of("abmil") == {"gpu": 1, "cpus": 4, "mem_mb": 16000, "runtime": 60, "cpus_per_gpu": 4}
     assert resources_class("umeml-fast", variants) == "gpu_long" and resources_of("umeml")["runtime"] == 90
-    assert resources_of("snn-wide", variants) == {"threads": 1, "mem_mb": 8000, "runtime": 30, "gpu": 0,
+    assert resources_of("snn-wide", variants) == {"gpu": 0, "cpus": 1, "mem_mb": 8000, "runtime": 30,
                                                   "cpus_per_gpu": 0}
     with pytest.raises(KeyError, match="neither a registered model"):
         resources_of("nope", variants)

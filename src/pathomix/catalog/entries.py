@@ -21,10 +21,11 @@ TASK_KINDS_ALL = ("classification", "survival")  # the Task.kind values
 @dataclass(frozen=True)
 class Resources:
     """What one training job of a model asks a cluster for (profiles/slurm: set-resources of train /
-    train_joint_umeml). ``threads`` = ``cpus_per_gpu`` on a GPU; ``runtime`` in minutes."""
+    train_joint_umeml): ``cpus`` (the job's threads; on a GPU also ``cpus_per_gpu``), ``mem_mb``,
+    ``runtime`` in minutes, ``gpu`` (count)."""
 
     name: str
-    threads: int
+    cpus: int
     mem_mb: int
     runtime: int
     gpu: int = 0
@@ -32,18 +33,19 @@ class Resources:
     description: str = ""
 
     def as_dict(self) -> dict[str, int]:
-        """``{threads, mem_mb, runtime, gpu, cpus_per_gpu}`` (gpu and cpus_per_gpu are 0 for a CPU class)."""
-        return {"threads": self.threads, "mem_mb": self.mem_mb, "runtime": self.runtime, "gpu": self.gpu,
+        """``{gpu, cpus, mem_mb, runtime, cpus_per_gpu}``, the shape of the rules' resource classes
+        (common.smk); gpu and cpus_per_gpu are 0 for a CPU class."""
+        return {"gpu": self.gpu, "cpus": self.cpus, "mem_mb": self.mem_mb, "runtime": self.runtime,
                 "cpus_per_gpu": self.cpus_per_gpu}
 
 
 RESOURCES: dict[str, Resources] = {
     r.name: r
     for r in (
-        Resources("cpu", threads=1, mem_mb=8000, runtime=30, description="small dense models (genes only)"),
-        Resources("gpu", threads=4, mem_mb=16000, runtime=60, gpu=1, cpus_per_gpu=4,
+        Resources("cpu", cpus=1, mem_mb=8000, runtime=30, description="small dense models (genes only)"),
+        Resources("gpu", cpus=4, mem_mb=16000, runtime=60, gpu=1, cpus_per_gpu=4,
                   description="MIL and multimodal models, one task per job"),
-        Resources("gpu_long", threads=4, mem_mb=16000, runtime=90, gpu=1, cpus_per_gpu=4,
+        Resources("gpu_long", cpus=4, mem_mb=16000, runtime=90, gpu=1, cpus_per_gpu=4,
                   description="joint models: every task in one job"),
     )
 }

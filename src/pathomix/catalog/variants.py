@@ -166,5 +166,5 @@ def resources_class(name: str, variants: Mapping[str, Mapping[str, Any]] | None 
 
 def resources_of(name: str, variants: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, int]:
     """What one training job of ``name`` (a model or a variant) asks a cluster for:
-    ``{threads, mem_mb, runtime (minutes), gpu, cpus_per_gpu}`` of its resources class."""
+    ``{gpu, cpus, mem_mb, runtime (minutes), cpus_per_gpu}`` of its resources class."""
     return RESOURCES[resources_class(name, variants)].as_dict()
