@@ -1,4 +1,6 @@
-# Helpers shared by the rules: sheets, paths, code hashes, per-rule config subtrees.
+# Helpers shared by the rules: sheets, paths, code hashes, per-rule config subtrees, resources, and the
+# target lists. The other rule files call only what is defined here (and their own helpers), never each other.
+import ast
 import functools
 import hashlib
 import json
@@ -45,8 +47,79 @@ for _name in config["train"]["models"]:  # fail at parse time, naming the model 
         raise WorkflowError(f"config train.models: {err.args[0]}") from None
 # (model, task) pairs that train: every model on train.tasks, a variant on its own `tasks` if it lists them
 MODEL_TASKS = [(m, t) for m in config["train"]["models"] for t in model_tasks(m, config["train"])]
-# GPU rules claim resources gpu=1 (profiles/default caps it at 1) only where a GPU exists.
-GPU = int(shutil.which("nvidia-smi") is not None and config["features"]["device"] != "cpu")
+FOLDS = range(config["splits"]["n_folds"])
+# report categories: the number fixes their order in the report's menu
+CATEGORY = {"comparison": "1. Model comparison", "roc": "2. Discrimination", "km": "2. Discrimination",
+            "calibration": "3. Calibration", "training": "4. Training curves", "heatmaps": "5. Slide heatmaps",
+            "genes": "6. Genes", "provenance": "7. Provenance", "cohorts": "8. External cohorts"}
+
+
+# ---- resources --------------------------------------------------------------------------------------
+def site_setting(name):
+    """A site setting of a cluster profile, or None. Profiles pass them as default resources
+    (profiles/slurm: `default-resources: gpu_partition`), the only profile values the Snakefile sees at
+    parse time: a profile's `config:` is replaced by any --config on the command line, and Snakemake
+    names the executor only after parsing (workflow.non_local_exec is False here, and in every dry run)."""
+    defaults = workflow.resource_settings.default_resources
+    res = defaults.get(name) if defaults is not None else None
+    if res is None:
+        return None
+    raw = getattr(res, "raw", None)  # a profile's value (an expression); Resource.value would evaluate it
+    try:
+        return ast.literal_eval(raw) if isinstance(raw, str) else raw
+    except (ValueError, SyntaxError):  # a bare name such as gpu or <gpu-partition>
+        return raw
+
+
+GPU_PARTITION = site_setting("gpu_partition")
+CLUSTER = GPU_PARTITION is not None  # planned for a cluster whose profile names its GPU partition
+# GPU rules claim resources gpu=1: on a cluster always, locally only where a GPU exists (profiles/default
+# caps the run at gpu=1, so local GPU jobs run one at a time).
+GPU = int(CLUSTER or (shutil.which("nvidia-smi") is not None and config["features"]["device"] != "cpu"))
+# Resource classes (mem_mb and runtime in minutes are doubled on a retry, attempt 2). cpus is the threads
+# of a job on a cluster; locally each rule keeps its own threads (sized for the machine).
+RESOURCE_CLASSES = {
+    "light": {"gpu": 0, "cpus": 1, "mem_mb": 2000, "runtime": 10},  # tables, sheets, reports
+    "cpu": {"gpu": 0, "cpus": 1, "mem_mb": 4000, "runtime": 30},
+    "gpu": {"gpu": 1, "cpus": 4, "mem_mb": 16000, "runtime": 60},
+    "gpu_long": {"gpu": 1, "cpus": 4, "mem_mb": 16000, "runtime": 90},
+    "gpu_io": {"gpu": 1, "cpus": 8, "mem_mb": 32000, "runtime": 15},  # feature extraction: tile-decoding workers
+}
+
+
+def resource_class(cls, w=None):
+    """A class as a dict: `cls` a name in RESOURCE_CLASSES, a dict of the same keys (such as
+    pathomix.catalog.resources_of gives), or a function wildcards → either."""
+    cls = cls(w) if callable(cls) else cls
+    return RESOURCE_CLASSES[cls] if isinstance(cls, str) else cls
+
+
+def class_resources(cls, **override):
+    """`resources:` of a rule of class `cls` (see resource_class); `override` replaces mem_mb or runtime.
+    mem_mb and runtime double on a retry (attempt 2). Rules that may need a GPU (a GPU class, or a class
+    that depends on the wildcards) get gpu=GPU or 0 and, on a cluster, slurm_partition (the profile's
+    gpu_partition for GPU jobs, its slurm_partition otherwise) and cpus_per_gpu = the job's threads."""
+
+    def get(key):
+        return lambda w: override.get(key) or resource_class(cls, w)[key]
+
+    mem, runtime, gpu = get("mem_mb"), get("runtime"), get("gpu")
+    res = {"mem_mb": lambda w, attempt: mem(w) * attempt, "runtime": lambda w, attempt: runtime(w) * attempt}
+    if callable(cls) or resource_class(cls)["gpu"]:
+        res["gpu"] = lambda w: GPU if gpu(w) else 0
+        if CLUSTER:
+            cpu_partition = site_setting("slurm_partition")
+            res["slurm_partition"] = lambda w: GPU_PARTITION if gpu(w) else cpu_partition
+            res["cpus_per_gpu"] = lambda w, threads: threads if gpu(w) else None
+    return res
+
+
+def class_threads(cls, local):
+    """`threads:` of a rule of class `cls`: `local` (sized for this machine) unless on a cluster, where it
+    is the class's cpus (capped by the profile's `cores`)."""
+    if not CLUSTER:
+        return local
+    return (lambda w: resource_class(cls, w)["cpus"]) if callable(cls) else resource_class(cls)["cpus"]
 
 
 onstart:
@@ -161,6 +234,11 @@ def batch_of(slide_id):
     return _batch_tables()[1][slide_id]
 
 
+def batch_members(wildcards):
+    """params of a batch job: its slides as JSON (for `python -m pathomix.batch --members`)."""
+    return json.dumps(batch_map()[int(wildcards.batch)])
+
+
 def batch_channel_sheet(wildcards):
     """The mIF channel sheet as an input of a batch job with an mIF slide, else nothing."""
     sheet = config.get("mif_channels")
@@ -202,8 +280,30 @@ def feature_stores(wildcards=None):
     return [str(P.features(RESULTS, ENCODER, m, s)) for s in df.slide_id for m in MAGS]
 
 
+# ---- target lists (rule all) and the outputs several rule files read ---------------------------------
+def model_outputs(name, models=None):
+    """One output file (P.CHECKPOINT, P.PREDICTIONS, ...) of every training job, or of `models` only."""
+    return [str(P.model_file(RESULTS, m, t, k, name))
+            for m, t in MODEL_TASKS if models is None or m in models for k in FOLDS]
+
+
+def tile_models():
+    """The models with slide heatmaps: those that read tiles of H&E or mIF slides."""
+    return [m for m in config["train"]["models"] if slide_modality(m, VARIANTS)]
+
+
+def report_targets():
+    """Outputs of the report's own rules (evaluate's come with metrics.parquet)."""
+    targets = [str(P.provenance(RESULTS, "html"))]
+    if config.get("genes"):
+        targets.append(str(P.gene_view(RESULTS)))
+    if config.get("slides") and tile_models():
+        targets.append(str(P.heatmaps(RESULTS)))
+    return targets
+
+
 def all_targets(wildcards):
-    targets = [P.metrics(RESULTS), f"{RESULTS}/eval/summary.csv", *report_targets()]
+    targets = [str(P.metrics(RESULTS)), str(P.summary(RESULTS)), *report_targets()]
     if batches := batch_map():  # the batch jobs write the QC images next to the stores
         targets += [str(P.tile_batch(RESULTS, b)) for b in sorted(batches)]
     elif config.get("slides"):

@@ -18,7 +18,7 @@ checkpoint demo:
         f"{BENCH}/demo.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
+        **class_resources("light"),
     shell:
         "python -m pathomix.demo --out {params.out:q} --seed {params.seed} "
         "--n-patients {params.n_patients} --n-mif {params.n_mif} > {log:q} 2>&1"

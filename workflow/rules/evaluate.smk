@@ -5,10 +5,6 @@ from pathomix.io.tasks import TASKS
 
 EVAL = config["evaluate"]
 EXTERNAL = config["splits"].get("external_cohorts") or []
-# report categories: the number fixes their order in the report's menu
-CATEGORY = {"comparison": "1. Model comparison", "roc": "2. Discrimination", "km": "2. Discrimination",
-            "calibration": "3. Calibration", "training": "4. Training curves", "heatmaps": "5. Slide heatmaps",
-            "genes": "6. Genes", "provenance": "7. Provenance", "cohorts": "8. External cohorts"}
 FIGURE_LABEL = {"roc": "ROC + confusion matrix", "km": "Kaplan–Meier by predicted risk",
                 "calibration": "reliability diagram", "training": "loss and validation metric per epoch"}
 
@@ -17,15 +13,6 @@ def marker_output(m, t, name):
     """mIF models: the attention per marker, next to the model's slide heatmaps."""
     return report(str(P.figures(RESULTS) / name), category=CATEGORY["heatmaps"], subcategory=m,
                   labels={"model": m, "head": f"per mIF marker ({t})"}, caption="../report/markers.rst")
-
-
-def model_files(name, wildcards=None):
-    return [str(P.model_dir(RESULTS, m, t, k) / name)
-            for m, t in MODEL_TASKS for k in FOLDS]
-
-
-def all_predictions(wildcards=None):
-    return model_files("predictions.parquet")
 
 
 def figure_outputs():
@@ -46,8 +33,8 @@ def cohort_outputs():
     if not EXTERNAL:
         return {}
     cat = dict(category=CATEGORY["cohorts"], caption="../report/cohorts.rst")
-    return {"cohorts_html": report(str(L.cohorts(RESULTS, "html")), **cat, labels={"table": "per cohort"}),
-            "cohorts_csv": report(str(L.cohorts(RESULTS, "csv")), **cat, labels={"table": "per cohort (CSV)"})}
+    return {"cohorts_html": report(str(P.cohorts(RESULTS, "html")), **cat, labels={"table": "per cohort"}),
+            "cohorts_csv": report(str(P.cohorts(RESULTS, "csv")), **cat, labels={"table": "per cohort (CSV)"})}
 
 
 def table(path, label):
@@ -56,14 +43,14 @@ def table(path, label):
 
 rule evaluate:
     input:
-        predictions=all_predictions,
-        histories=lambda w: model_files("history.parquet"),
+        predictions=model_outputs(P.PREDICTIONS),
+        histories=model_outputs(P.HISTORY),
     output:
         metrics=str(P.metrics(RESULTS)),
-        comparison_html=table(str(L.comparison(RESULTS, "html")), "comparison (mean ± sd, pooled [95 % CI])"),
-        comparison_csv=table(str(L.comparison(RESULTS, "csv")), "comparison, CSV for papers"),
-        summary=table(f"{RESULTS}/eval/summary.csv", "summary, long numeric CSV"),
-        summary_png=table(str(P.figures(RESULTS) / "summary.png"), "pooled AUC / C-index with 95 % CI"),
+        comparison_html=table(str(P.comparison(RESULTS, "html")), "comparison (mean ± sd, pooled [95 % CI])"),
+        comparison_csv=table(str(P.comparison(RESULTS, "csv")), "comparison, CSV for papers"),
+        summary=table(str(P.summary(RESULTS)), "summary, long numeric CSV"),
+        summary_png=table(str(P.summary_figure(RESULTS)), "pooled AUC / C-index with 95 % CI"),
         **cohort_outputs(),
         **figure_outputs(),
     params:
@@ -78,6 +65,8 @@ rule evaluate:
     benchmark:
         f"{BENCH}/evaluate.tsv"
     threads: 1
+    resources:
+        **class_resources("cpu"),
     shell:
         "python -m pathomix.evaluate --predictions {input.predictions:q} --params {params.cfg:q} "
         "--out {output.metrics:q} --summary {output.summary:q} --figures {params.figures:q} "
@@ -90,8 +79,7 @@ def subspace_model_checkpoints(wildcards=None):
     teachers = [m for m in config["train"]["models"] if resolve(m, VARIANTS).model == "dmsf_teacher"]
     if not teachers:
         return []
-    return [str(P.model_dir(RESULTS, m, t, k) / "checkpoint.pt")
-            for m, t in MODEL_TASKS if m == teachers[0] for k in FOLDS]
+    return model_outputs(P.CHECKPOINT, models=teachers[:1])
 
 
 rule gene_view:
@@ -101,7 +89,7 @@ rule gene_view:
         hvg=str(P.hvg(RESULTS)),
         subspaces=str(P.subspaces(RESULTS)),
     output:
-        report(str(L.gene_view(RESULTS)), category=CATEGORY["genes"], caption="../report/genes.rst",
+        report(str(P.gene_view(RESULTS)), category=CATEGORY["genes"], caption="../report/genes.rst",
                labels={"figure": "HVG selection and top genes per subspace"}),
     params:
         genes=lambda w, input: f"--genes {shlex.quote(input.genes)}" if input.genes else "",
@@ -112,6 +100,8 @@ rule gene_view:
     benchmark:
         f"{BENCH}/gene_view.tsv"
     threads: 1
+    resources:
+        **class_resources("light"),
     shell:
         "python -m pathomix.evaluate.gene_view {params.genes} --hvg {input.hvg:q} --subspaces {input.subspaces:q} "
         "--importance {input.importance:q} --params {params.cfg:q} --out {output:q} > {log:q} 2>&1"
@@ -122,9 +112,9 @@ rule provenance:
         metrics=str(P.metrics(RESULTS)),  # recorded after each evaluation: its date is the results' date
         manifest=str(P.manifest(RESULTS, ENCODER)) if config.get("slides") else [],
     output:
-        json=report(str(L.provenance(RESULTS, "json")), category=CATEGORY["provenance"],
+        json=report(str(P.provenance(RESULTS, "json")), category=CATEGORY["provenance"],
                     caption="../report/provenance.rst", labels={"record": "JSON"}),
-        html=report(str(L.provenance(RESULTS, "html")), category=CATEGORY["provenance"],
+        html=report(str(P.provenance(RESULTS, "html")), category=CATEGORY["provenance"],
                     caption="../report/provenance.rst", labels={"record": "config, versions, weights, commit"}),
     params:
         cfg=json.dumps(config, sort_keys=True, default=str),
@@ -136,14 +126,9 @@ rule provenance:
     benchmark:
         f"{BENCH}/provenance.tsv"
     threads: 1
+    resources:
+        **class_resources("light"),
     shell:
         "python -m pathomix.provenance --config-json {params.cfg:q} --workflow-dir {params.workflow:q} "
         "{params.manifest} --out-json {output.json:q} --out-html {output.html:q} > {log:q} 2>&1"
 
-
-def report_targets():
-    """Outputs of the report's own rules (evaluate's come with metrics.parquet)."""
-    targets = [str(L.provenance(RESULTS, "html"))]
-    if config.get("genes"):
-        targets.append(str(L.gene_view(RESULTS)))
-    return targets + heatmap_targets()

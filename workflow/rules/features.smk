@@ -1,4 +1,9 @@
-# Feature extraction: one job per slide, every magnification, one encoder load.
+# Feature extraction: one job per slide, every magnification, one encoder load; large cohorts: one job per
+# batch of slides (see tiling.smk). What both rules share is written once: EXTRACT_*, resources.
+EXTRACT_CFG = subtree("features")
+EXTRACT_CODE = code_hash("features")
+# GPU: the DataLoader workers plus the main process (slides one after another); CPU: slides side by side
+EXTRACT_THREADS = class_threads("gpu_io", local=config["features"]["num_workers"] + 2 if GPU else 1)
 
 
 rule extract:
@@ -12,18 +17,16 @@ rule extract:
         modality=lambda w: slide_row(w)["modality"],
         mpp=lambda w: slide_row(w)["mpp_flag"],
         channels=channels_flag,
-        cfg=subtree("features"),
+        cfg=EXTRACT_CFG,
         on_bad_tile=config["tiling"]["on_bad_tile"],
-        code=code_hash("features"),
+        code=EXTRACT_CODE,
     log:
         f"{LOGS}/extract/{{slide_id}}.log",
     benchmark:
         f"{BENCH}/extract/{{slide_id}}.tsv"
-    # GPU: the DataLoader workers plus the main process (slides one after another); CPU: slides side by side
-    threads: config["features"]["num_workers"] + 2 if GPU else 1
+    threads: EXTRACT_THREADS
     resources:
-        mem_mb=8000,
-        gpu=GPU,
+        **class_resources("gpu_io"),
     shell:
         "python -m pathomix.features --slide-id {wildcards.slide_id:q} --path {input.slide:q} "
         "--modality {params.modality} {params.mpp} {params.channels} --tiles {input.tiles:q} "
@@ -31,29 +34,28 @@ rule extract:
         "--code {params.code} > {log:q} 2>&1"
 
 
-rule extract_batch:  # large cohorts: one job per batch of slides (see rule tile_batch)
+rule extract_batch:
     input:
         tiles=str(P.tile_batch(RESULTS, "{batch}")),
         channels=batch_channel_sheet,
     output:
         str(P.feature_batch(RESULTS, ENCODER, "{batch}")),
     params:
-        members=lambda w: json.dumps(batch_map()[int(w.batch)]),
+        members=batch_members,
         channels=channels_flag,
         mags=" ".join(MAGS),
-        cfg=subtree("features"),
+        cfg=EXTRACT_CFG,
         on_bad_tile=config["tiling"]["on_bad_tile"],
-        code=code_hash("features"),
+        code=EXTRACT_CODE,
     wildcard_constraints:
         batch=r"\d+",
     log:
         f"{LOGS}/extract/batch{{batch}}.log",
     benchmark:
         f"{BENCH}/extract/batch{{batch}}.tsv"
-    threads: config["features"]["num_workers"] + 2 if GPU else 1
+    threads: EXTRACT_THREADS
     resources:
-        mem_mb=8000,
-        gpu=GPU,
+        **class_resources("gpu_io", runtime=120),
     shell:
         "python -m pathomix.batch extract --members {params.members:q} --results {RESULTS:q} --mag {params.mags} "
         "--encoder {ENCODER} --params {params.cfg:q} --code {params.code} --on-bad-tile {params.on_bad_tile} "
@@ -68,12 +70,14 @@ rule manifest:
         str(P.manifest(RESULTS, ENCODER)),
     params:
         source=lambda w: "--batches" if batch_map() else "--stores",
-        code=code_hash("features"),
+        code=EXTRACT_CODE,
     log:
         f"{LOGS}/manifest.log",
     benchmark:
         f"{BENCH}/manifest.tsv"
     threads: 1
+    resources:
+        **class_resources("light"),
     shell:
         "python -m pathomix.features.manifest --slides {input.sheet:q} {params.source} {input.stores:q} "
         "--out {output:q} > {log:q} 2>&1"

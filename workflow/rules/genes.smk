@@ -17,7 +17,7 @@ rule hvg:
         f"{BENCH}/hvg.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
+        **class_resources("cpu"),
     shell:
         "python -m pathomix.genes --genes {input.genes:q} --clinical {input.clinical:q} "
         "--params {params.cfg:q} --out {output.hvg:q} --out-subspaces {output.subspaces:q} > {log:q} 2>&1"

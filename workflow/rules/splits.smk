@@ -16,6 +16,8 @@ rule splits:
     benchmark:
         f"{BENCH}/splits.tsv"
     threads: 1
+    resources:
+        **class_resources("light"),
     shell:
         "python -m pathomix.splits --clinical {input.clinical:q} {params.slides} --params {params.cfg:q} "
         "--out {output:q} > {log:q} 2>&1"

@@ -1,4 +1,14 @@
 # Tiling: one job per slide, every magnification (coords h5 + QC thumbnail per magnification).
+# Large cohorts (more than slide_batches.above slides): one job per batch of slides, same stores
+# (python -m pathomix.batch; a rerun redoes only the slides whose stores are missing or stale).
+# What both rules share is written once: TILING_PARAMS, TILING_ARGS, the log/benchmark folders, resources.
+TILING_PARAMS = {
+    "mags": " ".join(MAGS),
+    "target_mpp": " ".join(str(v) for v in config["tiling"]["magnifications"].values()),
+    "cfg": subtree("tiling", drop=("magnifications",)),
+    "code": code_hash("tiling"),
+}
+TILING_ARGS = "--mag {params.mags} --target-mpp {params.target_mpp} --params {params.cfg:q}"
 
 
 rule tile:
@@ -13,26 +23,20 @@ rule tile:
         modality=lambda w: slide_row(w)["modality"],
         mpp=lambda w: slide_row(w)["mpp_flag"],
         channels=channels_flag,
-        mags=" ".join(MAGS),
-        target_mpp=" ".join(str(v) for v in config["tiling"]["magnifications"].values()),
-        cfg=subtree("tiling", drop=("magnifications",)),
-        code=code_hash("tiling"),
+        **TILING_PARAMS,
     log:
         f"{LOGS}/tile/{{slide_id}}.log",
     benchmark:
         f"{BENCH}/tile/{{slide_id}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
+        **class_resources("cpu", runtime=10),
     shell:
         "python -m pathomix.tiling --slide-id {wildcards.slide_id:q} --path {input.slide:q} "
-        "--modality {params.modality} {params.mpp} {params.channels} --mag {params.mags} "
-        "--target-mpp {params.target_mpp} --params {params.cfg:q} --out {output.tiles:q} "
+        "--modality {params.modality} {params.mpp} {params.channels} " + TILING_ARGS + " --out {output.tiles:q} "
         "--qc {output.qc:q} --code {params.code} > {log:q} 2>&1"
 
 
-# Large cohorts (more than slide_batches.above slides): one job per batch of slides, same stores
-# (python -m pathomix.batch; a rerun redoes only the slides whose stores are missing or stale).
 rule tile_batch:
     input:
         slides=lambda w: [m["path"] for m in batch_map()[int(w.batch)]],
@@ -40,12 +44,9 @@ rule tile_batch:
     output:
         str(P.tile_batch(RESULTS, "{batch}")),
     params:
-        members=lambda w: json.dumps(batch_map()[int(w.batch)]),
+        members=batch_members,
         channels=channels_flag,
-        mags=" ".join(MAGS),
-        target_mpp=" ".join(str(v) for v in config["tiling"]["magnifications"].values()),
-        cfg=subtree("tiling", drop=("magnifications",)),
-        code=code_hash("tiling"),
+        **TILING_PARAMS,
     wildcard_constraints:
         batch=r"\d+",
     log:
@@ -54,8 +55,7 @@ rule tile_batch:
         f"{BENCH}/tile/batch{{batch}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
+        **class_resources("cpu", runtime=60),
     shell:
-        "python -m pathomix.batch tile --members {params.members:q} --results {RESULTS:q} --mag {params.mags} "
-        "--target-mpp {params.target_mpp} --params {params.cfg:q} --code {params.code} {params.channels} "
-        "--out {output:q} > {log:q} 2>&1"
+        "python -m pathomix.batch tile --members {params.members:q} --results {RESULTS:q} " + TILING_ARGS + " "
+        "--code {params.code} {params.channels} --out {output:q} > {log:q} 2>&1"

@@ -2,9 +2,22 @@
 # `model` is a registered model or a variant (train.variants: ablations as config); each job gets
 # only its own merged train: keys, so editing one variant reruns that variant alone.
 # A joint model (umeml) trains on all its tasks in one job per fold: rule train_joint_<model>.
+# Both rules are written once (train_inputs, train_outputs, train_params, train_shell, model_resources).
+from pathomix import catalog
 
-FOLDS = range(config["splits"]["n_folds"])
 JOINT_MODELS = [m for m in config["train"]["models"] if is_joint(m, VARIANTS)]
+
+
+def model_resources(name):
+    """The resource class of a model (common.smk: RESOURCE_CLASSES): the catalogue's where it has one
+    (pathomix.catalog.resources_of), else a GPU class for models that read features or images (gpu_long
+    for a joint model: every task in one job) and cpu for genes-only models."""
+    if hasattr(catalog, "resources_of"):
+        return catalog.resources_of(name, VARIANTS)
+    need = model_inputs(name, VARIANTS)
+    if not (need["wsi"] or need["mif"] or need["images"]):
+        return "cpu"
+    return "gpu_long" if is_joint(name, VARIANTS) else "gpu"
 
 
 def train_inputs(w):
@@ -19,7 +32,7 @@ def train_inputs(w):
         inputs["slides"] = config["slides"]
         inputs["tiles"] = tile_dependencies(he.slide_id)
     if need["teacher"]:
-        inputs["teacher"] = str(P.model_dir(RESULTS, need["teacher"], w.task, w.fold) / "checkpoint.pt")
+        inputs["teacher"] = str(P.model_file(RESULTS, need["teacher"], w.task, w.fold, P.CHECKPOINT))
     return inputs
 
 
@@ -38,18 +51,41 @@ def optional_flags(w, input):
     return " ".join(flags)
 
 
+def train_outputs(model, task):
+    """checkpoint, history, predictions of one job: `task` a task (rule train) or the list of a joint model's."""
+    def files(name):
+        if isinstance(task, str):
+            return str(P.model_file(RESULTS, model, task, "{fold}", name))
+        return [str(P.model_file(RESULTS, model, t, "{fold}", name)) for t in task]
+
+    return {key: files(name) for key, name in P.MODEL_OUTPUTS.items()}
+
+
+def train_params(model):
+    """params of both rules: `model` a name, or None for the {model} wildcard (rule train)."""
+    name = (lambda w: w.model) if model is None else (lambda w: model)
+    return {
+        "flags": lambda w, input: optional_flags(SimpleNamespace(model=name(w)), input),
+        "cfg": lambda w: json.dumps(job_params(name(w), config["train"]), sort_keys=True),
+        "code": code_hash("models", "train"),
+    }
+
+
+def train_shell(task, out):
+    """The command of both rules; `task` and `out` are the parts in which they differ."""
+    return (f"python -m pathomix.train --task {task} --fold {{wildcards.fold}} "
+            "--clinical {input.clinical:q} --folds {input.folds:q} {params.flags} --params {params.cfg:q} "
+            f"--threads {{threads}} --out {out} > {{log:q}} 2>&1")
+
+
 rule train:
     input:
         unpack(train_inputs),
     output:
-        checkpoint=str(P.model_dir(RESULTS, "{model}", "{task}", "{fold}") / "checkpoint.pt"),
-        history=str(P.model_dir(RESULTS, "{model}", "{task}", "{fold}") / "history.parquet"),
-        predictions=str(P.model_dir(RESULTS, "{model}", "{task}", "{fold}") / "predictions.parquet"),
+        **train_outputs("{model}", "{task}"),
     params:
-        flags=optional_flags,
+        **train_params(None),
         out=lambda w, output: str(Path(output.checkpoint).parent),
-        cfg=lambda w: json.dumps(job_params(w.model, config["train"]), sort_keys=True),
-        code=code_hash("models", "train"),
     wildcard_constraints:
         fold=r"\d+",
         # not the joint models (their jobs train all tasks at once); the wildcard is followed by "/"
@@ -58,21 +94,15 @@ rule train:
         f"{LOGS}/train/{{model}}/{{task}}/fold{{fold}}.log",
     benchmark:
         f"{BENCH}/train/{{model}}/{{task}}/fold{{fold}}.tsv"
-    threads: 1
+    threads: class_threads(lambda w: model_resources(w.model), local=1)
     resources:
-        mem_mb=8000,
-        gpu=GPU,
+        **class_resources(lambda w: model_resources(w.model)),
     shell:
-        "python -m pathomix.train --task {wildcards.task} --fold {wildcards.fold} "
-        "--clinical {input.clinical:q} --folds {input.folds:q} {params.flags} --params {params.cfg:q} "
-        "--threads {threads} --out {params.out:q} > {log:q} 2>&1"
-
-
-def joint_outputs(model, name):
-    return [str(P.model_dir(RESULTS, model, t, "{fold}") / name) for t in model_tasks(model, config["train"])]
+        train_shell("{wildcards.task}", "{params.out:q}")
 
 
 for _model in JOINT_MODELS:
+    _tasks = model_tasks(_model, config["train"])
 
     rule:
         name:
@@ -80,26 +110,19 @@ for _model in JOINT_MODELS:
         input:
             unpack(lambda w, m=_model: train_inputs(SimpleNamespace(model=m, fold=w.fold))),
         output:
-            checkpoint=joint_outputs(_model, "checkpoint.pt"),
-            history=joint_outputs(_model, "history.parquet"),
-            predictions=joint_outputs(_model, "predictions.parquet"),
+            **train_outputs(_model, _tasks),
         params:
-            flags=lambda w, input, m=_model: optional_flags(SimpleNamespace(model=m), input),
-            tasks=" ".join(model_tasks(_model, config["train"])),
+            **train_params(_model),
+            tasks=" ".join(_tasks),
             out=lambda w, output: " ".join(shlex.quote(str(Path(c).parent)) for c in output.checkpoint),
-            cfg=json.dumps(job_params(_model, config["train"]), sort_keys=True),
-            code=code_hash("models", "train"),
         wildcard_constraints:
             fold=r"\d+",
         log:
             f"{LOGS}/train/{_model}/joint/fold{{fold}}.log",
         benchmark:
             f"{BENCH}/train/{_model}/joint/fold{{fold}}.tsv"
-        threads: 1
+        threads: class_threads(model_resources(_model), local=1)
         resources:
-            mem_mb=8000,
-            gpu=GPU,
+            **class_resources(model_resources(_model)),
         shell:
-            "python -m pathomix.train --task {params.tasks} --fold {wildcards.fold} "
-            "--clinical {input.clinical:q} --folds {input.folds:q} {params.flags} --params {params.cfg:q} "
-            "--threads {threads} --out {params.out} > {log:q} 2>&1"
+            train_shell("{params.tasks}", "{params.out}")
