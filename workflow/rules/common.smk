@@ -16,8 +16,10 @@ import pandas as pd
 from snakemake.exceptions import WorkflowError
 
 import pathomix
+from pathomix import catalog
 from pathomix import paths as P
 from pathomix.config import validate_table
+from pathomix.evaluate import layout as L
 from pathomix.catalog import (
     is_joint,
     job_params,
@@ -28,6 +30,7 @@ from pathomix.catalog import (
     slide_modality,
 )
 from pathomix.io.sheets import read_slides
+from pathomix.io.tasks import TASKS
 
 RESULTS = config["results_dir"]
 LOGS = f"{RESULTS}/logs"
@@ -49,9 +52,17 @@ for _name in config["train"]["models"]:  # fail at parse time, naming the model 
 MODEL_TASKS = [(m, t) for m in config["train"]["models"] for t in model_tasks(m, config["train"])]
 FOLDS = range(config["splits"]["n_folds"])
 # report categories: the number fixes their order in the report's menu
-CATEGORY = {"comparison": "1. Model comparison", "roc": "2. Discrimination", "km": "2. Discrimination",
-            "calibration": "3. Calibration", "training": "4. Training curves", "heatmaps": "5. Slide heatmaps",
-            "genes": "6. Genes", "provenance": "7. Provenance", "cohorts": "8. External cohorts"}
+CATEGORY = {
+    "comparison": "1. Model comparison",
+    "roc": "2. Discrimination",
+    "km": "2. Discrimination",
+    "calibration": "3. Calibration",
+    "training": "4. Training curves",
+    "heatmaps": "5. Slide heatmaps",
+    "genes": "6. Genes",
+    "provenance": "7. Provenance",
+    "cohorts": "8. External cohorts",
+}
 
 
 # ---- resources --------------------------------------------------------------------------------------
@@ -115,7 +126,7 @@ def class_resources(cls, **override):
 
 
 def class_threads(cls, local):
-    """`threads:` of a rule of class `cls`: `local` (sized for this machine) unless on a cluster, where it
+    """The threads of a job of class `cls`: `local` (sized for this machine) unless on a cluster, where it
     is the class's cpus (capped by the profile's `cores`)."""
     if not CLUSTER:
         return local
@@ -130,7 +141,8 @@ onstart:
             "this cluster run has a run-wide `gpu` limit (from profiles/default, the settings for local runs, "
             "which Snakemake adds unless told otherwise): only that many GPU jobs would run at once. "
             "Run `snakemake --profile profiles/slurm --workflow-profile none` (README: Running on a SLURM cluster); "
-            "to cap GPU use on a cluster, use `jobs:` or a SLURM QOS.")
+            "to cap GPU use on a cluster, use `jobs:` or a SLURM QOS."
+        )
 
 
 def code_hash(*stages):
@@ -210,9 +222,14 @@ def _batches(path, mtime, size, above):
     members, batch_of = {}, {}
     for sid, r in rows.items():  # a slide keeps its batch while the number of batches stays
         batch_of[sid] = zlib.crc32(sid.encode()) % n
-        members.setdefault(batch_of[sid], []).append({
-            "slide_id": sid, "path": r["path"], "modality": r["modality"],
-            "mpp": None if pd.isna(r["mpp"]) else float(r["mpp"])})
+        members.setdefault(batch_of[sid], []).append(
+            {
+                "slide_id": sid,
+                "path": r["path"],
+                "modality": r["modality"],
+                "mpp": None if pd.isna(r["mpp"]) else float(r["mpp"]),
+            }
+        )
     return members, batch_of
 
 
@@ -220,8 +237,12 @@ def _batch_tables():
     if not config.get("slides"):
         return {}, {}
     _sheet()  # the demo's sheet is generated first
-    return _batches(config["slides"], Path(config["slides"]).stat().st_mtime, SLIDE_BATCHES.get("size", 0),
-                    SLIDE_BATCHES.get("above", 500))
+    return _batches(
+        config["slides"],
+        Path(config["slides"]).stat().st_mtime,
+        SLIDE_BATCHES.get("size", 0),
+        SLIDE_BATCHES.get("above", 500),
+    )
 
 
 def batch_map():
@@ -232,6 +253,11 @@ def batch_map():
 
 def batch_of(slide_id):
     return _batch_tables()[1][slide_id]
+
+
+def shell_command(*pieces):
+    """A shell command from pieces joined by spaces: pieces that two rules share are written once."""
+    return " ".join(pieces)
 
 
 def batch_members(wildcards):
@@ -283,8 +309,12 @@ def feature_stores(wildcards=None):
 # ---- target lists (rule all) and the outputs several rule files read ---------------------------------
 def model_outputs(name, models=None):
     """One output file (P.CHECKPOINT, P.PREDICTIONS, ...) of every training job, or of `models` only."""
-    return [str(P.model_file(RESULTS, m, t, k, name))
-            for m, t in MODEL_TASKS if models is None or m in models for k in FOLDS]
+    return [
+        str(P.model_file(RESULTS, m, t, k, name))
+        for m, t in MODEL_TASKS
+        if models is None or m in models
+        for k in FOLDS
+    ]
 
 
 def tile_models():
@@ -310,3 +340,153 @@ def all_targets(wildcards):
         targets += [str(P.tile_qc(RESULTS, m, s)) for s in slides().slide_id for m in MAGS]
     return targets
 
+
+# ---- training (train.smk: rule train and one rule train_joint_<model> per joint model, written once) ----
+JOINT_MODELS = [m for m in config["train"]["models"] if is_joint(m, VARIANTS)]
+
+
+def model_resources(name):
+    """The resource class of a model (common.smk: RESOURCE_CLASSES): the catalogue's where it has one
+    (pathomix.catalog.resources_of), else a GPU class for models that read features or images (gpu_long
+    for a joint model: every task in one job) and cpu for genes-only models."""
+    if hasattr(catalog, "resources_of"):
+        return catalog.resources_of(name, VARIANTS)
+    need = model_inputs(name, VARIANTS)
+    if not (need["wsi"] or need["mif"] or need["images"]):
+        return "cpu"
+    return "gpu_long" if is_joint(name, VARIANTS) else "gpu"
+
+
+def train_inputs(w):
+    need = model_inputs(w.model, VARIANTS)
+    inputs = {"clinical": config["clinical"], "folds": str(P.folds(RESULTS))}
+    if need["wsi"] or need["mif"]:  # H&E and mIF feature stores are listed in one manifest
+        inputs["manifest"] = str(P.manifest(RESULTS, ENCODER))
+    if need["genes"]:
+        inputs["hvg"], inputs["subspaces"] = str(P.hvg(RESULTS)), str(P.subspaces(RESULTS))
+    if need["images"]:  # image models read the H&E tiles from the slides, through the coords stores
+        he = slides()[slides().modality == "he"]
+        inputs["slides"] = config["slides"]
+        inputs["tiles"] = tile_dependencies(he.slide_id)
+    if need["teacher"]:
+        inputs["teacher"] = str(P.model_file(RESULTS, need["teacher"], w.task, w.fold, P.CHECKPOINT))
+    return inputs
+
+
+def optional_flags(w, input):
+    names = {
+        "manifest": "--manifest",
+        "hvg": "--hvg",
+        "subspaces": "--subspaces",
+        "teacher": "--teacher-checkpoint",
+        "slides": "--slides",
+    }
+    flags = [f"{flag} {shlex.quote(input[k])}" for k, flag in names.items() if k in input.keys()]
+    if "tiles" in input.keys():  # the folder of the stores (the input may be their batches' markers)
+        flags.append(f"--tiles {shlex.quote(str(Path(RESULTS) / 'tiles'))}")
+    v = resolve(w.model, VARIANTS)
+    flags += [f"--model {v.model} --name {shlex.quote(v.name)}"]
+    if v.teacher is not None:
+        flags.append(f"--teacher-name {shlex.quote(v.teacher)}")
+    elif model_inputs(v.model)["teacher"]:  # a distilled model trained from scratch
+        flags.append("--scratch")
+    return " ".join(flags)
+
+
+def train_outputs(model, task):
+    """checkpoint, history, predictions of one job: `task` a task (rule train) or the list of a joint model's."""
+
+    def files(name):
+        if isinstance(task, str):
+            return str(P.model_file(RESULTS, model, task, "{fold}", name))
+        return [str(P.model_file(RESULTS, model, t, "{fold}", name)) for t in task]
+
+    return {key: files(name) for key, name in P.MODEL_OUTPUTS.items()}
+
+
+def train_params(model):
+    """params of both rules: `model` a name, or None for the {model} wildcard (rule train)."""
+    name = (lambda w: w.model) if model is None else (lambda w: model)
+    return {
+        "flags": lambda w, input: optional_flags(SimpleNamespace(model=name(w)), input),
+        "cfg": lambda w: json.dumps(job_params(name(w), config["train"]), sort_keys=True),
+        "code": code_hash("models", "train"),
+    }
+
+
+def train_shell(task, out):
+    """The command of both rules; `task` and `out` are the parts in which they differ."""
+    return (
+        f"python -m pathomix.train --task {task} --fold {{wildcards.fold}} "
+        "--clinical {input.clinical:q} --folds {input.folds:q} {params.flags} --params {params.cfg:q} "
+        f"--threads {{threads}} --out {out} > {{log:q}} 2>&1"
+    )
+
+
+# ---- evaluation and report (evaluate.smk) --------------------------------------------------------------
+EXTERNAL = config["splits"].get("external_cohorts") or []
+FIGURE_LABEL = {
+    "roc": "ROC + confusion matrix",
+    "km": "Kaplan–Meier by predicted risk",
+    "calibration": "reliability diagram",
+    "training": "loss and validation metric per epoch",
+}
+
+
+def marker_output(m, t, name):
+    """mIF models: the attention per marker, next to the model's slide heatmaps."""
+    return report(
+        str(P.figures(RESULTS) / name),
+        category=CATEGORY["heatmaps"],
+        subcategory=m,
+        labels={"model": m, "head": f"per mIF marker ({t})"},
+        caption="../report/markers.rst",
+    )
+
+
+def figure_outputs():
+    """Named, report-tagged outputs: one per model × task × figure kind of the task's kind."""
+    out = {}
+    for m, t in MODEL_TASKS:
+        for kind, name in L.figure_names(m, t, TASKS[t].kind, mif=model_inputs(m, VARIANTS)["mif"]).items():
+            if kind == L.MARKER_FIGURE:
+                out[f"{kind}_{m}_{t}"] = marker_output(m, t, name)
+                continue
+            out[f"{kind}_{m}_{t}"] = report(
+                str(P.figures(RESULTS) / name),
+                category=CATEGORY[kind],
+                subcategory=t,
+                labels={"model": m, "figure": FIGURE_LABEL[kind]},
+                caption=f"../report/{kind}.rst",
+            )
+    return out
+
+
+def cohort_outputs():
+    if not EXTERNAL:
+        return {}
+    cat = dict(category=CATEGORY["cohorts"], caption="../report/cohorts.rst")
+    return {
+        "cohorts_html": report(str(P.cohorts(RESULTS, "html")), **cat, labels={"table": "per cohort"}),
+        "cohorts_csv": report(str(P.cohorts(RESULTS, "csv")), **cat, labels={"table": "per cohort (CSV)"}),
+    }
+
+
+def table(path, label):
+    return report(path, category=CATEGORY["comparison"], caption="../report/comparison.rst", labels={"table": label})
+
+
+def subspace_model_checkpoints(wildcards=None):
+    """checkpoint.pt of every task and fold of the first model that reads the gene subspaces."""
+    teachers = [m for m in config["train"]["models"] if resolve(m, VARIANTS).model == "dmsf_teacher"]
+    if not teachers:
+        return []
+    return model_outputs(P.CHECKPOINT, models=teachers[:1])
+
+
+# ---- slide heatmaps (heatmaps.smk) --------------------------------------------------------------------
+def drawn_slides():
+    """The slides the heatmaps may draw: H&E slides for H&E models, mIF images for mIF models."""
+    wanted = {slide_modality(m, VARIANTS) for m in tile_models()}
+    df = slides()
+    return df[df.modality.isin(wanted)]

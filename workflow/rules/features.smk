@@ -13,13 +13,6 @@ rule extract:
         tiles=[str(P.tiles(RESULTS, m, "{slide_id}")) for m in MAGS],
     output:
         [str(P.features(RESULTS, ENCODER, m, "{slide_id}")) for m in MAGS],
-    params:
-        modality=lambda w: slide_row(w)["modality"],
-        mpp=lambda w: slide_row(w)["mpp_flag"],
-        channels=channels_flag,
-        cfg=EXTRACT_CFG,
-        on_bad_tile=config["tiling"]["on_bad_tile"],
-        code=EXTRACT_CODE,
     log:
         f"{LOGS}/extract/{{slide_id}}.log",
     benchmark:
@@ -27,6 +20,13 @@ rule extract:
     threads: EXTRACT_THREADS
     resources:
         **class_resources("gpu_io"),
+    params:
+        modality=lambda w: slide_row(w)["modality"],
+        mpp=lambda w: slide_row(w)["mpp_flag"],
+        channels=channels_flag,
+        cfg=EXTRACT_CFG,
+        on_bad_tile=config["tiling"]["on_bad_tile"],
+        code=EXTRACT_CODE,
     shell:
         "python -m pathomix.features --slide-id {wildcards.slide_id:q} --path {input.slide:q} "
         "--modality {params.modality} {params.mpp} {params.channels} --tiles {input.tiles:q} "
@@ -40,25 +40,28 @@ rule extract_batch:
         channels=batch_channel_sheet,
     output:
         str(P.feature_batch(RESULTS, ENCODER, "{batch}")),
+    log:
+        f"{LOGS}/extract/batch{{batch}}.log",
+    benchmark:
+        f"{BENCH}/extract/batch{{batch}}.tsv"
+    wildcard_constraints:
+        batch=r"\d+",
+    threads: EXTRACT_THREADS
+    resources:
+        **class_resources("gpu_io", runtime=120),
     params:
         members=batch_members,
+        # results_dir and encoder from the output's path (derived params are not rerun triggers)
+        results=lambda w, output: str(Path(output[0]).parents[3]),
+        encoder=lambda w, output: Path(output[0]).parents[1].name,
         channels=channels_flag,
         mags=" ".join(MAGS),
         cfg=EXTRACT_CFG,
         on_bad_tile=config["tiling"]["on_bad_tile"],
         code=EXTRACT_CODE,
-    wildcard_constraints:
-        batch=r"\d+",
-    log:
-        f"{LOGS}/extract/batch{{batch}}.log",
-    benchmark:
-        f"{BENCH}/extract/batch{{batch}}.tsv"
-    threads: EXTRACT_THREADS
-    resources:
-        **class_resources("gpu_io", runtime=120),
     shell:
-        "python -m pathomix.batch extract --members {params.members:q} --results {RESULTS:q} --mag {params.mags} "
-        "--encoder {ENCODER} --params {params.cfg:q} --code {params.code} --on-bad-tile {params.on_bad_tile} "
+        "python -m pathomix.batch extract --members {params.members:q} --results {params.results:q} --mag {params.mags} "
+        "--encoder {params.encoder} --params {params.cfg:q} --code {params.code} --on-bad-tile {params.on_bad_tile} "
         "{params.channels} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
@@ -68,9 +71,6 @@ rule manifest:
         stores=feature_stores,
     output:
         str(P.manifest(RESULTS, ENCODER)),
-    params:
-        source=lambda w: "--batches" if batch_map() else "--stores",
-        code=EXTRACT_CODE,
     log:
         f"{LOGS}/manifest.log",
     benchmark:
@@ -78,6 +78,9 @@ rule manifest:
     threads: 1
     resources:
         **class_resources("light"),
+    params:
+        source=lambda w: "--batches" if batch_map() else "--stores",
+        code=EXTRACT_CODE,
     shell:
         "python -m pathomix.features.manifest --slides {input.sheet:q} {params.source} {input.stores:q} "
         "--out {output:q} > {log:q} 2>&1"

@@ -8,9 +8,6 @@ rule hvg:
     output:
         hvg=str(P.hvg(RESULTS)),
         subspaces=str(P.subspaces(RESULTS)),
-    params:
-        cfg=subtree("genes_params"),
-        code=code_hash("genes"),
     log:
         f"{LOGS}/hvg.log",
     benchmark:
@@ -18,6 +15,9 @@ rule hvg:
     threads: 1
     resources:
         **class_resources("cpu"),
+    params:
+        cfg=subtree("genes_params"),
+        code=code_hash("genes"),
     shell:
         "python -m pathomix.genes --genes {input.genes:q} --clinical {input.clinical:q} "
         "--params {params.cfg:q} --out {output.hvg:q} --out-subspaces {output.subspaces:q} > {log:q} 2>&1"

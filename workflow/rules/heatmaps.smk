@@ -4,13 +4,6 @@
 # output and the report picks them up by pattern.
 
 
-def drawn_slides():
-    """The slides the heatmaps may draw: H&E slides for H&E models, mIF images for mIF models."""
-    wanted = {slide_modality(m, VARIANTS) for m in tile_models()}
-    df = slides()
-    return df[df.modality.isin(wanted)]
-
-
 rule heatmaps:
     input:
         predictions=model_outputs(P.PREDICTIONS, models=tile_models()),
@@ -18,14 +11,15 @@ rule heatmaps:
         slides=lambda w: list(drawn_slides().path),
         tiles=lambda w: tile_dependencies(drawn_slides().slide_id),
     output:
-        grids=report(directory(str(P.heatmaps(RESULTS))), patterns=[P.HEATMAP_GRID],
-                     category=CATEGORY["heatmaps"], subcategory="{model}", caption="../report/heatmaps.rst",
-                     labels={"model": "{model}", "head": "{head}"}),
+        grids=report(
+            directory(str(P.heatmaps(RESULTS))),
+            patterns=[P.HEATMAP_GRID],
+            category=CATEGORY["heatmaps"],
+            subcategory="{model}",
+            caption="../report/heatmaps.rst",
+            labels={"model": "{model}", "head": "{head}"},
+        ),
         export=directory(str(P.heatmap_exports(RESULTS))),
-    params:
-        tiles=lambda w: " ".join(shlex.quote(t) for t in tile_store_paths(drawn_slides().slide_id)),
-        cfg=json.dumps(config["evaluate"].get("heatmaps") or {}, sort_keys=True),
-        code=code_hash("evaluate"),
     log:
         f"{LOGS}/heatmaps.log",
     benchmark:
@@ -33,6 +27,10 @@ rule heatmaps:
     threads: 1
     resources:
         **class_resources("cpu"),
+    params:
+        tiles=lambda w: " ".join(shlex.quote(t) for t in tile_store_paths(drawn_slides().slide_id)),
+        cfg=json.dumps(config["evaluate"].get("heatmaps") or {}, sort_keys=True),
+        code=code_hash("evaluate"),
     shell:
         "python -m pathomix.evaluate.heatmaps --predictions {input.predictions:q} --slides {input.sheet:q} "
         "--tiles {params.tiles} --params {params.cfg:q} --out {output.grids:q} --export {output.export:q} "

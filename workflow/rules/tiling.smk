@@ -17,13 +17,15 @@ rule tile:
         channels=channel_sheet,
     output:
         tiles=[str(P.tiles(RESULTS, m, "{slide_id}")) for m in MAGS],
-        qc=[report(str(P.tile_qc(RESULTS, m, "{slide_id}")), category="Tiling QC",
-                   subcategory=m, caption="../report/tiling.rst") for m in MAGS],
-    params:
-        modality=lambda w: slide_row(w)["modality"],
-        mpp=lambda w: slide_row(w)["mpp_flag"],
-        channels=channels_flag,
-        **TILING_PARAMS,
+        qc=[
+            report(
+                str(P.tile_qc(RESULTS, m, "{slide_id}")),
+                category="Tiling QC",
+                subcategory=m,
+                caption="../report/tiling.rst",
+            )
+            for m in MAGS
+        ],
     log:
         f"{LOGS}/tile/{{slide_id}}.log",
     benchmark:
@@ -31,10 +33,18 @@ rule tile:
     threads: 1
     resources:
         **class_resources("cpu", runtime=10),
+    params:
+        **TILING_PARAMS,
+        modality=lambda w: slide_row(w)["modality"],
+        mpp=lambda w: slide_row(w)["mpp_flag"],
+        channels=channels_flag,
     shell:
-        "python -m pathomix.tiling --slide-id {wildcards.slide_id:q} --path {input.slide:q} "
-        "--modality {params.modality} {params.mpp} {params.channels} " + TILING_ARGS + " --out {output.tiles:q} "
-        "--qc {output.qc:q} --code {params.code} > {log:q} 2>&1"
+        shell_command(
+            "python -m pathomix.tiling --slide-id {wildcards.slide_id:q} --path {input.slide:q}",
+            "--modality {params.modality} {params.mpp} {params.channels}",
+            TILING_ARGS,
+            "--out {output.tiles:q} --qc {output.qc:q} --code {params.code} > {log:q} 2>&1",
+        )
 
 
 rule tile_batch:
@@ -43,19 +53,23 @@ rule tile_batch:
         channels=batch_channel_sheet,
     output:
         str(P.tile_batch(RESULTS, "{batch}")),
-    params:
-        members=batch_members,
-        channels=channels_flag,
-        **TILING_PARAMS,
-    wildcard_constraints:
-        batch=r"\d+",
     log:
         f"{LOGS}/tile/batch{{batch}}.log",
     benchmark:
         f"{BENCH}/tile/batch{{batch}}.tsv"
+    wildcard_constraints:
+        batch=r"\d+",
     threads: 1
     resources:
         **class_resources("cpu", runtime=60),
+    params:
+        **TILING_PARAMS,
+        members=batch_members,
+        results=lambda w, output: str(Path(output[0]).parents[2]),  # from the output: not a rerun trigger
+        channels=channels_flag,
     shell:
-        "python -m pathomix.batch tile --members {params.members:q} --results {RESULTS:q} " + TILING_ARGS + " "
-        "--code {params.code} {params.channels} --out {output:q} > {log:q} 2>&1"
+        shell_command(
+            "python -m pathomix.batch tile --members {params.members:q} --results {params.results:q}",
+            TILING_ARGS,
+            "--code {params.code} {params.channels} --out {output:q} > {log:q} 2>&1",
+        )
