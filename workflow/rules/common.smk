@@ -117,7 +117,9 @@ def class_resources(cls, **override):
     mem, runtime, gpu = get("mem_mb"), get("runtime"), get("gpu")
     res = {"mem_mb": lambda w, attempt: mem(w) * attempt, "runtime": lambda w, attempt: runtime(w) * attempt}
     if callable(cls) or resource_class(cls)["gpu"]:
-        res["gpu"] = lambda w: GPU if gpu(w) else 0
+        # locally every such job claims the GPU there is (a CPU-class model such as snn runs on it too,
+        # device: auto), so GPU jobs never share it; on a cluster only GPU-class jobs get one
+        res["gpu"] = lambda w: GPU if gpu(w) or not CLUSTER else 0
         if CLUSTER:
             cpu_partition = site_setting("slurm_partition")
             res["slurm_partition"] = lambda w: GPU_PARTITION if gpu(w) else cpu_partition
