@@ -144,6 +144,7 @@ def test_params_defaults_equal_config_yaml() -> None:
     assert TrainParams.from_mapping(TrainParams().to_dict()) == TrainParams()
 
 
+@pytest.mark.slow  # the `trained` fixture trains every job of JOBS (~25 s on 2 cores)
 @pytest.mark.parametrize("model,task", JOBS)
 def test_outputs_and_columns(trained: dict, model: str, task: str) -> None:
     out = trained[(model, task)]
@@ -171,6 +172,7 @@ def test_outputs_and_columns(trained: dict, model: str, task: str) -> None:
     assert MULTI_SLIDE[0] in used
 
 
+@pytest.mark.slow  # the `trained` fixture trains every job of JOBS (~25 s on 2 cores)
 @pytest.mark.parametrize("model", ["abmil", "dmsf_teacher", "dmsf_student"])
 def test_attention_table(trained: dict, cohort: dict, model: str) -> None:
     att = pd.read_parquet(trained[(model, "diagnosis")] / "attention.parquet")
@@ -185,6 +187,7 @@ def test_attention_table(trained: dict, cohort: dict, model: str) -> None:
     assert (att.slide_id.str.split("_").str[0] == att.patient_id).all()
 
 
+@pytest.mark.slow  # the `trained` fixture trains every job of JOBS (~25 s on 2 cores)
 @pytest.mark.parametrize("model", ["abmil", "snn", "dmsf_teacher", "dmsf_student"])
 def test_diagnosis_beats_chance(trained: dict, model: str) -> None:
     pred = pd.read_parquet(trained[(model, "diagnosis")] / "predictions.parquet")
@@ -195,6 +198,7 @@ def test_diagnosis_beats_chance(trained: dict, model: str) -> None:
     assert auc >= 0.85, f"{model} test AUC {auc:.2f}"
 
 
+@pytest.mark.slow  # the `trained` fixture trains every job of JOBS (~25 s on 2 cores)
 @pytest.mark.parametrize("model", ["abmil", "snn", "dmsf_teacher", "dmsf_student"])
 def test_survival_beats_chance(trained: dict, model: str) -> None:
     pred = pd.read_parquet(trained[(model, "survival")] / "predictions.parquet")
@@ -203,6 +207,7 @@ def test_survival_beats_chance(trained: dict, model: str) -> None:
     assert cindex > 0.6, f"{model} C-index {cindex:.2f}"
 
 
+@pytest.mark.slow  # the `trained` fixture trains every job of JOBS (~25 s on 2 cores)
 def test_checkpoint_loads_with_weights_only(trained: dict) -> None:
     for (model, task), out in trained.items():
         ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -213,6 +218,7 @@ def test_checkpoint_loads_with_weights_only(trained: dict) -> None:
         assert TrainParams.from_mapping(ckpt["params"]).model.hidden == PARAMS["hidden"]
 
 
+@pytest.mark.slow  # the `trained` fixture trains every job of JOBS (~25 s on 2 cores)
 def test_deterministic(cohort: dict, trained: dict, tmp_path: Path) -> None:
     for model, task in (("abmil", "diagnosis"), ("dmsf_student", "survival")):
         teacher = trained[("dmsf_teacher", task)] / "checkpoint.pt" if model == "dmsf_student" else None
@@ -239,6 +245,7 @@ def test_empty_bags_policy_error_names_patient(cohort: dict, tmp_path: Path,
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow  # the `trained` fixture trains every job of JOBS (~25 s on 2 cores)
 def test_student_needs_a_matching_teacher(cohort: dict, trained: dict, tmp_path: Path) -> None:
     assert main(_argv(cohort, "dmsf_student", "diagnosis", tmp_path)) == 2
     wrong_fold = trained[("dmsf_teacher", "diagnosis")] / "checkpoint.pt"
@@ -292,6 +299,7 @@ def test_external_cohort_is_predicted_zero_shot(cohort: dict, tmp_path: Path) ->
     assert set(pred.cohort[pred.split != "external"]) == {"site-A"}
 
 
+@pytest.mark.slow  # the `trained` fixture trains every job of JOBS (~25 s on 2 cores)
 def test_variant_trains_under_its_own_name(cohort: dict, trained: dict, tmp_path: Path) -> None:
     out = tmp_path / "scratch"
     argv = _argv(cohort, "dmsf_student", "diagnosis", out, params={**PARAMS, "epochs": 2})
@@ -424,6 +432,7 @@ def seed_trained(cohort: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     return {m: root / m for m in SEED_MODELS}
 
 
+@pytest.mark.slow  # the `seed_trained` fixture trains SEED_MODELS (~30 s on 2 cores)
 @pytest.mark.parametrize("model", SEED_MODELS)
 def test_seed_model_diagnosis_beats_chance(seed_trained: dict, cohort: dict, model: str) -> None:
     out = seed_trained[model]

@@ -19,6 +19,7 @@ import yaml
 from snake import snakemake_cmd, workflow_env
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # runs Snakemake for real (tiling + extraction of a small cohort)
 
 
 @pytest.fixture(scope="module")

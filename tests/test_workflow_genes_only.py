@@ -18,6 +18,7 @@ from snake import snakemake_cmd, workflow_env
 from pathomix.io.convert import convert, read_table, write
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # runs Snakemake for real (genes-only cohort to the report)
 
 
 def snakemake(work: Path, *args: str) -> subprocess.CompletedProcess:

@@ -8,6 +8,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# ---- file names of a training job (models/{model}/{task}/fold{k}/), written by pathomix.train
+CHECKPOINT = "checkpoint.pt"
+HISTORY = "history.parquet"
+PREDICTIONS = "predictions.parquet"
+ATTENTION = "attention.parquet"  # H&E and mIF tile models: attention of the test patients' tiles
+MARKER_ATTENTION = "marker_attention.parquet"  # mIF models: attention per marker
+GENE_IMPORTANCE = "gene_importance.parquet"  # gene-subspace models
+# the outputs every training job declares (rule train and train_joint_<model>)
+MODEL_OUTPUTS = {"checkpoint": CHECKPOINT, "history": HISTORY, "predictions": PREDICTIONS}
+# ---- file names of the evaluation (eval/)
+METRICS = "metrics.parquet"
+SUMMARY = "summary.csv"
+SUMMARY_FIGURE = "summary.png"
+HEATMAP_GRID = "{model}__{head}.png"  # in heatmaps(): one grid per WSI model × attention head
+
 
 def mag_name(mag: str | float) -> str:
     """``20`` or ``"20"`` or ``"20x"`` → ``"20x"``."""
@@ -57,9 +72,53 @@ def model_dir(results: str | Path, model: str, task: str, fold: int | str) -> Pa
     return Path(results) / "models" / model / task / f"fold{fold}"
 
 
+def model_file(results: str | Path, model: str, task: str, fold: int | str, name: str) -> Path:
+    """One file of a training job, e.g. ``model_file(results, "abmil", "diagnosis", 0, CHECKPOINT)``."""
+    return model_dir(results, model, task, fold) / name
+
+
+def eval_dir(results: str | Path) -> Path:
+    return Path(results) / "eval"
+
+
 def metrics(results: str | Path) -> Path:
-    return Path(results) / "eval" / "metrics.parquet"
+    return eval_dir(results) / METRICS
+
+
+def summary(results: str | Path) -> Path:
+    """The long numeric CSV of the pooled metrics (one row per model × task × metric)."""
+    return eval_dir(results) / SUMMARY
 
 
 def figures(results: str | Path) -> Path:
-    return Path(results) / "eval" / "figures"
+    return eval_dir(results) / "figures"
+
+
+def summary_figure(results: str | Path) -> Path:
+    return figures(results) / SUMMARY_FIGURE
+
+
+def comparison(results: str | Path, ext: str) -> Path:
+    return eval_dir(results) / f"comparison.{ext}"
+
+
+def cohorts(results: str | Path, ext: str) -> Path:
+    return eval_dir(results) / f"cohorts.{ext}"
+
+
+def heatmaps(results: str | Path) -> Path:
+    """Folder of the heatmap grids ``HEATMAP_GRID`` (one per WSI model × attention head)."""
+    return eval_dir(results) / "heatmaps"
+
+
+def heatmap_exports(results: str | Path) -> Path:
+    """Folder of one overlay PNG per slide × model × task × head × magnification (not in the report)."""
+    return eval_dir(results) / "heatmap_slides"
+
+
+def gene_view(results: str | Path) -> Path:
+    return eval_dir(results) / "genes.png"
+
+
+def provenance(results: str | Path, ext: str) -> Path:
+    return eval_dir(results) / f"provenance.{ext}"

@@ -1,4 +1,6 @@
-# Helpers shared by the rules: sheets, paths, code hashes, per-rule config subtrees.
+# Helpers shared by the rules: sheets, paths, code hashes, per-rule config subtrees, resources, and the
+# target lists. The other rule files call only what is defined here (and their own helpers), never each other.
+import ast
 import functools
 import hashlib
 import json
@@ -14,8 +16,10 @@ import pandas as pd
 from snakemake.exceptions import WorkflowError
 
 import pathomix
+from pathomix import catalog
 from pathomix import paths as P
 from pathomix.config import validate_table
+from pathomix.evaluate import layout as L
 from pathomix.catalog import (
     is_joint,
     job_params,
@@ -26,6 +30,7 @@ from pathomix.catalog import (
     slide_modality,
 )
 from pathomix.io.sheets import read_slides
+from pathomix.io.tasks import TASKS
 
 RESULTS = config["results_dir"]
 LOGS = f"{RESULTS}/logs"
@@ -45,8 +50,89 @@ for _name in config["train"]["models"]:  # fail at parse time, naming the model 
         raise WorkflowError(f"config train.models: {err.args[0]}") from None
 # (model, task) pairs that train: every model on train.tasks, a variant on its own `tasks` if it lists them
 MODEL_TASKS = [(m, t) for m in config["train"]["models"] for t in model_tasks(m, config["train"])]
-# GPU rules claim resources gpu=1 (profiles/default caps it at 1) only where a GPU exists.
-GPU = int(shutil.which("nvidia-smi") is not None and config["features"]["device"] != "cpu")
+FOLDS = range(config["splits"]["n_folds"])
+# report categories: the number fixes their order in the report's menu
+CATEGORY = {
+    "comparison": "1. Model comparison",
+    "roc": "2. Discrimination",
+    "km": "2. Discrimination",
+    "calibration": "3. Calibration",
+    "training": "4. Training curves",
+    "heatmaps": "5. Slide heatmaps",
+    "genes": "6. Genes",
+    "provenance": "7. Provenance",
+    "cohorts": "8. External cohorts",
+}
+
+
+# ---- resources --------------------------------------------------------------------------------------
+def site_setting(name):
+    """A site setting of a cluster profile, or None. Profiles pass them as default resources
+    (profiles/slurm: `default-resources: gpu_partition`), the only profile values the Snakefile sees at
+    parse time: a profile's `config:` is replaced by any --config on the command line, and Snakemake
+    names the executor only after parsing (workflow.non_local_exec is False here, and in every dry run)."""
+    defaults = workflow.resource_settings.default_resources
+    res = defaults.get(name) if defaults is not None else None
+    if res is None:
+        return None
+    raw = getattr(res, "raw", None)  # a profile's value (an expression); Resource.value would evaluate it
+    try:
+        return ast.literal_eval(raw) if isinstance(raw, str) else raw
+    except (ValueError, SyntaxError):  # a bare name such as gpu or <gpu-partition>
+        return raw
+
+
+GPU_PARTITION = site_setting("gpu_partition")
+CLUSTER = GPU_PARTITION is not None  # planned for a cluster whose profile names its GPU partition
+# GPU rules claim resources gpu=1: on a cluster always, locally only where a GPU exists (profiles/default
+# caps the run at gpu=1, so local GPU jobs run one at a time).
+GPU = int(CLUSTER or (shutil.which("nvidia-smi") is not None and config["features"]["device"] != "cpu"))
+# Resource classes (mem_mb and runtime in minutes are doubled on a retry, attempt 2). cpus is the threads
+# of a job on a cluster; locally each rule keeps its own threads (sized for the machine).
+RESOURCE_CLASSES = {
+    "light": {"gpu": 0, "cpus": 1, "mem_mb": 2000, "runtime": 10},  # tables, sheets, reports
+    "cpu": {"gpu": 0, "cpus": 1, "mem_mb": 4000, "runtime": 30},
+    "gpu": {"gpu": 1, "cpus": 4, "mem_mb": 16000, "runtime": 60},
+    "gpu_long": {"gpu": 1, "cpus": 4, "mem_mb": 16000, "runtime": 90},
+    "gpu_io": {"gpu": 1, "cpus": 8, "mem_mb": 32000, "runtime": 15},  # feature extraction: tile-decoding workers
+}
+
+
+def resource_class(cls, w=None):
+    """A class as a dict: `cls` a name in RESOURCE_CLASSES, a dict of the same keys (such as
+    pathomix.catalog.resources_of gives), or a function wildcards → either."""
+    cls = cls(w) if callable(cls) else cls
+    return RESOURCE_CLASSES[cls] if isinstance(cls, str) else cls
+
+
+def class_resources(cls, **override):
+    """`resources:` of a rule of class `cls` (see resource_class); `override` replaces mem_mb or runtime.
+    mem_mb and runtime double on a retry (attempt 2). Rules that may need a GPU (a GPU class, or a class
+    that depends on the wildcards) get gpu=GPU or 0 and, on a cluster, slurm_partition (the profile's
+    gpu_partition for GPU jobs, its slurm_partition otherwise) and cpus_per_gpu = the job's threads."""
+
+    def get(key):
+        return lambda w: override.get(key) or resource_class(cls, w)[key]
+
+    mem, runtime, gpu = get("mem_mb"), get("runtime"), get("gpu")
+    res = {"mem_mb": lambda w, attempt: mem(w) * attempt, "runtime": lambda w, attempt: runtime(w) * attempt}
+    if callable(cls) or resource_class(cls)["gpu"]:
+        # locally every such job claims the GPU there is (a CPU-class model such as snn runs on it too,
+        # device: auto), so GPU jobs never share it; on a cluster only GPU-class jobs get one
+        res["gpu"] = lambda w: GPU if gpu(w) or not CLUSTER else 0
+        if CLUSTER:
+            cpu_partition = site_setting("slurm_partition")
+            res["slurm_partition"] = lambda w: GPU_PARTITION if gpu(w) else cpu_partition
+            res["cpus_per_gpu"] = lambda w, threads: threads if gpu(w) else None
+    return res
+
+
+def class_threads(cls, local):
+    """The threads of a job of class `cls`: `local` (sized for this machine) unless on a cluster, where it
+    is the class's cpus (capped by the profile's `cores`)."""
+    if not CLUSTER:
+        return local
+    return (lambda w: resource_class(cls, w)["cpus"]) if callable(cls) else resource_class(cls)["cpus"]
 
 
 onstart:
@@ -57,7 +143,8 @@ onstart:
             "this cluster run has a run-wide `gpu` limit (from profiles/default, the settings for local runs, "
             "which Snakemake adds unless told otherwise): only that many GPU jobs would run at once. "
             "Run `snakemake --profile profiles/slurm --workflow-profile none` (README: Running on a SLURM cluster); "
-            "to cap GPU use on a cluster, use `jobs:` or a SLURM QOS.")
+            "to cap GPU use on a cluster, use `jobs:` or a SLURM QOS."
+        )
 
 
 def code_hash(*stages):
@@ -137,9 +224,14 @@ def _batches(path, mtime, size, above):
     members, batch_of = {}, {}
     for sid, r in rows.items():  # a slide keeps its batch while the number of batches stays
         batch_of[sid] = zlib.crc32(sid.encode()) % n
-        members.setdefault(batch_of[sid], []).append({
-            "slide_id": sid, "path": r["path"], "modality": r["modality"],
-            "mpp": None if pd.isna(r["mpp"]) else float(r["mpp"])})
+        members.setdefault(batch_of[sid], []).append(
+            {
+                "slide_id": sid,
+                "path": r["path"],
+                "modality": r["modality"],
+                "mpp": None if pd.isna(r["mpp"]) else float(r["mpp"]),
+            }
+        )
     return members, batch_of
 
 
@@ -147,8 +239,12 @@ def _batch_tables():
     if not config.get("slides"):
         return {}, {}
     _sheet()  # the demo's sheet is generated first
-    return _batches(config["slides"], Path(config["slides"]).stat().st_mtime, SLIDE_BATCHES.get("size", 0),
-                    SLIDE_BATCHES.get("above", 500))
+    return _batches(
+        config["slides"],
+        Path(config["slides"]).stat().st_mtime,
+        SLIDE_BATCHES.get("size", 0),
+        SLIDE_BATCHES.get("above", 500),
+    )
 
 
 def batch_map():
@@ -159,6 +255,16 @@ def batch_map():
 
 def batch_of(slide_id):
     return _batch_tables()[1][slide_id]
+
+
+def shell_command(*pieces):
+    """A shell command from pieces joined by spaces: pieces that two rules share are written once."""
+    return " ".join(pieces)
+
+
+def batch_members(wildcards):
+    """params of a batch job: its slides as JSON (for `python -m pathomix.batch --members`)."""
+    return json.dumps(batch_map()[int(wildcards.batch)])
 
 
 def batch_channel_sheet(wildcards):
@@ -202,11 +308,187 @@ def feature_stores(wildcards=None):
     return [str(P.features(RESULTS, ENCODER, m, s)) for s in df.slide_id for m in MAGS]
 
 
+# ---- target lists (rule all) and the outputs several rule files read ---------------------------------
+def model_outputs(name, models=None):
+    """One output file (P.CHECKPOINT, P.PREDICTIONS, ...) of every training job, or of `models` only."""
+    return [
+        str(P.model_file(RESULTS, m, t, k, name))
+        for m, t in MODEL_TASKS
+        if models is None or m in models
+        for k in FOLDS
+    ]
+
+
+def tile_models():
+    """The models with slide heatmaps: those that read tiles of H&E or mIF slides."""
+    return [m for m in config["train"]["models"] if slide_modality(m, VARIANTS)]
+
+
+def report_targets():
+    """Outputs of the report's own rules (evaluate's come with metrics.parquet)."""
+    targets = [str(P.provenance(RESULTS, "html"))]
+    if config.get("genes"):
+        targets.append(str(P.gene_view(RESULTS)))
+    if config.get("slides") and tile_models():
+        targets.append(str(P.heatmaps(RESULTS)))
+    return targets
+
+
 def all_targets(wildcards):
-    targets = [P.metrics(RESULTS), f"{RESULTS}/eval/summary.csv", *report_targets()]
+    targets = [str(P.metrics(RESULTS)), str(P.summary(RESULTS)), *report_targets()]
     if batches := batch_map():  # the batch jobs write the QC images next to the stores
         targets += [str(P.tile_batch(RESULTS, b)) for b in sorted(batches)]
     elif config.get("slides"):
         targets += [str(P.tile_qc(RESULTS, m, s)) for s in slides().slide_id for m in MAGS]
     return targets
 
+
+# ---- training (train.smk: rule train and one rule train_joint_<model> per joint model, written once) ----
+JOINT_MODELS = [m for m in config["train"]["models"] if is_joint(m, VARIANTS)]
+
+
+def model_resources(name):
+    """The resource class of a model (common.smk: RESOURCE_CLASSES): the catalogue's where it has one
+    (pathomix.catalog.resources_of), else a GPU class for models that read features or images (gpu_long
+    for a joint model: every task in one job) and cpu for genes-only models."""
+    if hasattr(catalog, "resources_of"):
+        return catalog.resources_of(name, VARIANTS)
+    need = model_inputs(name, VARIANTS)
+    if not (need["wsi"] or need["mif"] or need["images"]):
+        return "cpu"
+    return "gpu_long" if is_joint(name, VARIANTS) else "gpu"
+
+
+def train_inputs(w):
+    need = model_inputs(w.model, VARIANTS)
+    inputs = {"clinical": config["clinical"], "folds": str(P.folds(RESULTS))}
+    if need["wsi"] or need["mif"]:  # H&E and mIF feature stores are listed in one manifest
+        inputs["manifest"] = str(P.manifest(RESULTS, ENCODER))
+    if need["genes"]:
+        inputs["hvg"], inputs["subspaces"] = str(P.hvg(RESULTS)), str(P.subspaces(RESULTS))
+    if need["images"]:  # image models read the H&E tiles from the slides, through the coords stores
+        he = slides()[slides().modality == "he"]
+        inputs["slides"] = config["slides"]
+        inputs["tiles"] = tile_dependencies(he.slide_id)
+    if need["teacher"]:
+        inputs["teacher"] = str(P.model_file(RESULTS, need["teacher"], w.task, w.fold, P.CHECKPOINT))
+    return inputs
+
+
+def optional_flags(w, input):
+    names = {
+        "manifest": "--manifest",
+        "hvg": "--hvg",
+        "subspaces": "--subspaces",
+        "teacher": "--teacher-checkpoint",
+        "slides": "--slides",
+    }
+    flags = [f"{flag} {shlex.quote(input[k])}" for k, flag in names.items() if k in input.keys()]
+    if "tiles" in input.keys():  # the folder of the stores (the input may be their batches' markers)
+        flags.append(f"--tiles {shlex.quote(str(Path(RESULTS) / 'tiles'))}")
+    v = resolve(w.model, VARIANTS)
+    flags += [f"--model {v.model} --name {shlex.quote(v.name)}"]
+    if v.teacher is not None:
+        flags.append(f"--teacher-name {shlex.quote(v.teacher)}")
+    elif model_inputs(v.model)["teacher"]:  # a distilled model trained from scratch
+        flags.append("--scratch")
+    return " ".join(flags)
+
+
+def train_outputs(model, task):
+    """checkpoint, history, predictions of one job: `task` a task (rule train) or the list of a joint model's."""
+
+    def files(name):
+        if isinstance(task, str):
+            return str(P.model_file(RESULTS, model, task, "{fold}", name))
+        return [str(P.model_file(RESULTS, model, t, "{fold}", name)) for t in task]
+
+    return {key: files(name) for key, name in P.MODEL_OUTPUTS.items()}
+
+
+def train_params(model):
+    """params of both rules: `model` a name, or None for the {model} wildcard (rule train)."""
+    name = (lambda w: w.model) if model is None else (lambda w: model)
+    return {
+        "flags": lambda w, input: optional_flags(SimpleNamespace(model=name(w)), input),
+        "cfg": lambda w: json.dumps(job_params(name(w), config["train"]), sort_keys=True),
+        "code": code_hash("models", "train"),
+    }
+
+
+def train_shell(task, out):
+    """The command of both rules; `task` and `out` are the parts in which they differ."""
+    return (
+        f"python -m pathomix.train --task {task} --fold {{wildcards.fold}} "
+        "--clinical {input.clinical:q} --folds {input.folds:q} {params.flags} --params {params.cfg:q} "
+        f"--threads {{threads}} --out {out} > {{log:q}} 2>&1"
+    )
+
+
+# ---- evaluation and report (evaluate.smk) --------------------------------------------------------------
+EXTERNAL = config["splits"].get("external_cohorts") or []
+FIGURE_LABEL = {
+    "roc": "ROC + confusion matrix",
+    "km": "Kaplan–Meier by predicted risk",
+    "calibration": "reliability diagram",
+    "training": "loss and validation metric per epoch",
+}
+
+
+def marker_output(m, t, name):
+    """mIF models: the attention per marker, next to the model's slide heatmaps."""
+    return report(
+        str(P.figures(RESULTS) / name),
+        category=CATEGORY["heatmaps"],
+        subcategory=m,
+        labels={"model": m, "head": f"per mIF marker ({t})"},
+        caption="../report/markers.rst",
+    )
+
+
+def figure_outputs():
+    """Named, report-tagged outputs: one per model × task × figure kind of the task's kind."""
+    out = {}
+    for m, t in MODEL_TASKS:
+        for kind, name in L.figure_names(m, t, TASKS[t].kind, mif=model_inputs(m, VARIANTS)["mif"]).items():
+            if kind == L.MARKER_FIGURE:
+                out[f"{kind}_{m}_{t}"] = marker_output(m, t, name)
+                continue
+            out[f"{kind}_{m}_{t}"] = report(
+                str(P.figures(RESULTS) / name),
+                category=CATEGORY[kind],
+                subcategory=t,
+                labels={"model": m, "figure": FIGURE_LABEL[kind]},
+                caption=f"../report/{kind}.rst",
+            )
+    return out
+
+
+def cohort_outputs():
+    if not EXTERNAL:
+        return {}
+    cat = dict(category=CATEGORY["cohorts"], caption="../report/cohorts.rst")
+    return {
+        "cohorts_html": report(str(P.cohorts(RESULTS, "html")), **cat, labels={"table": "per cohort"}),
+        "cohorts_csv": report(str(P.cohorts(RESULTS, "csv")), **cat, labels={"table": "per cohort (CSV)"}),
+    }
+
+
+def table(path, label):
+    return report(path, category=CATEGORY["comparison"], caption="../report/comparison.rst", labels={"table": label})
+
+
+def subspace_model_checkpoints(wildcards=None):
+    """checkpoint.pt of every task and fold of the first model that reads the gene subspaces."""
+    teachers = [m for m in config["train"]["models"] if resolve(m, VARIANTS).model == "dmsf_teacher"]
+    if not teachers:
+        return []
+    return model_outputs(P.CHECKPOINT, models=teachers[:1])
+
+
+# ---- slide heatmaps (heatmaps.smk) --------------------------------------------------------------------
+def drawn_slides():
+    """The slides the heatmaps may draw: H&E slides for H&E models, mIF images for mIF models."""
+    wanted = {slide_modality(m, VARIANTS) for m in tile_models()}
+    df = slides()
+    return df[df.modality.isin(wanted)]

@@ -8,16 +8,16 @@ rule hvg:
     output:
         hvg=str(P.hvg(RESULTS)),
         subspaces=str(P.subspaces(RESULTS)),
-    params:
-        cfg=subtree("genes_params"),
-        code=code_hash("genes"),
     log:
         f"{LOGS}/hvg.log",
     benchmark:
         f"{BENCH}/hvg.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
+        **class_resources("cpu"),
+    params:
+        cfg=subtree("genes_params"),
+        code=code_hash("genes"),
     shell:
         "python -m pathomix.genes --genes {input.genes:q} --clinical {input.clinical:q} "
         "--params {params.cfg:q} --out {output.hvg:q} --out-subspaces {output.subspaces:q} > {log:q} 2>&1"

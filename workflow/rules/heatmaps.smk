@@ -4,49 +4,33 @@
 # output and the report picks them up by pattern.
 
 
-def tile_models():
-    return [m for m in config["train"]["models"] if slide_modality(m, VARIANTS)]
-
-
-def tile_predictions(wildcards=None):
-    tiles = set(tile_models())
-    return [str(P.model_dir(RESULTS, m, t, k) / "predictions.parquet")
-            for m, t in MODEL_TASKS if m in tiles for k in FOLDS]
-
-
-def drawn_slides():
-    """The slides the heatmaps may draw: H&E slides for H&E models, mIF images for mIF models."""
-    wanted = {slide_modality(m, VARIANTS) for m in tile_models()}
-    df = slides()
-    return df[df.modality.isin(wanted)]
-
-
-def heatmap_targets():
-    return [str(L.heatmaps(RESULTS))] if config.get("slides") and tile_models() else []
-
-
 rule heatmaps:
     input:
-        predictions=tile_predictions,
+        predictions=model_outputs(P.PREDICTIONS, models=tile_models()),
         sheet=config["slides"] or [],
         slides=lambda w: list(drawn_slides().path),
         tiles=lambda w: tile_dependencies(drawn_slides().slide_id),
     output:
-        grids=report(directory(str(L.heatmaps(RESULTS))), patterns=[L.HEATMAP_GRID],
-                     category=CATEGORY["heatmaps"], subcategory="{model}", caption="../report/heatmaps.rst",
-                     labels={"model": "{model}", "head": "{head}"}),
-        export=directory(str(L.heatmap_exports(RESULTS))),
-    params:
-        tiles=lambda w: " ".join(shlex.quote(t) for t in tile_store_paths(drawn_slides().slide_id)),
-        cfg=json.dumps(EVAL.get("heatmaps") or {}, sort_keys=True),
-        code=code_hash("evaluate"),
+        grids=report(
+            directory(str(P.heatmaps(RESULTS))),
+            patterns=[P.HEATMAP_GRID],
+            category=CATEGORY["heatmaps"],
+            subcategory="{model}",
+            caption="../report/heatmaps.rst",
+            labels={"model": "{model}", "head": "{head}"},
+        ),
+        export=directory(str(P.heatmap_exports(RESULTS))),
     log:
         f"{LOGS}/heatmaps.log",
     benchmark:
         f"{BENCH}/heatmaps.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
+        **class_resources("cpu"),
+    params:
+        tiles=lambda w: " ".join(shlex.quote(t) for t in tile_store_paths(drawn_slides().slide_id)),
+        cfg=json.dumps(config["evaluate"].get("heatmaps") or {}, sort_keys=True),
+        code=code_hash("evaluate"),
     shell:
         "python -m pathomix.evaluate.heatmaps --predictions {input.predictions:q} --slides {input.sheet:q} "
         "--tiles {params.tiles} --params {params.cfg:q} --out {output.grids:q} --export {output.export:q} "

@@ -1,4 +1,14 @@
 # Tiling: one job per slide, every magnification (coords h5 + QC thumbnail per magnification).
+# Large cohorts (more than slide_batches.above slides): one job per batch of slides, same stores
+# (python -m pathomix.batch; a rerun redoes only the slides whose stores are missing or stale).
+# What both rules share is written once: TILING_PARAMS, TILING_ARGS, the log/benchmark folders, resources.
+TILING_PARAMS = {
+    "mags": " ".join(MAGS),
+    "target_mpp": " ".join(str(v) for v in config["tiling"]["magnifications"].values()),
+    "cfg": subtree("tiling", drop=("magnifications",)),
+    "code": code_hash("tiling"),
+}
+TILING_ARGS = "--mag {params.mags} --target-mpp {params.target_mpp} --params {params.cfg:q}"
 
 
 rule tile:
@@ -7,55 +17,59 @@ rule tile:
         channels=channel_sheet,
     output:
         tiles=[str(P.tiles(RESULTS, m, "{slide_id}")) for m in MAGS],
-        qc=[report(str(P.tile_qc(RESULTS, m, "{slide_id}")), category="Tiling QC",
-                   subcategory=m, caption="../report/tiling.rst") for m in MAGS],
-    params:
-        modality=lambda w: slide_row(w)["modality"],
-        mpp=lambda w: slide_row(w)["mpp_flag"],
-        channels=channels_flag,
-        mags=" ".join(MAGS),
-        target_mpp=" ".join(str(v) for v in config["tiling"]["magnifications"].values()),
-        cfg=subtree("tiling", drop=("magnifications",)),
-        code=code_hash("tiling"),
+        qc=[
+            report(
+                str(P.tile_qc(RESULTS, m, "{slide_id}")),
+                category="Tiling QC",
+                subcategory=m,
+                caption="../report/tiling.rst",
+            )
+            for m in MAGS
+        ],
     log:
         f"{LOGS}/tile/{{slide_id}}.log",
     benchmark:
         f"{BENCH}/tile/{{slide_id}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
+        **class_resources("cpu", runtime=10),
+    params:
+        **TILING_PARAMS,
+        modality=lambda w: slide_row(w)["modality"],
+        mpp=lambda w: slide_row(w)["mpp_flag"],
+        channels=channels_flag,
     shell:
-        "python -m pathomix.tiling --slide-id {wildcards.slide_id:q} --path {input.slide:q} "
-        "--modality {params.modality} {params.mpp} {params.channels} --mag {params.mags} "
-        "--target-mpp {params.target_mpp} --params {params.cfg:q} --out {output.tiles:q} "
-        "--qc {output.qc:q} --code {params.code} > {log:q} 2>&1"
+        shell_command(
+            "python -m pathomix.tiling --slide-id {wildcards.slide_id:q} --path {input.slide:q}",
+            "--modality {params.modality} {params.mpp} {params.channels}",
+            TILING_ARGS,
+            "--out {output.tiles:q} --qc {output.qc:q} --code {params.code} > {log:q} 2>&1",
+        )
 
 
-# Large cohorts (more than slide_batches.above slides): one job per batch of slides, same stores
-# (python -m pathomix.batch; a rerun redoes only the slides whose stores are missing or stale).
 rule tile_batch:
     input:
         slides=lambda w: [m["path"] for m in batch_map()[int(w.batch)]],
         channels=batch_channel_sheet,
     output:
         str(P.tile_batch(RESULTS, "{batch}")),
-    params:
-        members=lambda w: json.dumps(batch_map()[int(w.batch)]),
-        channels=channels_flag,
-        mags=" ".join(MAGS),
-        target_mpp=" ".join(str(v) for v in config["tiling"]["magnifications"].values()),
-        cfg=subtree("tiling", drop=("magnifications",)),
-        code=code_hash("tiling"),
-    wildcard_constraints:
-        batch=r"\d+",
     log:
         f"{LOGS}/tile/batch{{batch}}.log",
     benchmark:
         f"{BENCH}/tile/batch{{batch}}.tsv"
+    wildcard_constraints:
+        batch=r"\d+",
     threads: 1
     resources:
-        mem_mb=4000,
+        **class_resources("cpu", runtime=60),
+    params:
+        **TILING_PARAMS,
+        members=batch_members,
+        results=lambda w, output: str(Path(output[0]).parents[2]),  # from the output: not a rerun trigger
+        channels=channels_flag,
     shell:
-        "python -m pathomix.batch tile --members {params.members:q} --results {RESULTS:q} --mag {params.mags} "
-        "--target-mpp {params.target_mpp} --params {params.cfg:q} --code {params.code} {params.channels} "
-        "--out {output:q} > {log:q} 2>&1"
+        shell_command(
+            "python -m pathomix.batch tile --members {params.members:q} --results {params.results:q}",
+            TILING_ARGS,
+            "--code {params.code} {params.channels} --out {output:q} > {log:q} 2>&1",
+        )

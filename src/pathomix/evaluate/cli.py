@@ -20,9 +20,9 @@ from pathomix.evaluate.layout import MARKER_ATTENTION, MARKER_FIGURE, figure_nam
 from pathomix.evaluate.metrics import evaluate_predictions, summary_table
 from pathomix.io.atomic import atomic_path, write_parquet
 from pathomix.logs import setup_logging
+from pathomix.paths import HISTORY  # written by the training stage next to predictions.parquet
 
 log = logging.getLogger("pathomix.evaluate")
-HISTORY = "history.parquet"  # written by the training stage next to predictions.parquet
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from pathomix.evaluate.png import save_figure  # noqa: E402
 from pathomix.genes.hvg import GeneParams, load_gene_sets, transform  # noqa: E402
 from pathomix.io.sheets import read_genes  # noqa: E402
 from pathomix.logs import setup_logging  # noqa: E402
+from pathomix.paths import GENE_IMPORTANCE  # noqa: E402
 
 log = logging.getLogger("pathomix.evaluate.gene_view")
 TOP_N = 15
@@ -45,7 +46,7 @@ def gene_variances(genes: str | None, hvg: pd.DataFrame, params: GeneParams) -> 
     return pd.DataFrame({"gene": var.index, "variance": var.values, "kept": var.index.isin(kept.index)})
 
 
-IMPORTANCE = "gene_importance.parquet"  # written by the training stage next to checkpoint.pt
+IMPORTANCE = GENE_IMPORTANCE  # written by the training stage next to checkpoint.pt
 
 
 def model_importance(checkpoints: list[str]) -> tuple[pd.Series, str] | None:

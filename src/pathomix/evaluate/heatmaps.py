@@ -33,9 +33,9 @@ from pathomix.evaluate.layout import HEATMAP_GRID
 from pathomix.io.sheets import read_slides
 from pathomix.io.slide import open_slide
 from pathomix.logs import setup_logging
+from pathomix.paths import ATTENTION  # written by the training stage next to predictions.parquet
 
 log = logging.getLogger("pathomix.evaluate.heatmaps")
-ATTENTION = "attention.parquet"  # written by the training stage next to predictions.parquet
 THUMB_LONG_SIDE = 768            # px of the thumbnail's long side
 
 

@@ -16,15 +16,10 @@ from torch import nn
 
 from pathomix import __version__
 from pathomix.io.atomic import atomic_path, write_parquet
+from pathomix.paths import ATTENTION, CHECKPOINT, GENE_IMPORTANCE, HISTORY, MARKER_ATTENTION, PREDICTIONS  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
-HISTORY = "history.parquet"
-PREDICTIONS = "predictions.parquet"
-ATTENTION = "attention.parquet"
-GENE_IMPORTANCE = "gene_importance.parquet"
-MARKER_ATTENTION = "marker_attention.parquet"
 
 
 def checkpoint_dict(model: nn.Module, meta: Mapping[str, Any]) -> dict[str, Any]:
