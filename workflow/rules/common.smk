@@ -412,7 +412,7 @@ def train_params(model):
     return {
         "flags": lambda w, input: optional_flags(SimpleNamespace(model=name(w)), input),
         "cfg": lambda w: json.dumps(job_params(name(w), config["train"]), sort_keys=True),
-        "code": code_hash("models", "train"),
+        "code": code_hash("catalog", "models", "train"),
     }
 
 
