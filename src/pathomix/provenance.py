@@ -69,7 +69,7 @@ def encoder_weights(manifest: str | Path | None) -> list[dict[str, Any]]:
 
 
 def skipped_tiles(manifest: str | Path | None) -> list[dict[str, Any]]:
-    """Feature stores that left out unreadable tiles (``tiling.on_bad_tile: skip``)."""
+    """Feature stores that left out unreadable tiles (``features.on_bad_tile: skip``)."""
     if not manifest:
         return []
     import pandas as pd
@@ -128,7 +128,7 @@ def to_html(rec: dict[str, Any]) -> str:
             f"<tr><th>git commit</th><td>{commit}</td></tr><tr><th>workflow</th>"
             f"<td>{html.escape(rec['workflow_dir'])}</td></tr></table>"
             f"<h4>Encoder weights</h4><table><tr><th>encoder</th><th>weights sha256</th><th>slides</th></tr>{enc}"
-            "</table><h4>Tiles left out as unreadable (tiling.on_bad_tile: skip; coordinates in each store's "
+            "</table><h4>Tiles left out as unreadable (features.on_bad_tile: skip; coordinates in each store's "
             "<code>skipped_coords</code>)</h4><table><tr><th>slide</th><th>mag</th><th>skipped</th><th>kept</th></tr>"
             f"{skipped}</table><h4>Package versions</h4><table>{pkgs}</table><h4>Config used</h4><pre>{cfg}</pre>"
             "</body></html>")

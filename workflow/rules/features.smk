@@ -13,7 +13,7 @@ rule extract:
         mpp=lambda w: slide_row(w)["mpp_flag"],
         channels=channels_flag,
         cfg=subtree("features"),
-        on_bad_tile=config["tiling"]["on_bad_tile"],
+        on_bad_tile=config["features"]["on_bad_tile"],
         code=code_hash("features"),
     log:
         f"{LOGS}/extract/{{slide_id}}.log",
@@ -42,7 +42,7 @@ rule extract_batch:  # large cohorts: one job per batch of slides (see rule tile
         channels=channels_flag,
         mags=" ".join(MAGS),
         cfg=subtree("features"),
-        on_bad_tile=config["tiling"]["on_bad_tile"],
+        on_bad_tile=config["features"]["on_bad_tile"],
         code=code_hash("features"),
     wildcard_constraints:
         batch=r"\d+",
