@@ -261,3 +261,46 @@ def test_tile_stamps_do_not_depend_on_on_bad_tile(tmp_path: Path) -> None:
     assert tile_stamp(old_style, paths, "c") == tile_stamp(TilingParams.from_mapping(CONFIG["tiling"]), paths, "c")
     tiles = (tmp_path / "S.h5",)
     assert extract_stamp(ExtractParams(on_bad_tile="skip"), tiles, "c") != extract_stamp(ExtractParams(), tiles, "c")
+
+
+@pytest.mark.slow
+def test_flipping_on_bad_tile_plans_extraction_but_not_tiling(shared_data: Path, tmp_path: Path) -> None:
+    """Through Snakemake on a tiled and extracted slide: features.on_bad_tile (or the old tiling.on_bad_tile)
+    changed → extract is planned again (its params changed), tile is not."""
+    import re
+    import shutil
+    import subprocess
+
+    import pandas as pd
+    from snake import snakemake_cmd, workflow_env
+
+    (tmp_path / "slides").mkdir()
+    shutil.copy(shared_data / "wsi" / "CMU-1-Small-Region.svs", tmp_path / "slides" / "S0.svs")
+    pd.DataFrame([{"slide_id": "S0", "patient_id": "P0", "path": "slides/S0.svs", "modality": "he"}]).to_csv(
+        tmp_path / "slides.tsv", sep="\t", index=False)
+    pd.DataFrame([{"patient_id": "P0", "idh": "wt"}]).to_csv(tmp_path / "clinical.tsv", sep="\t", index=False)
+    cfg = json.loads(json.dumps(CONFIG))
+    cfg.update(slides="slides.tsv", clinical="clinical.tsv", genes=None, mif_channels=None, demo={"enabled": False})
+    cfg["tiling"]["magnifications"] = {"20x": 0.5}
+    cfg["features"].update(num_workers=0, device="cpu")
+    cfg["train"]["models"] = ["abmil"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    target = "results/features/resnet18_trunc/20x/S0.h5"
+
+    def snakemake(*args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([*snakemake_cmd(), "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--cores", "1",
+                               target, *args], env=workflow_env(PYTHONPATH=str(ROOT / "src")), capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    def planned(*config: str) -> set[str]:
+        proc = snakemake("-n", "--quiet", "rules", *(("--config", *config) if config else ()))
+        return set(re.findall(r"^(\w+)\s+\d+$", proc.stdout, re.M)) - {"total"}
+
+    snakemake()
+    assert planned() == set()
+    assert planned("features={on_bad_tile: skip}") == {"extract"}
+    old = snakemake("-n", "--quiet", "rules", "--config", "tiling={on_bad_tile: skip}")
+    assert set(re.findall(r"^(\w+)\s+\d+$", old.stdout, re.M)) - {"total"} == {"extract"}
+    assert "tiling.on_bad_tile" in old.stderr + old.stdout
