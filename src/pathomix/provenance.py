@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
+from pathomix.cli import stage_main
 from pathomix.io.atomic import atomic_path
-from pathomix.logs import setup_logging
 
 log = logging.getLogger("pathomix.provenance")
 RANDOM_INIT = "random-init"
@@ -134,6 +134,7 @@ def to_html(rec: dict[str, Any]) -> str:
             "</body></html>")
 
 
+@stage_main("pathomix.provenance")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pathomix.provenance", description=__doc__)
     p.add_argument("--config-json", required=True, help="the run's config as JSON")
@@ -142,7 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-html", required=True)
     args = p.parse_args(argv)
-    setup_logging()
     rec = record(json.loads(args.config_json), args.workflow_dir, args.manifest)
     write_json(rec, args.out_json)
     with atomic_path(args.out_html) as tmp:
