@@ -132,6 +132,8 @@ CLI = {
                        "f.parquet", "--out", "o"],
     "pathomix.batch": ["extract", "--members", "[]", "--results", "r", "--mag", "20x", "--encoder", "resnet18_trunc",
                        "--out", "m.parquet"],
+    "pathomix.batch tile": ["tile", "--members", '[{"slide_id": "S", "path": "S.svs"}]', "--results", "r", "--mag",
+                            "20x", "--target-mpp", "0.5", "--out", "m.parquet"],
 }
 
 
@@ -141,7 +143,7 @@ def _main(module: str):
     name = {"pathomix.tiling": "pathomix.tiling.stage", "pathomix.features": "pathomix.features.cli",
             "pathomix.splits": "pathomix.splits.folds", "pathomix.genes": "pathomix.genes.hvg",
             "pathomix.evaluate": "pathomix.evaluate.cli", "pathomix.train": "pathomix.train.cli",
-            "pathomix.batch": "pathomix.batch.cli"}.get(module, module)
+            "pathomix.batch": "pathomix.batch.cli", "pathomix.batch tile": "pathomix.batch.cli"}.get(module, module)
     return importlib.import_module(name).main
 
 

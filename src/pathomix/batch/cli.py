@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -38,6 +38,9 @@ from pathomix.features.tiles import SlideRef
 from pathomix.io.atomic import write_parquet
 from pathomix.io.errors import PathomixInputError
 from pathomix.io.stamps import read_stamp, write_stamp
+
+if TYPE_CHECKING:
+    from pathomix.tiling.params import TilingParams
 
 log = logging.getLogger("pathomix.batch")
 
@@ -68,11 +71,12 @@ class Work:
     run: Callable[[], Any]
 
 
-def tile_work(m: Member, args: argparse.Namespace) -> Work:
+def tile_work(m: Member, args: argparse.Namespace, params: TilingParams | None = None) -> Work:
+    """One slide's tiling: :func:`pathomix.tiling.stage.run` with typed params and paths."""
     from pathomix.tiling import stage as tiling
     from pathomix.tiling.params import TilingParams
 
-    params = TilingParams.from_json(args.params)
+    params = params or TilingParams.from_json(args.params)
     sheet = Path(args.channels_sheet) if m.modality == "mif" and args.channels_sheet else None
     paths = tiling.TilePaths(
         m.slide_id, Path(m.path), m.modality, tuple(args.mag), tuple(args.target_mpp),
@@ -107,8 +111,16 @@ class Extractor:
         return Work([Path(p) for p in paths.out], [], features.stamp(self.params, paths.tiles, args.code), run)
 
 
+def tiler(args: argparse.Namespace) -> Callable[[Member], Work]:
+    """Tiles slide after slide with the batch's params (parsed once: a bad key fails the job at once)."""
+    from pathomix.tiling.params import TilingParams
+
+    params = TilingParams.from_json(args.params)
+    return lambda m: tile_work(m, args, params)
+
+
 STAGES: dict[str, Callable[[argparse.Namespace], Callable[[Member], Work]]] = {
-    "tile": lambda args: lambda m: tile_work(m, args),
+    "tile": tiler,
     "extract": lambda args: Extractor(args).work,
 }
 
