@@ -26,10 +26,7 @@ log = logging.getLogger(__name__)
 
 SCHEMAS = Path(__file__).resolve().parents[3] / "workflow" / "schemas"  # the repository's (editable install)
 CLINICAL_NUMERIC = ("age", "grade", "survival_months", "event")
-CLINICAL_FIX = {  # column → how to fix a bad value (appended to the schema's message)
-    "idh": "use mut or wt (or leave empty for unknown)",
-    "codel_1p19q": "use codel or non-codel (or leave empty for unknown)",
-    "cdkn2a": "use homdel or wt (or leave empty for unknown)",
+CLINICAL_FIX = {  # column → what its values mean, appended to the schema's message (the values: the schema's)
     "grade": "use the WHO grade 2, 3 or 4 (or leave empty to derive it)",
     "event": "use 1 = death observed, 0 = censored (or leave empty)",
     "survival_months": "use months from diagnosis, >= 0 (or leave empty)",
@@ -127,8 +124,12 @@ def check_clinical(df: pd.DataFrame, path: Path) -> None:
     try:
         validate_table(df, clinical_schema(), f"clinical sheet {path}")
     except ValueError as err:
-        column = next((c for c in CLINICAL_FIX if f"column {c!r}" in str(err)), None)
-        fix = f"; {CLINICAL_FIX[column]}" if column else ""
+        columns = clinical_schema()["properties"]
+        column = next((c for c in columns if f"column {c!r}" in str(err)), None)
+        fix = CLINICAL_FIX.get(column) if column else None
+        if fix is None and column in CLINICAL_VOCAB:
+            fix = f"use {' or '.join(CLINICAL_VOCAB[column])} (or leave empty for unknown)"
+        fix = f"; {fix}" if fix else ""
         raise PathomixInputError(str(err).replace(", row ", ", patient ", 1) + fix) from None
 
 
