@@ -220,10 +220,11 @@ def train_images(args: argparse.Namespace, spec: ModelSpec, tasks: list[Task], p
 TRAINERS = {"features": train_bags, "images": train_images}  # ModelSpec.reads → trainer
 
 
-def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Train, predict and write the outputs (one folder per task); returns a summary per task."""
+def run(args: argparse.Namespace, params: TrainParams | None = None) -> dict[str, dict[str, Any]]:
+    """Train, predict and write the outputs (one folder per task); returns a summary per task. In-process
+    callers may pass typed ``params`` (else ``args.params``, the ``--params`` JSON, is read)."""
     t_start = time.perf_counter()
-    params = read_params(args.params)
+    params = params if params is not None else read_params(args.params)
     device = resolve_device(params.device)
     seed_everything(params.seed, device)
     spec, tasks = get_model(args.model), [get_task(t) for t in args.task]
