@@ -101,6 +101,12 @@ def test_snakefile_keys_are_dropped_explicitly() -> None:
         TrainParams.from_mapping({"epoch": 3})
     with pytest.raises(PathomixInputError, match=r"unknown key\(s\) \['kl'\]"):
         TrainParams.from_mapping({"distill": {"kl": 3}})
+    with pytest.raises(PathomixInputError, match=r"config `train.hidden`='wide' is not a valid int"):
+        TrainParams.from_mapping({"hidden": "wide"})
+    with pytest.raises(PathomixInputError, match=r"config `train.distill.temperature`"):
+        TrainParams.from_mapping({"distill": {"temperature": "hot"}})
+    assert TrainParams.from_mapping({"hidden": "64", "aux_losses": {"igc": 0}, "mags": ["20x"]}).model == \
+        dataclasses.replace(TrainParams().model, hidden=64, aux_losses={"igc": 0.0}, mags=("20x",))
 
 
 # ---- every stage parses --params the same way ------------------------------------------------------------

@@ -63,7 +63,8 @@ class TrainParams:
                 f"config `train`: unknown key(s) {unknown}; `train` knows {sorted(known | set(IGNORED_KEYS))}. "
                 "Fix the spelling in config.yaml (or --config, or the train.variants entry), or remove the key")
         nested: dict[str, Any] = {k: v for k, v in values.items() if k not in model_keys}
-        nested["model"] = {k: v for k, v in values.items() if k in model_keys}
+        # the model's keys sit flat in `train:`, so their messages say train.<key>
+        nested["model"] = load_params(ModelParams, {k: v for k, v in values.items() if k in model_keys}, where="train")
         return load_params(cls, nested, where="train")
 
     def to_dict(self) -> dict[str, Any]:
