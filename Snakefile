@@ -4,9 +4,8 @@
 from pathlib import Path
 
 import yaml
-from snakemake.utils import min_version, validate
-
 from snakemake.logging import logger
+from snakemake.utils import min_version, validate
 
 from pathomix.config import coerce_to_schema, move_legacy_keys
 
