@@ -120,8 +120,10 @@ def _bad_tiles(slide_id: str, ok: torch.Tensor, errors: list[str], on_bad_tile: 
 
 
 def extract_tiles(dataset: TileDataset, model: nn.Module, spec: EncoderSpec, params: ExtractParams,
-                  n_markers: int = 0, on_bad_tile: str = "error", encoder: BatchEncoder | None = None) -> Extracted:
-    """Encode every readable tile of ``dataset``; unreadable tiles raise or are skipped (``on_bad_tile``).
+                  n_markers: int = 0, on_bad_tile: str | None = None, encoder: BatchEncoder | None = None
+                  ) -> Extracted:
+    """Encode every readable tile of ``dataset``; unreadable tiles raise or are skipped (``on_bad_tile``,
+    by default ``params.on_bad_tile``).
 
     ``encoder`` reuses a :class:`BatchEncoder` across calls (one compile, one batch-size probe)."""
     return next(extract_slides([dataset], model, spec, params, n_markers, on_bad_tile, encoder))
@@ -129,10 +131,11 @@ def extract_tiles(dataset: TileDataset, model: nn.Module, spec: EncoderSpec, par
 
 @torch.inference_mode()
 def extract_slides(datasets: list[TileDataset], model: nn.Module, spec: EncoderSpec, params: ExtractParams,
-                   n_markers: int = 0, on_bad_tile: str = "error",
+                   n_markers: int = 0, on_bad_tile: str | None = None,
                    encoder: BatchEncoder | None = None) -> Iterator[Extracted]:
     """:func:`extract_tiles` for several slides through one DataLoader (:class:`SlideChunks`): workers start
     once, and the next slide is read while the current one finishes. Yields one result per dataset, in order."""
+    on_bad_tile = params.on_bad_tile if on_bad_tile is None else on_bad_tile  # None: the params' policy
     if on_bad_tile not in BAD_TILE_POLICIES:
         raise ValueError(f"on_bad_tile={on_bad_tile!r} must be one of {BAD_TILE_POLICIES}")
     feature_shape = (n_markers, spec.dim) if n_markers else (spec.dim,)
