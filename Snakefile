@@ -4,9 +4,10 @@
 from pathlib import Path
 
 import yaml
+from snakemake.logging import logger
 from snakemake.utils import min_version, validate
 
-from pathomix.config import coerce_to_schema
+from pathomix.config import coerce_to_schema, move_legacy_keys
 
 min_version("9.0")
 
@@ -17,6 +18,8 @@ configfile: "config.yaml" if Path("config.yaml").exists() else f"{workflow.based
 
 with open(f"{workflow.basedir}/workflow/schemas/config.schema.yaml") as f:
     config.update(coerce_to_schema(config, yaml.safe_load(f)))  # nested --config values arrive as str
+for _moved in move_legacy_keys(config):  # e.g. tiling.on_bad_tile → features.on_bad_tile
+    logger.warning(_moved)
 validate(config, "workflow/schemas/config.schema.yaml")
 
 

@@ -234,10 +234,10 @@ def test_fof_reads_biomarkers_of_training_patients_only(image_cohort):
 def test_fof_refuses_survival_and_missing_slides(image_cohort, tmp_path, caplog):
     from pathomix.train import main
 
-    assert main(_fof_argv(image_cohort, tmp_path / "s", task="survival")) == 2
+    assert main(_fof_argv(image_cohort, tmp_path / "s", task="survival")) == 1
     assert "fof trains classification tasks only" in caplog.text
     argv = _fof_argv(image_cohort, tmp_path / "n")
     i = argv.index("--slides")
-    assert main(argv[:i] + argv[i + 2:]) == 2
+    assert main(argv[:i] + argv[i + 2:]) == 1
     assert "learns from tile images; pass --slides" in caplog.text
     assert not (tmp_path / "s").exists() and not (tmp_path / "n").exists()

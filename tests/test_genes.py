@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pathomix.errors import PathomixInputError
 from pathomix.genes.hvg import load_gene_sets, looks_like_counts, main, select_hvg
-from pathomix.io.errors import PathomixInputError
 
 
 def _cohort(tmp_path, n=20, genes=("TP53", "EGFR", "IL6", "CD4", "NOISE1")):

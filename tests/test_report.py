@@ -220,7 +220,7 @@ def test_provenance_record_and_page(tmp_path, weights):
 
 
 def test_provenance_lists_skipped_tiles(tmp_path):
-    """Tiles left out under tiling.on_bad_tile: skip reach the report's provenance page."""
+    """Tiles left out under features.on_bad_tile: skip reach the report's provenance page."""
     manifest = tmp_path / "manifest.parquet"
     pd.DataFrame({"slide_id": ["S0", "S1"], "mag": "20x", "n_tiles": [10, 12], "n_skipped": [0, 3],
                   "encoder": "resnet50_trunc", "encoder_weights_sha256": "random-init"}).to_parquet(manifest)

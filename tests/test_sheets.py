@@ -31,7 +31,22 @@ def test_who2021_is_derived(tmp_path):
 
 def test_typo_in_idh_names_patient_and_allowed_values(tmp_path):
     path = _write(tmp_path / "c.tsv", [{"patient_id": "P7", "idh": "mutant"}])
-    with pytest.raises(PathomixInputError, match=r"P7 has idh='mutant'.*\['mut', 'wt'\]"):
+    # checked against workflow/schemas/clinical.schema.yaml: the file, the patient, the column, the fix
+    with pytest.raises(PathomixInputError, match=r"c\.tsv, patient P7: column 'idh' has 'mutant'.*\['mut', 'wt'.*"
+                                                 r"use mut or wt"):
+        read_clinical(path)
+
+
+@pytest.mark.parametrize(("column", "value", "fix"), [
+    ("event", "2", "1 = death observed, 0 = censored"),
+    ("grade", "5", "WHO grade 2, 3 or 4"),
+    ("survival_months", "-3", ">= 0"),
+    ("age", "forty", "number of years"),
+    ("codel_1p19q", "yes", "codel or non-codel"),
+])
+def test_clinical_sheet_follows_its_schema(tmp_path, column, value, fix):
+    path = _write(tmp_path / "c.tsv", [{"patient_id": "P1", column: None}, {"patient_id": "P2", column: value}])
+    with pytest.raises(PathomixInputError, match=rf"patient P2: column '{column}' has .*{value}.*{fix}"):
         read_clinical(path)
 
 

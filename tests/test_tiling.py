@@ -31,7 +31,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CMU = DATA / "wsi" / "CMU-1-Small-Region.svs"
 MIBI = DATA / "mif" / "mibi" / "fov8_RowNumber0_Depth_Profile0-MassCorrected-Filtered.tiff"
 PARAMS = json.dumps({"tile_px": 256, "overlap_px": 0, "mask_mpp": 8.0, "min_tissue_fraction": 0.5,
-                     "min_region_um2": 20000, "on_bad_tile": "error", "magnifications": {"20x": 0.5}})
+                     "min_region_um2": 20000, "magnifications": {"20x": 0.5}})
 
 
 def need(path: Path) -> Path:
@@ -43,8 +43,9 @@ def need(path: Path) -> Path:
 
 def run(tmp: Path, slide: Path, slide_id: str, *extra: str, modality: str = "he",
         params: str = PARAMS, target: str = "0.5") -> tuple[Path, Path]:
+    """Tile through ``main`` without its exit convention (``__wrapped__``): input errors raise."""
     out, qc = tmp / "tiles" / f"{slide_id}.h5", tmp / "qc" / f"{slide_id}.png"
-    rc = main(["--slide-id", slide_id, "--path", str(slide), "--modality", modality, "--mag", "20x",
+    rc = main.__wrapped__(["--slide-id", slide_id, "--path", str(slide), "--modality", modality, "--mag", "20x",
                "--target-mpp", target, "--params", params, "--out", str(out), "--qc", str(qc), *extra])
     assert rc == 0
     return out, qc
@@ -114,9 +115,9 @@ def test_several_magnifications_in_one_call(tmp_path: Path) -> None:
     assert a20["patch_size_level0"] == 257 and a10["patch_size_level0"] == 513
     assert a10["target_magnification"] == pytest.approx(10.0) and a10["patch_size"] == 256
     assert len(c20) > len(c10) > 0 and qc20.exists() and qc10.exists()
-    with pytest.raises(SystemExit):
-        main(["--slide-id", "cmu", "--path", str(CMU), "--modality", "he", "--mag", "20x", "10x",
-              "--target-mpp", "0.5", "--out", str(out20), "--qc", str(qc20)])
+    # mismatched lists: an input error, exit status 1
+    assert main(["--slide-id", "cmu", "--path", str(CMU), "--modality", "he", "--mag", "20x", "10x",
+                 "--target-mpp", "0.5", "--out", str(out20), "--qc", str(qc20)]) == 1
 
 
 def test_small_slide_gives_empty_store_and_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -131,9 +132,14 @@ def test_small_slide_gives_empty_store_and_warning(tmp_path: Path, caplog: pytes
 
 def test_boxes_needs_mpp_override(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     boxes = need(DATA / "openslide-fixtures" / "boxes.tiff")
-    with caplog.at_level(logging.ERROR), pytest.raises(PathomixInputError, match=r"(?i)mpp"):
+    with pytest.raises(PathomixInputError, match=r"(?i)mpp"):
         run(tmp_path, boxes, "boxes")
-    assert any(r.levelno == logging.ERROR and "boxes" in r.getMessage() for r in caplog.records)
+    with caplog.at_level(logging.ERROR):  # the command line: exit status 1, the message logged, no traceback
+        assert main(["--slide-id", "boxes", "--path", str(boxes), "--modality", "he", "--mag", "20x",
+                     "--target-mpp", "0.5", "--params", PARAMS, "--out", str(tmp_path / "tiles" / "boxes.h5"),
+                     "--qc", str(tmp_path / "qc" / "boxes.png")]) == 1
+    assert any(r.levelno == logging.ERROR and "boxes" in r.getMessage() and "mpp" in r.getMessage().lower()
+               and r.exc_info is None for r in caplog.records)
     assert not (tmp_path / "tiles" / "boxes.h5").exists()
     params = json.dumps({"tile_px": 32, "mask_mpp": 2.0, "min_region_um2": 100, "min_tissue_fraction": 0.1})
     out, _ = run(tmp_path, boxes, "boxes", "--mpp", "0.5", params=params, target="2.0")
@@ -188,8 +194,12 @@ def test_params_defaults_equal_config() -> None:
     assert TilingParams.from_mapping(tiling) == TilingParams()
     with pytest.raises(PathomixInputError, match="overlap_px"):
         TilingParams(tile_px=64, overlap_px=64)
-    with pytest.raises(PathomixInputError, match="on_bad_tile"):
-        TilingParams.from_json('{"on_bad_tile": "ignore"}')
+    with pytest.raises(PathomixInputError, match="tile_px=8 must be >= 16"):
+        TilingParams(tile_px=8)
+    with pytest.raises(PathomixInputError, match=r"unknown key\(s\) \['tile_size'\].*tile_px"):
+        TilingParams.from_json('{"tile_size": 128}')
+    # the old key moved to features.on_bad_tile: ignored by tiling (not part of its params), with a warning
+    assert TilingParams.from_json('{"on_bad_tile": "skip", "tile_px": 128}') == TilingParams(tile_px=128)
     with pytest.raises(PathomixInputError, match="JSON"):
         TilingParams.from_json("{tile_px: 3")
 

@@ -74,3 +74,29 @@ def validate_table(df: Any, schema: dict[str, Any], what: str) -> None:
             if error is not None:
                 row = values.index[(values == value) if value is not None else values.isna()][0]
                 raise ValueError(f"{what}, row {row}: column {column!r} has {value!r}: {error.message}")
+
+
+# config keys that moved: old (section, key) → new (section, key). The old spelling keeps working.
+MOVED_KEYS = {("tiling", "on_bad_tile"): ("features", "on_bad_tile")}
+
+
+def move_legacy_keys(config: dict[str, Any]) -> list[str]:
+    """Move keys of an older config to where they live now (in place, before validation); → one
+    warning per moved key. ``tiling.on_bad_tile`` became ``features.on_bad_tile``: only extraction
+    reads it, so flipping it reruns extraction, not tiling. An old key given wins over the new one's
+    value (config.yaml sets the new one to its default)."""
+    warnings = []
+    for (old_section, old), (new_section, new) in MOVED_KEYS.items():
+        section = config.get(old_section)
+        if not isinstance(section, dict) or old not in section:
+            continue
+        value = section.pop(old)
+        target = config.setdefault(new_section, {})
+        if target.get(new, value) != value:
+            warnings.append(f"config `{old_section}.{old}`={value!r} overrides `{new_section}.{new}`="
+                            f"{target[new]!r}; `{old_section}.{old}` is deprecated, set `{new_section}.{new}`")
+        else:
+            warnings.append(f"config `{old_section}.{old}` is deprecated: it is now `{new_section}.{new}` "
+                            f"(using {value!r}); rename it in your config")
+        target[new] = value
+    return warnings

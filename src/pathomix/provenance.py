@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
+from pathomix.cli import stage_main
 from pathomix.io.atomic import atomic_path
-from pathomix.logs import setup_logging
 
 log = logging.getLogger("pathomix.provenance")
 RANDOM_INIT = "random-init"
@@ -69,7 +69,7 @@ def encoder_weights(manifest: str | Path | None) -> list[dict[str, Any]]:
 
 
 def skipped_tiles(manifest: str | Path | None) -> list[dict[str, Any]]:
-    """Feature stores that left out unreadable tiles (``tiling.on_bad_tile: skip``)."""
+    """Feature stores that left out unreadable tiles (``features.on_bad_tile: skip``)."""
     if not manifest:
         return []
     import pandas as pd
@@ -128,12 +128,13 @@ def to_html(rec: dict[str, Any]) -> str:
             f"<tr><th>git commit</th><td>{commit}</td></tr><tr><th>workflow</th>"
             f"<td>{html.escape(rec['workflow_dir'])}</td></tr></table>"
             f"<h4>Encoder weights</h4><table><tr><th>encoder</th><th>weights sha256</th><th>slides</th></tr>{enc}"
-            "</table><h4>Tiles left out as unreadable (tiling.on_bad_tile: skip; coordinates in each store's "
+            "</table><h4>Tiles left out as unreadable (features.on_bad_tile: skip; coordinates in each store's "
             "<code>skipped_coords</code>)</h4><table><tr><th>slide</th><th>mag</th><th>skipped</th><th>kept</th></tr>"
             f"{skipped}</table><h4>Package versions</h4><table>{pkgs}</table><h4>Config used</h4><pre>{cfg}</pre>"
             "</body></html>")
 
 
+@stage_main("pathomix.provenance")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pathomix.provenance", description=__doc__)
     p.add_argument("--config-json", required=True, help="the run's config as JSON")
@@ -142,7 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-html", required=True)
     args = p.parse_args(argv)
-    setup_logging()
     rec = record(json.loads(args.config_json), args.workflow_dir, args.manifest)
     write_json(rec, args.out_json)
     with atomic_path(args.out_html) as tmp:

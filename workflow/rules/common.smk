@@ -30,7 +30,7 @@ from pathomix.catalog import (
     slide_modality,
 )
 from pathomix.io.sheets import read_slides
-from pathomix.io.tasks import TASKS
+from pathomix.tasks import TASKS
 
 RESULTS = config["results_dir"]
 LOGS = f"{RESULTS}/logs"

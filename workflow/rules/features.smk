@@ -25,7 +25,7 @@ rule extract:
         mpp=lambda w: slide_row(w)["mpp_flag"],
         channels=channels_flag,
         cfg=EXTRACT_CFG,
-        on_bad_tile=config["tiling"]["on_bad_tile"],
+        on_bad_tile=config["features"]["on_bad_tile"],
         code=EXTRACT_CODE,
     shell:
         "python -m pathomix.features --slide-id {wildcards.slide_id:q} --path {input.slide:q} "
@@ -57,7 +57,7 @@ rule extract_batch:
         channels=channels_flag,
         mags=" ".join(MAGS),
         cfg=EXTRACT_CFG,
-        on_bad_tile=config["tiling"]["on_bad_tile"],
+        on_bad_tile=config["features"]["on_bad_tile"],
         code=EXTRACT_CODE,
     shell:
         "python -m pathomix.batch extract --members {params.members:q} --results {params.results:q} --mag {params.mags} "

@@ -27,16 +27,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from pathomix import paths as P
+from pathomix.cli import stage_main
+from pathomix.constants import BAD_TILE_POLICIES
 from pathomix.errors import PathomixInputError
 from pathomix.features.tiles import SlideRef
 from pathomix.io.atomic import write_parquet
-from pathomix.io.stamps import extract_stamp, read_stamp, tile_stamp, write_stamp
-from pathomix.logs import setup_logging
+from pathomix.io.stamps import read_stamp, write_stamp
+
+if TYPE_CHECKING:
+    from pathomix.tiling.params import TilingParams
 
 log = logging.getLogger("pathomix.batch")
 
@@ -67,49 +71,56 @@ class Work:
     run: Callable[[], Any]
 
 
-def tile_work(m: Member, args: argparse.Namespace) -> Work:
-    from pathomix.tiling.stage import main as tile_main
+def tile_work(m: Member, args: argparse.Namespace, params: TilingParams | None = None) -> Work:
+    """One slide's tiling: :func:`pathomix.tiling.stage.run` with typed params and paths."""
+    from pathomix.tiling import stage as tiling
+    from pathomix.tiling.params import TilingParams
 
-    stores = [P.tiles(args.results, mag, m.slide_id) for mag in args.mag]
-    qcs = [P.tile_qc(args.results, mag, m.slide_id) for mag in args.mag]
-    sheet = args.channels_sheet if m.modality == "mif" else None
-    stamp = tile_stamp(args.code, args.params, args.mag, args.target_mpp, m.path, m.modality, m.mpp, sheet)
-    argv = ["--slide-id", m.slide_id, "--path", m.path, "--modality", m.modality, "--mag", *args.mag,
-            "--target-mpp", *map(str, args.target_mpp), "--params", args.params,
-            "--out", *map(str, stores), "--qc", *map(str, qcs)]
-    argv += (["--mpp", str(m.mpp)] if m.mpp is not None else []) + (["--channels-sheet", str(sheet)] if sheet else [])
-    return Work(stores, qcs, stamp, partial(tile_main, argv))
+    params = params or TilingParams.from_json(args.params)
+    sheet = Path(args.channels_sheet) if m.modality == "mif" and args.channels_sheet else None
+    paths = tiling.TilePaths(
+        m.slide_id, Path(m.path), m.modality, tuple(args.mag), tuple(args.target_mpp),
+        tuple(P.tiles(args.results, mag, m.slide_id) for mag in args.mag),
+        tuple(P.tile_qc(args.results, mag, m.slide_id) for mag in args.mag), m.mpp, sheet)
+    return Work(list(paths.out), list(paths.qc), tiling.stamp(params, paths, args.code),
+                partial(tiling.run, params, paths))
 
 
 class Extractor:
     """Encodes slide after slide with one encoder (built once per batch job)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        from pathomix.features import cli as features
+
         self.args, self.encoder, self.batch_encoders = args, None, {}
+        self.params = features.load_extract_params(args.params, args.on_bad_tile)
 
     def work(self, m: Member) -> Work:
         from pathomix.features import cli as features
 
         args = self.args
-        tiles = [P.tiles(args.results, mag, m.slide_id) for mag in args.mag]
-        stores = [P.features(args.results, args.encoder, mag, m.slide_id) for mag in args.mag]
-        stamp = extract_stamp(args.code, args.params, args.on_bad_tile, tiles)
-        argv = ["--slide-id", m.slide_id, "--path", m.path, "--modality", m.modality, "--tiles", *map(str, tiles),
-                "--out", *map(str, stores), "--params", args.params, "--threads", str(args.threads),
-                "--on-bad-tile", args.on_bad_tile]
-        argv += (["--mpp", str(m.mpp)] if m.mpp is not None else []) + (
-            ["--channels-sheet", str(args.channels_sheet)] if m.modality == "mif" and args.channels_sheet else [])
+        paths = features.ExtractPaths(
+            m.slide_id, m.path, tuple(str(P.tiles(args.results, mag, m.slide_id)) for mag in args.mag),
+            tuple(str(P.features(args.results, args.encoder, mag, m.slide_id)) for mag in args.mag), m.modality,
+            m.mpp, str(args.channels_sheet) if m.modality == "mif" and args.channels_sheet else None)
 
         def run() -> None:
-            ns = features.parse_args(argv)
             if self.encoder is None:
-                self.encoder = features.load_encoder(ns)
-            features.run(ns, self.encoder, self.batch_encoders)
-        return Work(stores, [], stamp, run)
+                self.encoder = features.load_encoder(self.params)
+            features.run(self.params, paths, args.threads, self.encoder, self.batch_encoders)
+        return Work([Path(p) for p in paths.out], [], features.stamp(self.params, paths.tiles, args.code), run)
+
+
+def tiler(args: argparse.Namespace) -> Callable[[Member], Work]:
+    """Tiles slide after slide with the batch's params (parsed once: a bad key fails the job at once)."""
+    from pathomix.tiling.params import TilingParams
+
+    params = TilingParams.from_json(args.params)
+    return lambda m: tile_work(m, args, params)
 
 
 STAGES: dict[str, Callable[[argparse.Namespace], Callable[[Member], Work]]] = {
-    "tile": lambda args: lambda m: tile_work(m, args),
+    "tile": tiler,
     "extract": lambda args: Extractor(args).work,
 }
 
@@ -153,23 +164,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--params", default="{}", help="JSON of the stage's config subtree")
     p.add_argument("--code", default="", help="code hash of the stage (part of the stamp)")
     p.add_argument("--channels-sheet", default=None, help="mIF channel sheet")
-    p.add_argument("--on-bad-tile", default="error", choices=("error", "skip"))
+    p.add_argument("--on-bad-tile", default=None, choices=BAD_TILE_POLICIES,
+                   help="extract: overrides the config's features.on_bad_tile")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True, type=Path, help="the batch's marker (.parquet)")
     return p.parse_args(argv)
 
 
+@stage_main("pathomix.batch")
 def main(argv: list[str] | None = None) -> int:
+    """Tile or encode one batch: 0 on success, 1 on an input problem (logged, no marker written)."""
     args = parse_args(argv)
-    setup_logging()
     start = time.perf_counter()
-    try:
-        members = read_members(args.members)
-        work = STAGES[args.stage](args)
-        marker = run_batch(members, work, args.mag)
-    except PathomixInputError as err:
-        log.error("%s", err)
-        return 1
+    members = read_members(args.members)
+    work = STAGES[args.stage](args)
+    marker = run_batch(members, work, args.mag)
     write_parquet(marker, args.out)
     done = marker.drop_duplicates("slide_id").status.value_counts().to_dict()
     log.info("batch %s: %d slides %s in %.1f s", args.out.name, len(members), done, time.perf_counter() - start)

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,6 +21,7 @@ import pandas as pd
 
 from pathomix.demo import cohort, he, mif
 from pathomix.demo.shapes import STREAM_HE, STREAM_MIF, noise_bank, rng_for, tile_count
+from pathomix.errors import PathomixInputError
 from pathomix.io.atomic import atomic_path, write_parquet
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,22 @@ MAIN_SIZE = (1536, 1024)  # W × H of every patient's first H&E slide
 SECOND_SIZE = (768, 768)  # W × H of the second H&E slide of every 6th patient
 SECOND_EVERY = 6
 TILE_PX = 256  # tile edge at the target magnification (config tiling.tile_px)
+
+
+@dataclass(frozen=True)
+class DemoParams:
+    """The cohort keys of the config's ``demo:`` subtree (``enabled`` and ``dir`` are the Snakefile's);
+    defaults equal config.yaml (tests/test_params.py checks)."""
+
+    seed: int = 0
+    n_patients: int = 24  # split equally over the 3 WHO-2021 classes
+    n_mif: int = 8        # patients that also get a 7-channel mIF image
+
+    def __post_init__(self) -> None:
+        if self.n_patients < 3:
+            raise PathomixInputError(f"demo.n_patients={self.n_patients} must be at least 3 (one per WHO-2021 class)")
+        if not 0 <= self.n_mif <= self.n_patients:
+            raise PathomixInputError(f"demo.n_mif={self.n_mif} must be between 0 and n_patients={self.n_patients}")
 
 
 def write_tsv(df: pd.DataFrame, path: Path) -> None:
@@ -170,7 +188,8 @@ def write_readme(out: Path, seed: int, n_patients: int, programs: dict[str, list
 
 
 def generate_cohort(
-    out: str | Path, seed: int = 0, n_patients: int = 36, n_mif: int = 12, jobs: int = 1
+    out: str | Path, seed: int = DemoParams.seed, n_patients: int = DemoParams.n_patients,
+    n_mif: int = DemoParams.n_mif, jobs: int = 1
 ) -> dict:
     """Write the demo cohort into ``out`` and return a summary (counts, tiles, seconds).
 

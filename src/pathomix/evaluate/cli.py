@@ -6,20 +6,20 @@ when external cohorts are configured."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from pathomix.cli import stage_main
 from pathomix.evaluate import comparison as C
 from pathomix.evaluate.cohorts import internal_rows, write_cohorts
 from pathomix.evaluate.figures import FIGURES, marker_figure, summary_figure
 from pathomix.evaluate.layout import MARKER_ATTENTION, MARKER_FIGURE, figure_names
 from pathomix.evaluate.metrics import evaluate_predictions, summary_table
 from pathomix.io.atomic import atomic_path, write_parquet
-from pathomix.logs import setup_logging
+from pathomix.params import load_params
 from pathomix.paths import HISTORY  # written by the training stage next to predictions.parquet
 
 log = logging.getLogger("pathomix.evaluate")
@@ -27,6 +27,9 @@ log = logging.getLogger("pathomix.evaluate")
 
 @dataclass(frozen=True)
 class EvalParams:
+    """The config's ``evaluate:`` subtree (its ``heatmaps`` are :class:`pathomix.evaluate.heatmaps.HeatmapParams`)
+    plus ``splits.external_cohorts``; defaults equal config.yaml (tests/test_params.py checks)."""
+
     bootstrap: int = 200
     seed: int = 0
     headline: list[str] = field(default_factory=lambda: list(C.DEFAULT_HEADLINE))
@@ -34,8 +37,8 @@ class EvalParams:
 
     @classmethod
     def from_json(cls, text: str) -> EvalParams:
-        d = json.loads(text)
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        """``--params``: the ``evaluate:`` subtree; its ``heatmaps`` (another rule's) is dropped."""
+        return load_params(cls, text, where="evaluate", drop=("heatmaps",))
 
 
 def _read(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str, str], pd.DataFrame]]:
@@ -105,6 +108,7 @@ def run(pred_paths: list[str], params: EvalParams, out: str, summary_csv: str, f
     return metrics
 
 
+@stage_main("pathomix.evaluate")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pathomix.evaluate", description=__doc__)
     p.add_argument("--predictions", nargs="+", required=True)
@@ -117,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cohorts-csv", help="per-cohort results (when splits.external_cohorts is set)")
     p.add_argument("--cohorts-html")
     args = p.parse_args(argv)
-    setup_logging()
     run(args.predictions, EvalParams.from_json(args.params), args.out, args.summary, args.figures,
         args.comparison_csv, args.comparison_html, args.cohorts_csv, args.cohorts_html)
     return 0

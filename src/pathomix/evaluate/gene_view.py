@@ -11,7 +11,6 @@ all patients (the unsupervised criterion of the selection itself).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -22,10 +21,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from pathomix.cli import stage_main  # noqa: E402
 from pathomix.evaluate.png import save_figure  # noqa: E402
 from pathomix.genes.hvg import GeneParams, load_gene_sets, transform  # noqa: E402
 from pathomix.io.sheets import read_genes  # noqa: E402
-from pathomix.logs import setup_logging  # noqa: E402
+from pathomix.params import load_params  # noqa: E402
 from pathomix.paths import GENE_IMPORTANCE  # noqa: E402
 
 log = logging.getLogger("pathomix.evaluate.gene_view")
@@ -108,6 +108,7 @@ def gene_figure(var: pd.DataFrame, subspaces: pd.DataFrame, all_sets: pd.Series,
     save_figure(fig, path, dpi=90)
 
 
+@stage_main("pathomix.evaluate.gene_view")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pathomix.evaluate.gene_view", description=__doc__)
     p.add_argument("--genes", help="the raw gene table (for the variance of the dropped genes)")
@@ -118,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"checkpoint.pt files of a gene-subspace model; reads the {IMPORTANCE} next to each")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    setup_logging()
-    params = GeneParams(**json.loads(args.params))
+    params = load_params(GeneParams, args.params, where="genes_params")
     var = gene_variances(args.genes, pd.read_parquet(args.hvg), params)
     gene_figure(var, pd.read_parquet(args.subspaces), load_gene_sets(params.gene_sets), Path(args.out),
                 model_importance(args.importance))

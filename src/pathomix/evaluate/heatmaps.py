@@ -19,7 +19,6 @@ figure of the evaluate stage.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +27,12 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from pathomix.cli import stage_main
 from pathomix.evaluate import heatmap_draw as D
 from pathomix.evaluate.layout import HEATMAP_GRID
 from pathomix.io.sheets import read_slides
 from pathomix.io.slide import open_slide
-from pathomix.logs import setup_logging
+from pathomix.params import load_params
 from pathomix.paths import ATTENTION  # written by the training stage next to predictions.parquet
 
 log = logging.getLogger("pathomix.evaluate.heatmaps")
@@ -41,13 +41,14 @@ THUMB_LONG_SIDE = 768            # px of the thumbnail's long side
 
 @dataclass(frozen=True)
 class HeatmapParams:
+    """The config's ``evaluate.heatmaps`` subtree; defaults equal config.yaml."""
+
     top_k: int = 2
     slides: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, text: str) -> HeatmapParams:
-        d = json.loads(text)
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d and d[k] is not None})
+        return load_params(cls, text, where="evaluate.heatmaps")
 
 
 def read_attention(pred_paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -171,6 +172,7 @@ def _draw(att: pd.DataFrame, chosen: pd.DataFrame, slides: pd.DataFrame, stores:
         log.info("wrote %s (%d slides × %d panels)", path, len(chosen), len(columns))
 
 
+@stage_main("pathomix.evaluate.heatmaps")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pathomix.evaluate.heatmaps", description=__doc__)
     p.add_argument("--predictions", nargs="+", required=True, help="predictions.parquet of the tile models")
@@ -180,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder of the grid figures")
     p.add_argument("--export", required=True, help="folder of the per-slide overlays")
     args = p.parse_args(argv)
-    setup_logging()
     run(args.predictions, args.slides, args.tiles, HeatmapParams.from_json(args.params), args.out, args.export)
     return 0
 

@@ -8,7 +8,7 @@ non-blocking copy collected one batch later. ``batch_size: auto`` sizes batches 
 memory; ``compile: true`` runs the encoder through ``torch.compile`` (worth it for long jobs only:
 compiling takes tens of seconds).
 
-A tile whose image data cannot be read (``tiling.on_bad_tile``) fails the slide with the reader's
+A tile whose image data cannot be read (``features.on_bad_tile``) fails the slide with the reader's
 message (``error``, the default) or is left out and reported (``skip``); a blank stand-in tile is
 never encoded."""
 
@@ -28,6 +28,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from pathomix.constants import BAD_TILE_POLICIES
+from pathomix.devices import resolve_device
 from pathomix.errors import PathomixInputError
 from pathomix.features.encoders import EncoderSpec
 from pathomix.features.tiles import SlideChunks, TileDataset
@@ -35,25 +37,30 @@ from pathomix.features.tiles import SlideChunks, TileDataset
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-BAD_TILE_POLICIES = ("error", "skip")
 READ_CHUNK = 32          # tiles per DataLoader item
 AUTO_BATCH = (64, 1024)  # ``batch_size: auto``: on CPU the first, on CUDA at most the second
 
 
 @dataclass(frozen=True)
 class ExtractParams:
-    encoder: str = "resnet50_trunc"
+    """The config's ``features:`` subtree; defaults equal config.yaml (tests/test_params.py checks)."""
+
+    encoder: str = "resnet18_trunc"
     weights: str | None = None
     batch_size: int | str = 64      # or "auto": from free GPU memory (see auto_batch_size)
     num_workers: int = 2
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    on_bad_tile: str = "error"      # error | skip: a tile whose image data cannot be read (BAD_TILE_POLICIES)
+
+    def __post_init__(self) -> None:
+        if self.on_bad_tile not in BAD_TILE_POLICIES:
+            raise PathomixInputError(f"config `features.on_bad_tile`={self.on_bad_tile!r} must be one of "
+                                     f"{list(BAD_TILE_POLICIES)}")
 
     def resolve_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def resolve_precision(self, device: torch.device) -> str:
         if self.precision != "auto":
@@ -105,7 +112,7 @@ def _bad_tiles(slide_id: str, ok: torch.Tensor, errors: list[str], on_bad_tile: 
     if on_bad_tile == "error":
         raise PathomixInputError(
             f"{messages[0]}; or, to leave unreadable tiles out and list them in the feature store's "
-            "`skipped_coords`, set `tiling.on_bad_tile: skip` in the config (--on-bad-tile skip)"
+            "`skipped_coords`, set `features.on_bad_tile: skip` in the config (--on-bad-tile skip)"
         )
     for message in messages:
         log.debug("slide %s: skipping a tile: %s", slide_id, message)
@@ -113,8 +120,10 @@ def _bad_tiles(slide_id: str, ok: torch.Tensor, errors: list[str], on_bad_tile: 
 
 
 def extract_tiles(dataset: TileDataset, model: nn.Module, spec: EncoderSpec, params: ExtractParams,
-                  n_markers: int = 0, on_bad_tile: str = "error", encoder: BatchEncoder | None = None) -> Extracted:
-    """Encode every readable tile of ``dataset``; unreadable tiles raise or are skipped (``on_bad_tile``).
+                  n_markers: int = 0, on_bad_tile: str | None = None, encoder: BatchEncoder | None = None
+                  ) -> Extracted:
+    """Encode every readable tile of ``dataset``; unreadable tiles raise or are skipped (``on_bad_tile``,
+    by default ``params.on_bad_tile``).
 
     ``encoder`` reuses a :class:`BatchEncoder` across calls (one compile, one batch-size probe)."""
     return next(extract_slides([dataset], model, spec, params, n_markers, on_bad_tile, encoder))
@@ -122,10 +131,11 @@ def extract_tiles(dataset: TileDataset, model: nn.Module, spec: EncoderSpec, par
 
 @torch.inference_mode()
 def extract_slides(datasets: list[TileDataset], model: nn.Module, spec: EncoderSpec, params: ExtractParams,
-                   n_markers: int = 0, on_bad_tile: str = "error",
+                   n_markers: int = 0, on_bad_tile: str | None = None,
                    encoder: BatchEncoder | None = None) -> Iterator[Extracted]:
     """:func:`extract_tiles` for several slides through one DataLoader (:class:`SlideChunks`): workers start
     once, and the next slide is read while the current one finishes. Yields one result per dataset, in order."""
+    on_bad_tile = params.on_bad_tile if on_bad_tile is None else on_bad_tile  # None: the params' policy
     if on_bad_tile not in BAD_TILE_POLICIES:
         raise ValueError(f"on_bad_tile={on_bad_tile!r} must be one of {BAD_TILE_POLICIES}")
     feature_shape = (n_markers, spec.dim) if n_markers else (spec.dim,)

@@ -1,7 +1,7 @@
 """``python -m pathomix.features.manifest``: one row per (slide, magnification) feature store.
 
 Columns: slide_id, patient_id, modality, mag, n_tiles, dim, path (absolute), sha256, encoder,
-encoder_weights_sha256, n_skipped (unreadable tiles left out under ``tiling.on_bad_tile: skip``).
+encoder_weights_sha256, n_skipped (unreadable tiles left out under ``features.on_bad_tile: skip``).
 (DESIGN §4 says "one row per slide"; with several magnifications a row is a slide at one
 magnification, told apart by ``mag``.)
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 import h5py
 import pandas as pd
 
+from pathomix.cli import stage_main
 from pathomix.io.atomic import sha256_file, write_parquet
 from pathomix.io.sheets import read_slides
-from pathomix.logs import setup_logging
 
 log = logging.getLogger("pathomix.features.manifest")
 
@@ -37,6 +37,7 @@ def manifest_row(store: Path, slide: pd.Series, mag: str) -> dict:
     return row
 
 
+@stage_main("pathomix.features.manifest")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pathomix.features.manifest", description=__doc__)
     p.add_argument("--slides", required=True)
@@ -45,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--batches", nargs="+", help="markers of extraction batch jobs (pathomix.batch), listing stores")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    setup_logging()
     slides = read_slides(args.slides, check_files=False)
     stores = args.stores or [s for b in args.batches for s in pd.read_parquet(b, columns=["path"]).path]
     rows = []

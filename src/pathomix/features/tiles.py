@@ -6,7 +6,7 @@ Normalisation to the encoder's mean/std happens on the device, so only bytes cro
 
 :class:`CheckedTiles` wraps a :class:`TileDataset` for the extraction loop: a tile whose image
 data cannot be read comes back as a blank tile with ``ok=False`` and the reader's message, so
-the main process (not a DataLoader worker) decides to fail or skip (``tiling.on_bad_tile``).
+the main process (not a DataLoader worker) decides to fail or skip (``features.on_bad_tile``).
 """
 
 from __future__ import annotations

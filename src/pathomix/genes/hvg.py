@@ -8,7 +8,6 @@ so no test statistics leak into training.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import dataclass
 from importlib import resources
@@ -17,17 +16,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pathomix.cli import stage_main
+from pathomix.constants import SUBSPACES
 from pathomix.errors import PathomixInputError
 from pathomix.io.atomic import write_parquet
 from pathomix.io.sheets import read_clinical, read_genes
-from pathomix.logs import setup_logging
+from pathomix.params import load_params
 
 log = logging.getLogger("pathomix.genes")
-SUBSPACES = ("tumour", "tme")
 
 
 @dataclass(frozen=True)
 class GeneParams:
+    """The config's ``genes_params:`` subtree; defaults equal config.yaml (tests/test_params.py checks)."""
+
     hvg_fraction: float = 0.3
     log_transform: str = "auto"  # auto | always | never
     gene_sets: str | None = None
@@ -100,6 +102,7 @@ def run(genes_path: str, clinical_path: str, params: GeneParams, out: str, out_s
     write_parquet(pd.DataFrame({"gene": sub.index, "subspace": sub.values}), out_subspaces)
 
 
+@stage_main("pathomix.genes")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pathomix.genes", description=__doc__)
     p.add_argument("--genes", required=True)
@@ -108,10 +111,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--out-subspaces", required=True)
     args = p.parse_args(argv)
-    setup_logging()
-    try:
-        run(args.genes, args.clinical, GeneParams(**json.loads(args.params)), args.out, args.out_subspaces)
-    except PathomixInputError as err:
-        log.error("%s", err)
-        return 1
+    run(args.genes, args.clinical, load_params(GeneParams, args.params, where="genes_params"), args.out,
+        args.out_subspaces)
     return 0

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from pathomix.cli import stage_main
 from pathomix.errors import PathomixInputError
 from pathomix.io.atomic import atomic_path, write_parquet
-from pathomix.logs import setup_logging
 
 log = logging.getLogger("pathomix.io.convert")
 
@@ -115,6 +115,7 @@ def write(c: Converted, out_dir: str | Path) -> tuple[Path, Path]:
     return clinical, genes
 
 
+@stage_main("pathomix.io.convert")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pathomix.io.convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,12 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--omics", default="rnaseq",
                    help=f"comma-separated families of {list(OMICS)}; suffixes are kept when more than one")
     args = p.parse_args(argv)
-    setup_logging()
-    try:
-        c = convert(read_table(args.table), args.table, tuple(args.omics.split(",")))
-    except PathomixInputError as err:
-        log.error("%s", err)
-        return 1
+    c = convert(read_table(args.table), args.table, tuple(args.omics.split(",")))
     clinical, genes = write(c, args.out)
     log.info("wrote %s and %s", clinical, genes)
     return 0

@@ -2,28 +2,52 @@
 
 Every problem raises :class:`PathomixInputError` naming the sheet, the row id and the fix.
 Relative ``path`` entries in slides.tsv are resolved against the sheet's own folder, so a
-cohort folder can be moved as a whole.
+cohort folder can be moved as a whole. The clinical sheet's values are checked against
+workflow/schemas/clinical.schema.yaml (the one statement of its rules).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
+from pathomix.config import validate_table
+from pathomix.constants import MODALITIES
 from pathomix.errors import PathomixInputError
 from pathomix.tasks import who2021_diagnosis, who2021_grade
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("he", "mif")
-CLINICAL_VOCAB = {
-    "idh": ("mut", "wt"),
-    "codel_1p19q": ("codel", "non-codel"),
-    "cdkn2a": ("homdel", "wt"),
+SCHEMAS = Path(__file__).resolve().parents[3] / "workflow" / "schemas"  # the repository's (editable install)
+CLINICAL_NUMERIC = ("age", "grade", "survival_months", "event")
+CLINICAL_FIX = {  # column → what its values mean, appended to the schema's message (the values: the schema's)
+    "grade": "use the WHO grade 2, 3 or 4 (or leave empty to derive it)",
+    "event": "use 1 = death observed, 0 = censored (or leave empty)",
+    "survival_months": "use months from diagnosis, >= 0 (or leave empty)",
+    "age": "use a number of years (or leave empty)",
 }
+
+
+@functools.cache
+def clinical_schema() -> dict[str, Any]:
+    """workflow/schemas/clinical.schema.yaml (one row of clinical.tsv)."""
+    with open(SCHEMAS / "clinical.schema.yaml") as f:
+        return yaml.safe_load(f)
+
+
+def _enum(column: str) -> tuple[Any, ...]:
+    """The non-null values the clinical schema allows in ``column``."""
+    return tuple(v for v in clinical_schema()["properties"][column]["enum"] if v is not None)
+
+
+# the categorical clinical columns and their values, in the schema's order (FoF's biomarker classes)
+CLINICAL_VOCAB = {column: _enum(column) for column in ("idh", "codel_1p19q", "cdkn2a")}
 
 
 def _read_table(path: str | Path, what: str) -> pd.DataFrame:
@@ -79,28 +103,34 @@ def read_clinical(path: str | Path) -> pd.DataFrame:
     dup = df.patient_id[df.patient_id.duplicated()].unique()
     if len(dup):
         raise PathomixInputError(f"clinical sheet {path}: duplicate patient_id(s) {list(dup[:5])}")
-    for col, vocab in CLINICAL_VOCAB.items():
+    for col in CLINICAL_NUMERIC:  # numbers where they parse; other text stays, for the schema to name
+        if col in df.columns:
+            numbers = pd.to_numeric(df[col], errors="coerce")
+            df[col] = numbers.astype(object).where(numbers.notna() | df[col].isna(), df[col])
+    check_clinical(df.set_index("patient_id", drop=False), path)
+    for col in CLINICAL_VOCAB:
         if col not in df.columns:
             df[col] = np.nan
-            continue
-        bad = df[df[col].notna() & ~df[col].isin(vocab)]
-        if len(bad):
-            row = bad.iloc[0]
-            raise PathomixInputError(
-                f"clinical sheet {path}: patient {row.patient_id} has {col}={row[col]!r}; "
-                f"allowed values: {list(vocab)} (or leave empty for unknown)"
-            )
-    for col in ("age", "grade", "survival_months", "event"):
+    for col in CLINICAL_NUMERIC:
         df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else np.nan
-    bad = df[df.event.notna() & ~df.event.isin([0, 1])]
-    if len(bad):
-        raise PathomixInputError(
-            f"clinical sheet {path}: patient {bad.iloc[0].patient_id} has event={bad.iloc[0].event}; "
-            "use 1 = death observed, 0 = censored"
-        )
     df["diagnosis"] = [who2021_diagnosis(i, c) for i, c in zip(df.idh, df.codel_1p19q, strict=True)]
     df["grade"] = [who2021_grade(d, k, g) for d, k, g in zip(df.diagnosis, df.cdkn2a, df.grade, strict=True)]
     return df.set_index("patient_id", drop=False)
+
+
+def check_clinical(df: pd.DataFrame, path: Path) -> None:
+    """The clinical sheet (indexed by patient_id) against clinical.schema.yaml → PathomixInputError naming
+    the file, the patient (row), the column, the value and the fix."""
+    try:
+        validate_table(df, clinical_schema(), f"clinical sheet {path}")
+    except ValueError as err:
+        columns = clinical_schema()["properties"]
+        column = next((c for c in columns if f"column {c!r}" in str(err)), None)
+        fix = CLINICAL_FIX.get(column) if column else None
+        if fix is None and column in CLINICAL_VOCAB:
+            fix = f"use {' or '.join(CLINICAL_VOCAB[column])} (or leave empty for unknown)"
+        fix = f"; {fix}" if fix else ""
+        raise PathomixInputError(str(err).replace(", row ", ", patient ", 1) + fix) from None
 
 
 def read_genes(path: str | Path) -> pd.DataFrame:

@@ -20,11 +20,11 @@ import openslide
 import tifffile
 from PIL import Image
 
+from pathomix.constants import MODALITIES as MODALITIES  # re-exported; defined once there
 from pathomix.errors import PathomixInputError
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("he", "mif")
 MPP_RANGE = (0.05, 20.0)          # plausible µm/px for microscopy images
 LEVEL_TOLERANCE = 0.01            # best_level accepts levels up to 1 % coarser than asked
 _STRIP_PIXELS = 16_000_000        # thumbnail reads at most this many level pixels at once

@@ -35,13 +35,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from pathomix.constants import SUBSPACES
 from pathomix.models.auxiliary import aux_losses
 from pathomix.models.blocks import CrossAttention, GeneTokens, PatchEncoder, ProjectionHead
 from pathomix.models.ita import TokenAggregator
 from pathomix.models.spec import ModelParams, wsi_key
 from pathomix.tasks import Task
 
-SUBSPACES = ("tumour", "tme")
 PerSubspace = dict[str, dict[str, torch.Tensor]]  # subspace → mag → tensor
 MAGS = ("20x", "10x")  # the first is required, the second used when present
 

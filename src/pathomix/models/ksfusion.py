@@ -42,13 +42,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from pathomix.constants import SUBSPACES
 from pathomix.models.auxiliary import GENE_VIEW, aux_losses
 from pathomix.models.blocks import GeneTokens, PatchEncoder, ProjectionHead
 from pathomix.models.deformable import DeformableCrossAttention, raster_positions, scatter_to_grid, splat_to_tiles
 from pathomix.models.spec import ModelParams, pos_key, wsi_key
 from pathomix.tasks import Task
 
-SUBSPACES = ("tumour", "tme")
 MAGS = ("20x",)
 
 

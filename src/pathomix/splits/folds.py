@@ -13,7 +13,6 @@ column of folds.parquet carries every patient's cohort.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import dataclass
 
@@ -21,17 +20,20 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from pathomix.cli import stage_main
 from pathomix.errors import PathomixInputError
 from pathomix.io.atomic import write_parquet
 from pathomix.io.sheets import read_clinical, read_slides
-from pathomix.logs import setup_logging
+from pathomix.params import load_params
 
 log = logging.getLogger("pathomix.splits")
 
 
 @dataclass(frozen=True)
 class SplitParams:
-    n_folds: int = 5
+    """The config's ``splits:`` subtree; defaults equal config.yaml (tests/test_params.py checks)."""
+
+    n_folds: int = 3
     val_fraction: float = 0.2
     stratify: str = "diagnosis"
     seed: int = 0
@@ -147,6 +149,18 @@ def split_cohorts(clinical: pd.DataFrame, cohorts: pd.Series, p: SplitParams) ->
     return df.assign(cohort=df.patient_id.map(cohorts).astype(str))
 
 
+def run(params: SplitParams, clinical_path: str, slides_path: str | None, out: str) -> pd.DataFrame:
+    """Make the folds and write them (in-process entry point of the stage); → the folds table."""
+    clinical = read_clinical(clinical_path)
+    slides = read_slides(slides_path, check_files=False) if slides_path else None
+    df = split_cohorts(clinical, patient_cohorts(clinical.index, slides), params)
+    write_parquet(df, out)
+    log.info("%d patients in %d folds: %s", clinical.shape[0], params.n_folds,
+             df[df.fold == 0].split.value_counts().to_dict())
+    return df
+
+
+@stage_main("pathomix.splits")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pathomix.splits", description=__doc__)
     ap.add_argument("--clinical", required=True)
@@ -154,17 +168,5 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="{}", help="JSON of the config's `splits:` subtree")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    setup_logging()
-    raw = json.loads(args.params)
-    p = SplitParams(**{**raw, "external_cohorts": tuple(raw.get("external_cohorts") or ())})
-    try:
-        clinical = read_clinical(args.clinical)
-        slides = read_slides(args.slides, check_files=False) if args.slides else None
-        df = split_cohorts(clinical, patient_cohorts(clinical.index, slides), p)
-    except PathomixInputError as err:
-        log.error("%s", err)
-        return 1
-    write_parquet(df, args.out)
-    log.info("%d patients in %d folds: %s", clinical.shape[0], p.n_folds,
-             df[df.fold == 0].split.value_counts().to_dict())
+    run(load_params(SplitParams, args.params, where="splits"), args.clinical, args.slides, args.out)
     return 0

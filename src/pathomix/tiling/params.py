@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pathomix.errors import PathomixInputError
+from pathomix.params import load_params, read_json_object
 
 log = logging.getLogger(__name__)
 
-BAD_TILE_POLICIES = ("error", "skip")
 # keys of the config's `tiling:` subtree that choose *which* jobs run, not how a slide is tiled
-_WORKFLOW_KEYS = frozenset({"magnifications"})
+WORKFLOW_KEYS = ("magnifications",)
+# moved to `features.on_bad_tile` (only extraction reads it); the Snakefile translates an old config
+MOVED_KEYS = {"on_bad_tile": "features.on_bad_tile"}
+MIN_TILE_PX = 16  # = config.schema.yaml's tiling.tile_px minimum
 
 
 @dataclass(frozen=True)
@@ -32,12 +32,11 @@ class TilingParams:
     mask_mpp: float = 8.0
     min_tissue_fraction: float = 0.5
     min_region_um2: float = 20000.0
-    on_bad_tile: str = "error"
 
     def __post_init__(self) -> None:
         problems = []
-        if self.tile_px < 1:
-            problems.append(f"tile_px={self.tile_px} must be >= 1")
+        if self.tile_px < MIN_TILE_PX:
+            problems.append(f"tile_px={self.tile_px} must be >= {MIN_TILE_PX}")
         if not 0 <= self.overlap_px < self.tile_px:
             problems.append(f"overlap_px={self.overlap_px} must be in [0, tile_px)")
         if self.mask_mpp <= 0:
@@ -46,42 +45,22 @@ class TilingParams:
             problems.append(f"min_tissue_fraction={self.min_tissue_fraction} must be in [0, 1]")
         if self.min_region_um2 < 0:
             problems.append(f"min_region_um2={self.min_region_um2} must be >= 0")
-        if self.on_bad_tile not in BAD_TILE_POLICIES:
-            problems.append(f"on_bad_tile={self.on_bad_tile!r} must be one of {BAD_TILE_POLICIES}")
         if problems:
             raise PathomixInputError("config `tiling`: " + "; ".join(problems))
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> TilingParams:
-        """Build from the config's ``tiling:`` dict; workflow-only keys are ignored."""
-        fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields) - _WORKFLOW_KEYS)
-        if unknown:
-            log.warning("config `tiling`: ignoring unknown key(s) %s", unknown)
-        kwargs = {}
-        for name in fields:
-            if name in values and values[name] is not None:
-                default = getattr(cls, name)
-                try:
-                    kwargs[name] = type(default)(values[name])
-                except (TypeError, ValueError) as e:
-                    raise PathomixInputError(
-                        f"config `tiling.{name}`={values[name]!r} is not a {type(default).__name__}"
-                    ) from e
-        return cls(**kwargs)
+    def from_mapping(cls, values: Mapping[str, Any] | str) -> TilingParams:
+        """Build from the config's ``tiling:`` subtree (a dict, or JSON text / a JSON file's path).
+        ``magnifications`` (the Snakefile's) is dropped; ``on_bad_tile`` (moved to ``features:``) is
+        dropped with a warning; any other unknown key is an error."""
+        values = read_json_object(values, "tiling")
+        for key, new in MOVED_KEYS.items():
+            if key in values:
+                log.warning("config `tiling.%s` is now `%s`; ignored by tiling", key, new)
+                values.pop(key)
+        return load_params(cls, values, where="tiling", drop=WORKFLOW_KEYS)
 
     @classmethod
     def from_json(cls, text: str) -> TilingParams:
         """Build from JSON text, or from the path of a JSON file."""
-        text = text.strip()
-        if text and not text.startswith("{") and Path(text).is_file():
-            text = Path(text).read_text()
-        try:
-            values = json.loads(text or "{}")
-        except json.JSONDecodeError as e:
-            raise PathomixInputError(f"--params is not valid JSON ({e}): {text[:200]!r}") from e
-        if not isinstance(values, dict):
-            raise PathomixInputError(
-                f"--params must be a JSON object (the config's `tiling:`), got {text[:200]!r}"
-            )
-        return cls.from_mapping(values)
+        return cls.from_mapping(text)

@@ -10,6 +10,8 @@ The tissue mask is computed once per slide and shared by every magnification.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import math
 import time
@@ -19,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from pathomix.cli import stage_main
+from pathomix.constants import MODALITIES
 from pathomix.errors import PathomixInputError
 from pathomix.io.h5store import write_coords
-from pathomix.io.slide import MODALITIES, Slide, open_slide
+from pathomix.io.slide import Slide, open_slide
 from pathomix.io.stamps import tile_stamp, write_stamp
-from pathomix.logs import setup_logging
 from pathomix.tiling.grid import GridGeometry, n_positions, tile_coords
 from pathomix.tiling.params import TilingParams
 from pathomix.tiling.qc import write_qc
@@ -158,14 +161,58 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _jobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[tuple[str, float, Path, Path]]:
-    lengths = {len(args.mag), len(args.target_mpp), len(args.out), len(args.qc)}
-    if len(lengths) != 1:
-        parser.error("--mag, --target-mpp, --out and --qc need the same number of values")
-    return list(zip(args.mag, args.target_mpp, args.out, args.qc, strict=True))
+@dataclass(frozen=True)
+class TilePaths:
+    """What one tiling job reads and writes: one slide, one (mag, target µm/px, store, QC image) per
+    magnification. ``code`` (the stage's code hash), when given, stamps the stores."""
+
+    slide_id: str
+    path: Path
+    modality: str
+    mags: tuple[str, ...]
+    target_mpp: tuple[float, ...]
+    out: tuple[Path, ...]
+    qc: tuple[Path, ...]
+    mpp: float | None = None            # level-0 µm/px override
+    channels_sheet: Path | None = None  # mIF channel sheet (ignored for H&E)
+    code: str | None = None
+
+    def __post_init__(self) -> None:
+        if len({len(self.mags), len(self.target_mpp), len(self.out), len(self.qc)}) != 1:
+            raise PathomixInputError(f"slide {self.slide_id}: --mag, --target-mpp, --out and --qc need the same "
+                                     f"number of values, got {len(self.mags)}, {len(self.target_mpp)}, "
+                                     f"{len(self.out)}, {len(self.qc)}")
+        if self.modality not in MODALITIES:
+            raise PathomixInputError(f"slide {self.slide_id}: modality {self.modality!r} is not one of "
+                                     f"{MODALITIES}; fix slides.tsv")
+
+    @property
+    def sheet(self) -> Path | None:
+        return self.channels_sheet if self.modality == "mif" else None
+
+    def jobs(self) -> list[tuple[str, float, Path, Path]]:
+        return list(zip(self.mags, self.target_mpp, self.out, self.qc, strict=True))
 
 
-def run(slide: Slide, params: TilingParams, jobs: list[tuple[str, float, Path, Path]]) -> None:
+def stamp(params: TilingParams, paths: TilePaths, code: str) -> str:
+    """The stamp of a slide's tile stores (:mod:`pathomix.io.stamps`): per-slide and batch jobs agree."""
+    return tile_stamp(code, json.dumps(dataclasses.asdict(params), sort_keys=True), paths.mags, paths.target_mpp,
+                      paths.path, paths.modality, paths.mpp, paths.sheet)
+
+
+def run(params: TilingParams, paths: TilePaths) -> None:
+    """Tile one slide at every magnification of ``paths`` (in-process entry point of the stage);
+    raises PathomixInputError on bad input, writing nothing."""
+    start = time.perf_counter()
+    with open_slide(paths.path, paths.modality, mpp=paths.mpp, slide_id=paths.slide_id,
+                    channels_sheet=paths.sheet) as slide:
+        tile_open_slide(slide, params, paths.jobs())
+    if paths.code is not None:  # what made these stores, so a batch job of a larger cohort keeps them
+        write_stamp(paths.out, stamp(params, paths, paths.code))
+    log.info("slide %s: tiled at %s in %.2f s", paths.slide_id, " ".join(paths.mags), time.perf_counter() - start)
+
+
+def tile_open_slide(slide: Slide, params: TilingParams, jobs: list[tuple[str, float, Path, Path]]) -> None:
     """Tile one open slide at every (mag, target mpp, out, qc); nothing is written if any target fails."""
     for _, target, _, _ in jobs:   # refuse impossible targets before writing anything
         GridGeometry.for_slide(slide.mpp, target, params.tile_px, params.overlap_px, slide.label)
@@ -180,25 +227,11 @@ def run(slide: Slide, params: TilingParams, jobs: list[tuple[str, float, Path, P
                  time.perf_counter() - start)
 
 
+@stage_main("pathomix.tiling")
 def main(argv: list[str] | None = None) -> int:
-    """Tile one slide; 0 on success. Input problems are logged at ERROR and re-raised."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    jobs = _jobs(parser, args)
-    setup_logging()
-    start = time.perf_counter()
-    try:
-        params = TilingParams.from_json(args.params)
-        sheet = args.channels_sheet if args.modality == "mif" else None
-        with open_slide(args.path, args.modality, mpp=args.mpp, slide_id=args.slide_id,
-                        channels_sheet=sheet) as slide:
-            run(slide, params, jobs)
-    except PathomixInputError as e:
-        log.error("%s", e)
-        raise
-    if args.code is not None:  # what made these stores, so a batch job of a larger cohort keeps them
-        write_stamp(args.out, tile_stamp(args.code, args.params, args.mag, args.target_mpp, args.path, args.modality,
-                                         args.mpp, args.channels_sheet))
-    log.info("slide %s: tiled at %s in %.2f s", args.slide_id, " ".join(args.mag),
-             time.perf_counter() - start)
+    """Tile one slide: 0 on success, 1 on an input problem (logged at ERROR, no traceback)."""
+    args = build_parser().parse_args(argv)
+    paths = TilePaths(args.slide_id, args.path, args.modality, tuple(args.mag), tuple(args.target_mpp),
+                      tuple(args.out), tuple(args.qc), args.mpp, args.channels_sheet, args.code)
+    run(TilingParams.from_json(args.params), paths)
     return 0

@@ -16,7 +16,6 @@ params, e.g. ``--model dmsf_student --name dmsf_student-scratch --scratch``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import random
@@ -29,8 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pathomix.cli import stage_main
 from pathomix.errors import PathomixInputError
-from pathomix.logs import setup_logging
 from pathomix.models import GENE_INPUTS, MODELS, ModelSpec, get_model, wsi_key
 from pathomix.tasks import TASKS, Task, get_task
 from pathomix.train import fof
@@ -79,14 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def read_params(raw: str) -> TrainParams:
-    text = Path(raw[1:]).read_text() if raw.startswith("@") else raw
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise PathomixInputError(f"--params is not valid JSON ({err}): {text[:200]!r}") from None
-    if not isinstance(raw, dict):
-        raise PathomixInputError(
-            f"--params must be a JSON object (the config's train: subtree), got {text[:80]!r}")
+    """``--params``: JSON text or ``@file.json`` of the ``train:`` subtree (one job's, see catalog.job_params)."""
     return TrainParams.from_mapping(raw)
 
 
@@ -228,10 +220,11 @@ def train_images(args: argparse.Namespace, spec: ModelSpec, tasks: list[Task], p
 TRAINERS = {"features": train_bags, "images": train_images}  # ModelSpec.reads → trainer
 
 
-def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Train, predict and write the outputs (one folder per task); returns a summary per task."""
+def run(args: argparse.Namespace, params: TrainParams | None = None) -> dict[str, dict[str, Any]]:
+    """Train, predict and write the outputs (one folder per task); returns a summary per task. In-process
+    callers may pass typed ``params`` (else ``args.params``, the ``--params`` JSON, is read)."""
     t_start = time.perf_counter()
-    params = read_params(args.params)
+    params = params if params is not None else read_params(args.params)
     device = resolve_device(params.device)
     seed_everything(params.seed, device)
     spec, tasks = get_model(args.model), [get_task(t) for t in args.task]
@@ -262,19 +255,16 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return summaries
 
 
+@stage_main("pathomix.train")
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns 0 on success, 2 on a user-input error (message logged)."""
+    """CLI entry point; returns 0 on success, 1 on a user-input error (message logged, no traceback)."""
     args = parse_args(argv)
-    setup_logging()
     if args.log_level:
         logging.getLogger().setLevel(args.log_level.upper())
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(max(1, args.threads))
         run(args)
-    except PathomixInputError as err:
-        log.error("%s", err)
-        return 2
     finally:  # in-process callers (tests, notebooks) get their thread count back
         torch.set_num_threads(threads)
     return 0

@@ -12,9 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
+from pathomix.devices import resolve_device
+from pathomix.errors import PathomixInputError
 from pathomix.models import ModelParams
+from pathomix.params import field_names, load_params, read_json_object
+
+__all__ = ["IGNORED_KEYS", "DistillParams", "TrainParams", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -47,22 +50,22 @@ class TrainParams:
     model: ModelParams = field(default_factory=ModelParams)
 
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any]) -> TrainParams:
-        """Parse the ``train:`` subtree (flat model keys, nested ``distill``); warn on unknown keys."""
-        own = {f.name for f in dataclasses.fields(cls)} - {"distill", "model"}
-        model_keys = {f.name for f in dataclasses.fields(ModelParams)}
-        unknown = sorted(set(raw) - own - model_keys - {"distill", *IGNORED_KEYS})
-        if unknown:
-            log.warning("train params: ignoring unknown key(s) %s", unknown)
-        distill = dict(raw.get("distill") or {})
-        bad = sorted(set(distill) - {f.name for f in dataclasses.fields(DistillParams)})
-        if bad:
-            log.warning("train params: ignoring unknown distill key(s) %s", bad)
-        return cls(
-            **{k: _coerce(cls, k, raw[k]) for k in own if k in raw},
-            distill=DistillParams(**{k: _coerce(DistillParams, k, v) for k, v in distill.items() if k not in bad}),
-            model=ModelParams(**{k: _coerce(ModelParams, k, raw[k]) for k in model_keys if k in raw}),
-        )
+    def from_mapping(cls, raw: Mapping[str, Any] | str) -> TrainParams:
+        """Parse the ``train:`` subtree (flat model keys, nested ``distill``; a dict or JSON text): the
+        Snakefile's keys (:data:`IGNORED_KEYS`) are dropped, any other unknown key is an error."""
+        values = read_json_object(raw, "train")
+        for key in IGNORED_KEYS:
+            values.pop(key, None)
+        model_keys = set(field_names(ModelParams))
+        known = (set(field_names(cls)) - {"model"}) | model_keys
+        if unknown := sorted(set(values) - known):
+            raise PathomixInputError(
+                f"config `train`: unknown key(s) {unknown}; `train` knows {sorted(known | set(IGNORED_KEYS))}. "
+                "Fix the spelling in config.yaml (or --config, or the train.variants entry), or remove the key")
+        nested: dict[str, Any] = {k: v for k, v in values.items() if k not in model_keys}
+        # the model's keys sit flat in `train:`, so their messages say train.<key>
+        nested["model"] = load_params(ModelParams, {k: v for k, v in values.items() if k in model_keys}, where="train")
+        return load_params(cls, nested, where="train")
 
     def to_dict(self) -> dict[str, Any]:
         """Flat, plain (JSON/``weights_only`` safe) form, the inverse of :meth:`from_mapping`."""
@@ -73,25 +76,3 @@ class TrainParams:
         out["distill"] = dataclasses.asdict(self.distill)
         return out
 
-
-def _coerce(cls: type, name: str, value: Any) -> Any:
-    """Cast ``value`` to the type of the default of field ``name`` (bool/int/float/str/tuple);
-    mappings become {str: float}."""
-    default = next(f for f in dataclasses.fields(cls) if f.name == name)
-    if isinstance(value, Mapping):
-        return {str(k): float(v) for k, v in value.items()}
-    kind = type(default.default) if default.default is not dataclasses.MISSING else None
-    if kind is bool:
-        if isinstance(value, str):
-            return value.strip().lower() in ("1", "true", "yes", "on")
-        return bool(value)
-    if kind is tuple:
-        return tuple(str(v) for v in value)
-    return kind(value) if kind in (int, float, str) else value
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
