@@ -56,12 +56,13 @@ def manifest(results: str | Path, encoder: str) -> Path:
     return Path(results) / "features" / encoder / "manifest.parquet"
 
 
-def hvg(results: str | Path) -> Path:
-    return Path(results) / "genes" / "hvg.parquet"
+def hvg(results: str | Path, fold: int | str) -> Path:
+    """The fold's highly variable genes, selected on its training patients (every patient's values)."""
+    return Path(results) / "genes" / f"fold{fold}" / "hvg.parquet"
 
 
-def subspaces(results: str | Path) -> Path:
-    return Path(results) / "genes" / "subspaces.parquet"
+def subspaces(results: str | Path, fold: int | str) -> Path:
+    return Path(results) / "genes" / f"fold{fold}" / "subspaces.parquet"
 
 
 def folds(results: str | Path) -> Path:

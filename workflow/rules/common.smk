@@ -365,7 +365,7 @@ def train_inputs(w):
     if need["wsi"] or need["mif"]:  # H&E and mIF feature stores are listed in one manifest
         inputs["manifest"] = str(P.manifest(RESULTS, ENCODER))
     if need["genes"]:
-        inputs["hvg"], inputs["subspaces"] = str(P.hvg(RESULTS)), str(P.subspaces(RESULTS))
+        inputs["hvg"], inputs["subspaces"] = str(P.hvg(RESULTS, w.fold)), str(P.subspaces(RESULTS, w.fold))
     if need["images"]:  # image models read the H&E tiles from the slides, through the coords stores
         he = slides()[slides().modality == "he"]
         inputs["slides"] = config["slides"]

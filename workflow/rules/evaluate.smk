@@ -45,8 +45,8 @@ rule gene_view:
     input:
         genes=config["genes"] or [],
         importance=subspace_model_checkpoints,
-        hvg=str(P.hvg(RESULTS)),
-        subspaces=str(P.subspaces(RESULTS)),
+        hvg=str(P.hvg(RESULTS, 0)),  # the figure shows fold 0's selection
+        subspaces=str(P.subspaces(RESULTS, 0)),
     output:
         report(
             str(P.gene_view(RESULTS)),

@@ -5,7 +5,7 @@ Example (what the Snakemake rule runs)::
     python -m pathomix.train --model dmsf_student --task diagnosis --fold 0 \\
         --clinical clinical.tsv --folds results/splits/folds.parquet \\
         --manifest results/features/resnet50_trunc/manifest.parquet \\
-        --hvg results/genes/hvg.parquet --subspaces results/genes/subspaces.parquet \\
+        --hvg results/genes/fold0/hvg.parquet --subspaces results/genes/fold0/subspaces.parquet \\
         --teacher-checkpoint results/models/dmsf_teacher/diagnosis/fold0/checkpoint.pt \\
         --params '{"epochs": 40, ...}' --threads 1 --out results/models/dmsf_student/diagnosis/fold0
 
@@ -63,8 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--clinical", required=True, type=Path)
     ap.add_argument("--folds", required=True, type=Path, help="splits/folds.parquet")
     ap.add_argument("--manifest", type=Path, help="features/{encoder}/manifest.parquet (H&E and mIF models)")
-    ap.add_argument("--hvg", type=Path, help="genes/hvg.parquet (gene models and distilled students)")
-    ap.add_argument("--subspaces", type=Path, help="genes/subspaces.parquet")
+    ap.add_argument("--hvg", type=Path, help="genes/fold{k}/hvg.parquet (gene models, distilled students)")
+    ap.add_argument("--subspaces", type=Path, help="genes/fold{k}/subspaces.parquet of this fold")
     ap.add_argument("--slides", type=Path, help="slides sheet (image models: where the slides are)")
     ap.add_argument("--tiles", nargs="+", default=[],
                     help="coords stores tiles/{mag}/{slide}.h5, or the tiles folder holding them (image models)")
