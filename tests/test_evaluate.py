@@ -140,7 +140,8 @@ def stage(tmp_path_factory):
 
 def test_stage_writes_metrics_with_ap_and_cis(stage):
     m = pd.read_parquet(stage / "metrics.parquet")
-    assert list(m.columns) == ["model", "task", "fold", "metric", "value", "ci_low", "ci_high"]
+    assert list(m.columns) == ["model", "encoder", "task", "fold", "metric", "value", "ci_low", "ci_high"]
+    assert (m.encoder == "").all()  # these predictions name no encoder (models that read no features)
     assert set(m[m.task == "diagnosis"].metric) == set(CLASSIFICATION)
     assert set(m[m.task == "survival"].metric) == set(SURVIVAL)
     assert set(m.fold) == {"0", "1", "2", "all"}

@@ -64,7 +64,7 @@ def _store(root: Path, rng: np.random.Generator, slide: str, mag: str, cls: int,
                    {"encoder": "synthetic", "encoder_weights_sha256": "random-init", "precision": "fp16",
                     **({"channels": list(MARKERS)} if mif else {})})
     return {"slide_id": slide, "modality": "mif" if mif else "he", "mag": mag, "n_tiles": n, "dim": D,
-            "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+            "encoder": "synthetic", "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 @pytest.fixture(scope="session")
@@ -153,11 +153,12 @@ def test_outputs_and_columns(trained: dict, model: str, task: str) -> None:
     assert ("cgc_conflicts" in hist.columns) == (model == "dmsf_teacher")  # CGC: share of conflicting steps
     assert (out / "gene_importance.parquet").exists() == (model in ("snn", "dmsf_teacher"))
     pred = pd.read_parquet(out / "predictions.parquet")
-    base = ["patient_id", "fold", "split", "model", "task"]
+    base = ["patient_id", "fold", "split", "model", "encoder", "task"]
     extra = (["y_true", "y_pred", *(f"prob_{c}" for c in DIAGNOSES)] if task == "diagnosis"
              else ["time", "event", "risk", "bin"])
     assert list(pred.columns) == base + extra
     assert set(pred.split) == {"val", "test"} and (pred.model == model).all() and (pred.fold == 0).all()
+    assert (pred.encoder == ("" if model == "snn" else "synthetic")).all()  # snn reads no patch features
     assert pred.patient_id.is_unique
     if task == "diagnosis":
         probs = pred[[f"prob_{c}" for c in DIAGNOSES]].to_numpy()
@@ -496,3 +497,36 @@ def test_a_single_task_model_refuses_several_tasks(cohort: dict, tmp_path: Path,
     argv[argv.index("--out") + 1:] = [str(tmp_path / "a"), str(tmp_path / "b")]
     assert main(argv) == 1
     assert "abmil trains one task at a time" in caplog.text
+
+
+def test_manifest_paths_are_relative_to_the_results_folder(cohort: dict, tmp_path: Path) -> None:
+    """The manifest stage writes store paths relative to results/ (DESIGN §4), so a results folder can be moved;
+    training resolves them against the manifest's own results folder (absolute paths, e.g. imported stores, stay)."""
+    import shutil
+
+    from pathomix import paths as P
+    from pathomix.features.manifest import main as manifest_main
+    from pathomix.train.bags import read_manifest
+
+    res = tmp_path / "results"
+    src = pd.read_parquet(cohort["manifest"])
+    stores = []
+    for row in src[src.modality == "he"].head(4).itertuples():
+        dst = P.features(res, "synthetic", row.mag, row.slide_id)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(row.path, dst)
+        stores.append(str(dst))
+    sheet = tmp_path / "slides.tsv"
+    patients = dict(zip(src.slide_id, src.patient_id, strict=True))
+    ids = sorted({Path(s).stem for s in stores})
+    pd.DataFrame({"slide_id": ids, "patient_id": [patients[i] for i in ids], "path": "x.svs",
+                  "modality": "he"}).to_csv(sheet, sep="\t", index=False)
+    out = P.manifest(res, "synthetic")
+    assert manifest_main(["--slides", str(sheet), "--stores", *stores, "--out", str(out)]) == 0
+    written = pd.read_parquet(out)
+    assert not any(Path(p).is_absolute() for p in written.path)
+    assert written.path.iloc[0].startswith("features/synthetic/")
+    moved = tmp_path / "elsewhere"
+    shutil.move(res, moved)
+    rows = read_manifest(P.manifest(moved, "synthetic"), sorted(set(written.mag)))
+    assert all(Path(p).is_file() and Path(p).is_relative_to(moved) for p in rows.path)

@@ -56,6 +56,11 @@ def manifest(results: str | Path, encoder: str) -> Path:
     return Path(results) / "features" / encoder / "manifest.parquet"
 
 
+def results_of_manifest(manifest_path: str | Path) -> Path:
+    """The results folder a manifest's store paths are relative to (inverse of :func:`manifest`)."""
+    return Path(manifest_path).parents[2]
+
+
 def hvg(results: str | Path, fold: int | str) -> Path:
     """The fold's highly variable genes, selected on its training patients (every patient's values)."""
     return Path(results) / "genes" / f"fold{fold}" / "hvg.parquet"

@@ -72,6 +72,14 @@ def _prepare(d: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return d, kind
 
 
+def with_encoder(metrics: pd.DataFrame, pred: pd.DataFrame) -> pd.DataFrame:
+    """``metrics`` with the ``encoder`` column after ``model`` (DESIGN §4): the encoder whose features the model
+    read, from its predictions; empty for models that read none (and for predictions written before the column)."""
+    names = pred.encoder.dropna().astype(str).unique() if "encoder" in pred.columns else []
+    out = metrics.assign(encoder="+".join(sorted(set(names) - {""})))
+    return out[["model", "encoder", *[c for c in out.columns if c not in ("model", "encoder")]]]
+
+
 def run(pred_paths: list[str], params: EvalParams, out: str, summary_csv: str, figures: str,
         comparison_csv: str, comparison_html: str, cohorts_csv: str | None = None,
         cohorts_html: str | None = None) -> pd.DataFrame:
@@ -80,7 +88,7 @@ def run(pred_paths: list[str], params: EvalParams, out: str, summary_csv: str, f
     tables = []
     for (model, task), d in main_preds.groupby(["model", "task"], sort=True):
         d, kind = _prepare(d)
-        tables.append(evaluate_predictions(d, params.bootstrap, params.seed))
+        tables.append(with_encoder(evaluate_predictions(d, params.bootstrap, params.seed), d))
         test = d[d.split == "test"]
         h = hist[(hist.model == model) & (hist.task == task)]
         for fig_kind, name in figure_names(model, task, kind, mif=(model, task) in markers).items():

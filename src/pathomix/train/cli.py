@@ -33,6 +33,7 @@ from pathomix.errors import PathomixInputError
 from pathomix.models import GENE_INPUTS, MODELS, ModelSpec, get_model, wsi_key
 from pathomix.tasks import TASKS, Task, get_task
 from pathomix.train import fof
+from pathomix.train.bags import manifest_encoder
 from pathomix.train.data import SPLITS, Needs, Sources, load_cohort, read_cohorts
 from pathomix.train.distill import (
     check_teacher,
@@ -237,10 +238,12 @@ def run(args: argparse.Namespace, params: TrainParams | None = None) -> dict[str
         raise PathomixInputError(f"{spec.name} trains one task at a time; run one job per task")
     trained = TRAINERS[spec.reads](args, spec, tasks, params, device)
     summaries, cohorts = {}, read_cohorts(args.folds)
+    reads_features = spec.needs_wsi or spec.needs_mif  # patch features of the manifest's encoder
     for task, out_dir in zip(tasks, args.out, strict=True):
         t = trained[task.name]
         parts = [f for f in t.predictions.values() if len(f)] or [t.predictions["test"]]
-        predictions = predictions_frame(pd.concat(parts, ignore_index=True), args.fold, name, task.name, cohorts)
+        predictions = predictions_frame(pd.concat(parts, ignore_index=True), args.fold, name, task.name, cohorts,
+                                        encoder=manifest_encoder(args.manifest) if reads_features else "")
         meta = {"model": name, "base_model": spec.name, "task": task.name, "fold": args.fold,
                 "params": params.to_dict(), "classes": list(task.classes), "best_epoch": t.result.best_epoch,
                 **t.meta}
