@@ -215,3 +215,26 @@ def test_marker_figure_without_mif_test_patients(tmp_path):
     empty = pd.DataFrame(columns=["patient_id", "slide_id", "mag", "marker", "weight"])
     ev = _run_stage(tmp_path, [_survival(model="fluoro")], params='{"bootstrap": 5}', markers={0: empty})
     assert (ev / "figures" / "fluoro_survival_markers.png").exists()
+
+
+def test_external_patients_count_once_in_the_pooled_value():
+    """Each of 3 fold models predicts the same 40 external patients: per-fold rows score each model, the pooled
+    value scores the ensemble (mean probability) of the 40 patients once, not 120 rows."""
+    from pathomix.evaluate.cohorts import cohort_summary, fold_ensemble
+
+    ext = _classification(model="good", seed=9, n=40).assign(cohort="ext", split="external")
+    probs = [c for c in ext.columns if c.startswith("prob_")]
+    rng = np.random.default_rng(3)
+    folds = []
+    for k in range(3):  # three fold models: noisy copies of the same predictions
+        p = ext[probs].to_numpy() * rng.uniform(0.5, 1.5, (len(ext), len(probs)))
+        folds.append(ext.assign(fold=k, **{c: p[:, i] / p.sum(1) for i, c in enumerate(probs)}))
+    preds = pd.concat(folds, ignore_index=True)
+    ens = fold_ensemble(preds.assign(split="test"))
+    assert len(ens) == ext.patient_id.nunique() and ens.patient_id.is_unique
+    mean = np.mean([f.set_index("patient_id").loc[ens.patient_id, probs].to_numpy() for f in folds], axis=0)
+    assert np.allclose(ens[probs].to_numpy(), mean)
+    assert (ens.y_pred == ens[probs].to_numpy().argmax(1)).all()
+    summary = cohort_summary(preds, n_boot=5, seed=0).set_index("metric")
+    acc = summary.loc["accuracy", "value"]
+    assert np.isclose(acc, (ens.y_true == ens.y_pred).mean())
