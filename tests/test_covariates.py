@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathomix.io.errors import PathomixInputError
+from pathomix.errors import PathomixInputError
 from pathomix.train.covariates import CovariateStats, covariate_matrix, fit_covariates
 
 
@@ -47,3 +47,33 @@ def test_missing_column_and_empty_training_values_name_the_fix():
     clin["age"] = np.nan
     with pytest.raises(PathomixInputError, match="covariate age: no training patient"):
         fit_covariates(clin, ["P0", "P1"], ["age"])
+
+
+def test_cox_on_a_planted_covariate_ranks_patients():
+    """Hazard doubles per standardised unit of `age`: the fitted Cox model finds it and ranks held-out patients."""
+    from lifelines.utils import concordance_index
+
+    from pathomix.train.clinical import cox_risk, fit_cox
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 2))
+    time = rng.exponential(1 / np.exp(0.7 * x[:, 0]))
+    event = (rng.random(300) < 0.8).astype(int)
+    cph = fit_cox(x[:200], time[:200], event[:200], ("age", "noise"), penalizer=0.01)
+    assert 0.5 < cph.params_["age"] < 0.9 and abs(cph.params_["noise"]) < 0.2
+    risk = cox_risk(cph, x[200:], ("age", "noise"))
+    assert concordance_index(time[200:], -risk, event[200:]) > 0.65
+    with pytest.raises(PathomixInputError, match="no training patient"):
+        fit_cox(x[:10], time[:10], np.zeros(10), ("age", "noise"), 0.1)
+
+
+def test_logistic_probabilities_cover_every_class():
+    from pathomix.train.clinical import class_probabilities, fit_logistic
+
+    rng = np.random.default_rng(1)
+    y = np.array([0, 2] * 30)  # class 1 never in training
+    x = (y[:, None] + rng.normal(0, 0.3, (60, 1))).astype(np.float32)
+    clf = fit_logistic(x, y, 3, penalizer=0.1)
+    p = class_probabilities(clf, np.array([[0.0], [2.0]]), 3)
+    assert p.shape == (2, 3) and np.allclose(p.sum(1), 1) and (p[:, 1] == 0).all()
+    assert p[0].argmax() == 0 and p[1].argmax() == 2

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pathomix.io.errors import PathomixInputError
+from pathomix.errors import PathomixInputError
 
 log = logging.getLogger(__name__)
 
