@@ -238,3 +238,15 @@ def test_external_patients_count_once_in_the_pooled_value():
     summary = cohort_summary(preds, n_boot=5, seed=0).set_index("metric")
     acc = summary.loc["accuracy", "value"]
     assert np.isclose(acc, (ens.y_true == ens.y_pred).mean())
+
+
+def test_paired_difference_separates_a_real_gap_from_noise():
+    from pathomix.evaluate.paired import paired_difference
+
+    good, weak = _classification(model="good", n=150), _classification(model="weak", signal=0.3, seed=1, n=150)
+    same = _classification(model="same", n=150).assign(
+        **{f"prob_{c}": lambda d, c=c: d[f"prob_{c}"] * 0.999 for c in CLASSES})
+    gap = paired_difference(good, weak, CLASSIFICATION["auc"], n=200, seed=0)
+    assert gap["n_patients"] == 150 and gap["ci_low"] > 0 and np.isclose(gap["diff"], gap["a"] - gap["b"])
+    tie = paired_difference(good, same, CLASSIFICATION["auc"], n=200, seed=0)
+    assert tie["ci_low"] <= 0 <= tie["ci_high"]
