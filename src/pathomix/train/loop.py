@@ -4,8 +4,8 @@ Batch size is one bag (standard MIL). During training a bag (H&E or mIF) larger 
 ``max_tiles`` is subsampled at random; evaluation always sees every tile. Evaluation can also
 record the models' attention over the tiles and, for mIF models, over the markers of each slide.
 A step's loss is the task loss + the model's auxiliary terms + the extra term (distillation) +
-the task loss of each branch when the model has ``branch_logits``; with ``train.cgc`` the branch
-gradients on the shared parameters are coordinated (:mod:`pathomix.train.cgc`).
+the task loss of each branch when the model has ``branch_logits``; with ``train.cgc`` every gradient
+on the shared parameters is coordinated (:mod:`pathomix.train.cgc`).
 """
 
 from __future__ import annotations
@@ -149,18 +149,17 @@ def _train_epoch(model: nn.Module, patients: Sequence[Patient], objective: Objec
     for i in rng.permutation(len(patients)):
         p = patients[i]
         out = model(batch_inputs(p, device, params.max_tiles, generator))
-        loss = objective.loss(out["logits"], p.target)
-        for term in out["aux"].values():
-            loss = loss + term
+        rest = [*out["aux"].values()]  # the terms besides the task loss(es)
         extra_term = extra(p, out, epoch) if extra is not None else None
         if extra_term is not None:
-            loss = loss + extra_term
+            rest.append(extra_term)
         opt.zero_grad(set_to_none=True)
         if coordinator is not None:
-            loss = coordinator.backward(loss, out, p.target)
+            loss = coordinator.backward(out, p.target, sum(rest) if rest else None)
         else:
-            for branch in branch_losses(objective, out, p.target).values():
-                loss = loss + branch
+            loss = objective.loss(out["logits"], p.target)
+            for term in [*rest, *branch_losses(objective, out, p.target).values()]:
+                loss = loss + term
             loss.backward()
         opt.step()
         losses.append(loss.item())
