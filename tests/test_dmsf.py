@@ -193,6 +193,47 @@ def test_ita_is_permutation_invariant() -> None:
     assert torch.equal(assign_a[perm], assign_b)
 
 
+def _centre_of_each_token(x: torch.Tensor, clusters) -> torch.Tensor:
+    """(N, H): the value of the centre each token joined (order-free description of the clustering)."""
+    return x[clusters.centres][clusters.assign]
+
+
+def _tied_tokens(scale: float) -> torch.Tensor:
+    """Two copies (the second shifted) of a symmetric bag: three exact duplicates at the centre and
+    the 16 points ±2·e_i around it, whose densities, peak distances and scores all tie exactly."""
+    star = torch.cat([torch.zeros(3, 8), 2 * torch.eye(8), -2 * torch.eye(8)])
+    return scale * torch.cat([star, star + torch.tensor([6.0, 3.0, 0, 0, 0, 0, 0, 1.0])])
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_dpc_knn_is_permutation_invariant_on_tied_tokens(scale: float) -> None:
+    """Ties are broken by the tokens' values, not their positions: every order of the same tokens
+    gives the same clusters (the same centre for every token, the same merged tokens)."""
+    x = _tied_tokens(scale)
+    ref = dpc_knn(x, 6, k=3)
+    agg = TokenAggregator(8, n_tokens=6, k=3)
+    merged_ref, _, sizes_ref = agg(x)
+    for seed in range(5):
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+        out = dpc_knn(x[perm], 6, k=3)
+        assert torch.equal(_centre_of_each_token(x[perm], out), _centre_of_each_token(x, ref)[perm])
+        merged, _, sizes = agg(x[perm])
+        assert torch.equal(sizes, sizes_ref)
+        assert torch.allclose(merged, merged_ref, atol=1e-5 * scale)
+
+
+def test_dpc_knn_densities_do_not_underflow_and_do_not_depend_on_the_token_scale() -> None:
+    """exp(−d²) of unscaled distances is exactly 0 for tokens ten times larger (then every density
+    ties); scaled by the bag's mean kNN distance the clustering is the same at any scale."""
+    x = torch.randn(60, 16, generator=torch.Generator().manual_seed(2))
+    base = dpc_knn(x, 5)
+    for scale in (10.0, 100.0):
+        big = dpc_knn(scale * x, 5)
+        assert torch.equal(big.centres, base.centres) and torch.equal(big.assign, base.assign)
+        assert (big.density > 0).all()
+        assert torch.allclose(big.density, base.density, rtol=1e-4)
+
+
 def test_dpc_knn_finds_separated_clusters() -> None:
     torch.manual_seed(0)
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
