@@ -14,6 +14,7 @@ from pathomix.models.ita import TokenAggregator, dpc_knn
 from pathomix.tasks import get_task
 from pathomix.train.cgc import GradientCoordinator, coordinate
 from pathomix.train.distill import distill_term
+from pathomix.train.loop import EarlyStopping
 from pathomix.train.objectives import make_objective
 from pathomix.train.params import DistillParams, TrainParams
 
@@ -260,6 +261,33 @@ def test_student_attention_maps_clusters_back_to_patches() -> None:
     for by_mag in out["attention"].values():
         assert by_mag["20x"].shape == (1, 30)
         assert torch.allclose(by_mag["20x"].sum(-1), torch.ones(1), atol=1e-5)
+
+
+@pytest.mark.parametrize("monitor_from, val_loss", [(4, 0.5), (1, float("nan"))])
+def test_early_stopping_never_restores_the_initial_weights(monitor_from: int, val_loss: float) -> None:
+    """``epochs`` ≤ ``warmup_epochs`` (no monitored epoch), or no finite validation loss: the model keeps
+    its last trained weights, not the random ones it started from."""
+    model = torch.nn.Linear(2, 1)
+    stopper = EarlyStopping(model, patience=5, monitor_from=monitor_from)
+    for epoch in (1, 2, 3):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        stopper.update(epoch, 1.0, val_loss)
+    trained = model.weight.detach().clone()
+    assert stopper.restore() == 3
+    assert torch.equal(model.weight, trained)
+
+
+def test_early_stopping_restores_the_best_monitored_epoch() -> None:
+    model = torch.nn.Linear(2, 1)
+    stopper = EarlyStopping(model, patience=5, monitor_from=2)
+    kept = None
+    for epoch, loss in [(1, 0.1), (2, 0.9), (3, 0.4), (4, 0.6)]:  # epoch 1 is warm-up: its low loss is not kept
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        stopper.update(epoch, 1.0, loss)
+        kept = model.weight.detach().clone() if epoch == 3 else kept
+    assert stopper.restore() == 3 and torch.equal(model.weight, kept)
 
 
 # ---- distillation schedule ----------------------------------------------------------------------

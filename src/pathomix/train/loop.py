@@ -178,12 +178,14 @@ def _coordinator(model: nn.Module, objective: Objective, params: TrainParams) ->
 
 class EarlyStopping:
     """Early stopping on the validation loss: keeps the best weights; epochs before ``monitor_from``
-    (a distilled student's warm-up) are neither kept as the best nor counted towards ``patience``."""
+    (a distilled student's warm-up) are neither kept as the best nor counted towards ``patience``.
+    When no epoch could be kept (all of them in the warm-up, or no finite validation loss) the
+    model keeps its last weights, never its initial ones."""
 
     def __init__(self, model: nn.Module, patience: int, monitor_from: int = 1) -> None:
         self.model, self.patience, self.monitor_from = model, patience, monitor_from
-        self.best_loss, self.best_epoch, self.bad = math.inf, 0, 0
-        self.best_state = self._state()
+        self.best_loss, self.best_epoch, self.bad, self.last_epoch = math.inf, 0, 0, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
 
     def _state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -192,6 +194,7 @@ class EarlyStopping:
         """Record one epoch → True when training should stop; a non-finite training loss raises."""
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"training loss became {train_loss} at epoch {epoch}; lower train.lr")
+        self.last_epoch = epoch
         if epoch < self.monitor_from:
             return False
         if val_loss < self.best_loss - 1e-6:
@@ -205,7 +208,12 @@ class EarlyStopping:
         return False
 
     def restore(self) -> int:
-        """Load the best weights into the model → the best epoch."""
+        """Load the best weights into the model → the best epoch (the last one when none was kept)."""
+        if self.best_state is None:
+            log.warning("no epoch could be kept as the best (the %d trained epoch(s) are all before epoch %d, "
+                        "the end of the warm-up, or gave no finite validation loss): keeping the last epoch's "
+                        "weights", self.last_epoch, self.monitor_from)
+            return self.last_epoch
         self.model.load_state_dict(self.best_state)
         log.info("best epoch %d (val_loss %.4f)", self.best_epoch, self.best_loss)
         return self.best_epoch
