@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from pathomix.catalog import job_params, model_inputs, resolve
+from pathomix.errors import PathomixInputError
 from pathomix.models import MODELS, ModelParams, wsi_key
 from pathomix.models.auxiliary import igc_gram
 from pathomix.models.ita import TokenAggregator, dpc_knn
 from pathomix.tasks import get_task
 from pathomix.train.cgc import GradientCoordinator, coordinate
-from pathomix.train.distill import distill_term
+from pathomix.train.distill import distill_term, teacher_bin_edges
 from pathomix.train.loop import EarlyStopping
 from pathomix.train.objectives import make_objective
 from pathomix.train.params import DistillParams, TrainParams
@@ -288,6 +289,40 @@ def test_early_stopping_restores_the_best_monitored_epoch() -> None:
         stopper.update(epoch, 1.0, loss)
         kept = model.weight.detach().clone() if epoch == 3 else kept
     assert stopper.restore() == 3 and torch.equal(model.weight, kept)
+
+
+def test_a_survival_student_bins_times_with_its_teachers_edges(tmp_path) -> None:
+    """The student's training patients include some without genes, so edges refitted on them differ
+    from the teacher's: the targets, and the bins the survival KL compares, must use the teacher's."""
+    import numpy as np
+    import pandas as pd
+
+    from pathomix.tasks import discretise
+    from pathomix.train.data import Needs, Sources, load_cohort
+
+    rng = np.random.default_rng(0)
+    n = 24
+    pids = [f"P{i:02d}" for i in range(n)]
+    pd.DataFrame({"patient_id": pids, "survival_months": rng.uniform(1, 100, n).round(1),
+                  "event": rng.integers(0, 2, n)}).to_csv(tmp_path / "clinical.tsv", sep="\t", index=False)
+    pd.DataFrame({"patient_id": pids, "fold": 0, "split": ["test" if i % 4 == 0 else "train" for i in range(n)]}
+                 ).to_parquet(tmp_path / "folds.parquet")
+    src, task = Sources(tmp_path / "clinical.tsv", tmp_path / "folds.parquet"), get_task("survival")
+    own = load_cohort(src, task, 0, Needs())
+    teacher = {"model": "dmsf_teacher", "fold": 0, "bin_edges": [float("-inf"), 10.0, 20.0, 30.0, float("inf")]}
+    assert own.bin_edges != teacher["bin_edges"]
+    cohort = load_cohort(src, task, 0, Needs(), bin_edges=teacher_bin_edges(teacher, task))
+    assert cohort.bin_edges == teacher["bin_edges"]
+    times = np.array([p.target["time"] for p in cohort.patients])
+    assert [p.target["bin"] for p in cohort.patients] == discretise(times, np.array(teacher["bin_edges"])).tolist()
+
+
+def test_a_teacher_without_survival_bin_edges_is_refused() -> None:
+    task = get_task("survival")
+    for edges in (None, [float("-inf"), 5.0, float("inf")]):
+        with pytest.raises(PathomixInputError, match="bin edges"):
+            teacher_bin_edges({"model": "dmsf_teacher", "fold": 0, "bin_edges": edges}, task)
+    assert teacher_bin_edges({"bin_edges": None}, get_task("diagnosis")) is None
 
 
 # ---- distillation schedule ----------------------------------------------------------------------
