@@ -264,3 +264,11 @@ def test_stage_on_a_tiny_cohort_shows_undefined_metrics_as_na(tmp_path):
     assert "n/a" in set(summary["mean"]) | set(summary["value"])
     html = (ev / "comparison.html").read_text()
     assert "n/a" in html and "nan" not in html
+
+
+def test_auc_of_the_classes_present_survives_a_row_without_mass_on_them():
+    """Two of three classes present; one patient's probability of both underflowed to 0 (a confident
+    prediction of the absent class): the renormalised AUC is defined, not 0/0."""
+    df = _classification(n=12).query("y_true != 2").reset_index(drop=True)
+    df.loc[0, [f"prob_{c}" for c in CLASSES]] = [0.0, 0.0, 1.0]
+    assert np.isfinite(CLASSIFICATION["auc"](df))

@@ -47,7 +47,8 @@ def _auc(df: pd.DataFrame) -> float:
         return float("nan")
     if p.shape[1] == 2:
         return float(roc_auc_score(y, p[:, 1]))
-    p = p[:, present] / p[:, present].sum(axis=1, keepdims=True)  # OvR over the classes present
+    # OvR over the classes present (a row with no mass on them, e.g. softmax underflow, stays all zero)
+    p = p[:, present] / np.maximum(p[:, present].sum(axis=1, keepdims=True), np.finfo(float).tiny)
     if len(present) == 2:
         return float(roc_auc_score(y == present[1], p[:, 1]))
     return float(roc_auc_score(np.searchsorted(present, y), p, multi_class="ovr", average="macro"))
