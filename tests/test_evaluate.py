@@ -250,3 +250,61 @@ def test_paired_difference_separates_a_real_gap_from_noise():
     assert gap["n_patients"] == 150 and gap["ci_low"] > 0 and np.isclose(gap["diff"], gap["a"] - gap["b"])
     tie = paired_difference(good, same, CLASSIFICATION["auc"], n=200, seed=0)
     assert tie["ci_low"] <= 0 <= tie["ci_high"]
+
+
+def _small_survival(times, events, folds, model="m"):
+    n = len(times)
+    return pd.DataFrame({"patient_id": [f"P{i}" for i in range(n)], "fold": folds, "split": "test", "model": model,
+                         "task": "survival", "time": np.asarray(times, float), "event": events,
+                         "risk": np.linspace(1.0, 0.0, n), "bin": 0})
+
+
+def test_c_index_without_comparable_pair_is_nan_with_the_reason(caplog):
+    """Fold 0 has an event but it is at the fold's last time (lifelines: "No admissable pairs"); fold 1 is
+    all censored; fold 2 is scorable. The job must not fail: the undefined folds are NaN, logged why."""
+    df = _small_survival([1, 2, 3, 4, 5, 6], [0, 1, 0, 0, 1, 0], [0, 0, 1, 1, 2, 2])
+    with caplog.at_level(logging.INFO, logger="pathomix.evaluate.metrics"):
+        m = evaluate_predictions(df, n_bootstrap=20)
+    c = m[m.metric == "c_index"].set_index("fold").value
+    assert np.isnan(c["0"]) and np.isnan(c["1"]) and np.isfinite(c["2"]) and np.isfinite(c["all"])
+    assert "fold0: c_index skipped" in caplog.text and "no comparable pair" in caplog.text
+    assert "fold1: c_index skipped" in caplog.text and "all 2 patients censored" in caplog.text
+
+
+def test_bootstrap_survives_resamples_without_comparable_pair():
+    """Two patients, the event first: the pooled C is defined, but a resample drawing the event twice has
+    no comparable pair (and one drawing the censored patient twice has no event): both are dropped."""
+    df = _small_survival([1, 2], [1, 0], [0, 1])
+    assert SURVIVAL["c_index"](df) == 1.0
+    lo, hi = bootstrap_ci(df, SURVIVAL["c_index"], n=40, seed=0)
+    assert (lo, hi) == (1.0, 1.0)  # every defined resample is the pair itself
+
+
+def test_one_class_fold_gives_nan_auc_with_the_reason(caplog):
+    df = _binary_toy(n=8).assign(fold=[0, 0, 0, 0, 1, 1, 1, 1], y_true=[0, 0, 0, 0, 0, 1, 0, 1])
+    df["y_pred"] = df.y_true
+    with caplog.at_level(logging.INFO, logger="pathomix.evaluate.metrics"):
+        m = evaluate_predictions(df, n_bootstrap=20).set_index(["fold", "metric"]).value
+    assert np.isnan(m["0", "auc"]) and np.isnan(m["0", "ap"]) and np.isnan(m["0", "kappa"])
+    assert np.isfinite(m["1", "auc"]) and np.isfinite(m["all", "auc"])
+    assert "fold0: auc skipped" in caplog.text and "one class only" in caplog.text
+
+
+def test_stage_on_a_tiny_cohort_shows_undefined_metrics_as_na(tmp_path):
+    """A cohort so small that folds have one class / no event / no comparable pair: the stage completes
+    (figures included) and the report tables say n/a."""
+    surv = _small_survival([1, 2, 3, 4, 5, 6], [0, 1, 0, 0, 1, 0], [0, 0, 1, 1, 2, 2], model="tiny")
+    clf = _binary_toy(n=6).assign(model="tiny", fold=[0, 0, 1, 1, 2, 2], y_true=[0, 0, 1, 1, 0, 1])
+    ev = _run_stage(tmp_path, [surv, clf], params='{"bootstrap": 10}')
+    summary = pd.read_csv(ev / "summary.csv", keep_default_na=False)
+    assert "n/a" in set(summary["mean"]) | set(summary["value"])
+    html = (ev / "comparison.html").read_text()
+    assert "n/a" in html and "nan" not in html
+
+
+def test_auc_of_the_classes_present_survives_a_row_without_mass_on_them():
+    """Two of three classes present; one patient's probability of both underflowed to 0 (a confident
+    prediction of the absent class): the renormalised AUC is defined, not 0/0."""
+    df = _classification(n=12).query("y_true != 2").reset_index(drop=True)
+    df.loc[0, [f"prob_{c}" for c in CLASSES]] = [0.0, 0.0, 1.0]
+    assert np.isfinite(CLASSIFICATION["auc"](df))

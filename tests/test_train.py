@@ -256,6 +256,26 @@ def test_student_needs_a_matching_teacher(cohort: dict, trained: dict, tmp_path:
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+def test_a_survival_student_uses_its_teachers_bins(cohort: dict, trained: dict, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The student trains on patients without genes too (P01), so its own bin edges would differ from
+    the teacher's: it takes the teacher's, stored in the checkpoint, and refuses a checkpoint without them."""
+    ckpt = torch.load(trained[("dmsf_teacher", "survival")] / "checkpoint.pt", weights_only=True)
+    edges = [float("-inf"), 1.0, 2.0, 3.0, float("inf")]  # no training set would give these
+    torch.save({**ckpt, "bin_edges": edges}, tmp_path / "teacher.pt")
+    params = {**PARAMS, "epochs": 1}
+    out = tmp_path / "student"
+    assert main(_argv(cohort, "dmsf_student", "survival", out, params=params, teacher=tmp_path / "teacher.pt")) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["bin_edges"] == edges
+    pred = pd.read_parquet(out / "predictions.parquet")
+    assert (pred.bin == np.clip(np.searchsorted(edges, pred.time, side="right") - 1, 0, 3)).all()
+    torch.save({**ckpt, "bin_edges": None}, tmp_path / "old_teacher.pt")
+    with caplog.at_level(logging.ERROR):
+        assert main(_argv(cohort, "dmsf_student", "survival", tmp_path / "refused", params=params,
+                          teacher=tmp_path / "old_teacher.pt")) == 2
+    assert "bin edges" in caplog.text
+
+
 def test_adam_matches_torch_optim() -> None:
     torch.manual_seed(0)
     ref = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))

@@ -100,7 +100,7 @@ def run(pred_paths: list[str], params: EvalParams, out: str, summary_csv: str, f
     write_parquet(metrics, out)
     summary = summary_table(metrics)
     with atomic_path(summary_csv) as tmp:
-        summary.to_csv(tmp, index=False, float_format="%.4f")
+        summary.to_csv(tmp, index=False, float_format="%.4f", na_rep=C.NA)
     summary_figure(summary, Path(figures) / "summary.png")
     table = C.comparison_table(summary, params.headline)
     C.write_csv(table, comparison_csv)

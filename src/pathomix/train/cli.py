@@ -40,6 +40,7 @@ from pathomix.train.distill import (
     distill_term,
     load_checkpoint,
     load_teacher,
+    teacher_bin_edges,
     teacher_targets,
 )
 from pathomix.train.importance import gene_importance
@@ -144,7 +145,8 @@ def train_bags(args: argparse.Namespace, spec: ModelSpec, tasks: list[Task], par
     src = Sources(args.clinical, args.folds, args.manifest, args.hvg, args.subspaces)
     cohort = load_cohort(src, tasks if joint else tasks[0], args.fold, _needs(spec, teacher_spec, params),
                          gene_stats=teacher_ckpt["gene_stats"] if teacher_ckpt else None,
-                         empty_bags=params.empty_bags)
+                         empty_bags=params.empty_bags,
+                         bin_edges=teacher_bin_edges(teacher_ckpt, tasks[0]) if teacher_ckpt else None)
     log.info("model %s (%s), task %s, fold %d on %s, dims %s", args.name or spec.name, spec.name,
              " + ".join(t.name for t in tasks), args.fold, device, cohort.dims)
 

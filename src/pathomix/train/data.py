@@ -111,18 +111,25 @@ def _drop(keep: list[str], ok: Callable[[str], bool], why: str) -> list[str]:
 
 
 def _classification_targets(clin: pd.DataFrame, label: pd.Series, pids: Sequence[str],
-                            train: Sequence[str]) -> tuple[dict[str, dict[str, float]], None]:
+                            train: Sequence[str], edges: Sequence[float] | None = None
+                            ) -> tuple[dict[str, dict[str, float]], None]:
     return {p: {"y": int(label[p])} for p in pids}, None
 
 
 def _survival_targets(clin: pd.DataFrame, label: pd.Series, pids: Sequence[str],
-                      train: Sequence[str]) -> tuple[dict[str, dict[str, float]], list[float]]:
-    edges = survival_bins(clin.loc[list(train), "survival_months"].to_numpy(float),
-                          clin.loc[list(train), "event"].to_numpy(float))
-    bins = discretise(clin.loc[list(pids), "survival_months"].to_numpy(float), edges)
+                      train: Sequence[str], edges: Sequence[float] | None = None
+                      ) -> tuple[dict[str, dict[str, float]], list[float]]:
+    """Targets with the bin of each time: the bin edges fitted on ``train``, or ``edges`` when given
+    (a distilled student's are its teacher's, so that their survival distributions share the bins)."""
+    if edges is None:
+        edges = survival_bins(clin.loc[list(train), "survival_months"].to_numpy(float),
+                              clin.loc[list(train), "event"].to_numpy(float))
+        log.info("survival bin edges from %d training patients: %s", len(train), np.round(edges, 2).tolist())
+    else:
+        log.info("survival bin edges given (the teacher's): %s", np.round(np.asarray(edges, float), 2).tolist())
+    bins = discretise(clin.loc[list(pids), "survival_months"].to_numpy(float), np.asarray(edges, float))
     targets = {p: {"time": float(clin.at[p, "survival_months"]), "event": int(clin.at[p, "event"]),
                    "bin": int(b)} for p, b in zip(pids, bins, strict=True)}
-    log.info("survival bin edges from %d training patients: %s", len(train), np.round(edges, 2).tolist())
     return targets, [float(e) for e in edges]
 
 
@@ -130,10 +137,12 @@ TARGETS = {"classification": _classification_targets, "survival": _survival_targ
 
 
 def load_cohort(src: Sources, task: Task | Sequence[Task], fold: int, needs: Needs,
-                gene_stats: Mapping[str, Any] | None = None, empty_bags: str = "skip") -> Cohort:
+                gene_stats: Mapping[str, Any] | None = None, empty_bags: str = "skip",
+                bin_edges: Mapping[str, Sequence[float]] | None = None) -> Cohort:
     """Load everything one training job needs into memory (features loaded once).
 
-    ``gene_stats`` (e.g. a teacher's) replaces statistics fitted on this fold's training set.
+    ``gene_stats`` (e.g. a teacher's) replaces statistics fitted on this fold's training set;
+    ``bin_edges`` ``{task name: edges}`` (e.g. a teacher's) replace the survival bin edges fitted there.
     ``empty_bags``: what to do with a patient whose H&E slides all have 0 tiles (no tissue, or
     smaller than one tile): ``skip`` (logged with the reason) or ``error``.
 
@@ -182,7 +191,8 @@ def load_cohort(src: Sources, task: Task | Sequence[Task], fold: int, needs: Nee
         if not train:
             raise PathomixInputError(f"fold {fold}: no training patient has a {t.name} label and the inputs "
                                      "this model needs")
-        targets[t.name], edges[t.name] = TARGETS[t.kind](clin, labels[t.name], with_label, train)
+        targets[t.name], edges[t.name] = TARGETS[t.kind](clin, labels[t.name], with_label, train,
+                                                         (bin_edges or {}).get(t.name))
     patients = []
     for p in pids:
         by_key = bags.get(p, {})
