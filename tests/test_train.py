@@ -33,6 +33,7 @@ N_PER_CLASS = 12
 GENOTYPE = {"astrocytoma": ("mut", "non-codel"), "oligodendroglioma": ("mut", "codel"),
             "glioblastoma": ("wt", "non-codel")}
 MEDIAN_MONTHS = {"astrocytoma": 50.0, "oligodendroglioma": 110.0, "glioblastoma": 14.0}
+AGE = {"astrocytoma": 45, "oligodendroglioma": 33, "glioblastoma": 62}  # planted: older = shorter survival
 PARAMS = {"epochs": 25, "patience": 25, "hidden": 32, "lr": 0.001, "max_tiles": 24, "seed": 0}
 # patience = epochs: with ~5 validation patients an early stop at epoch 1-3 is noise, not what these tests check
 # planted input problems (fold 0's test patients are P00, P03, P06, ...; P01 trains)
@@ -82,7 +83,8 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         event = int(rng.random() < 0.8)
         months = float(MEDIAN_MONTHS[dx] * np.exp(rng.normal(0, 0.35)) * (1.0 if event else 0.8))
         clinical.append({"patient_id": pid, "idh": idh, "codel_1p19q": codel, "cdkn2a": "wt", "grade": 2,
-                         "survival_months": round(months, 2), "event": event})
+                         "survival_months": round(months, 2), "event": event,
+                         "age": AGE[dx] + 3 * (len(clinical) % 5)})  # no rng draw: the other data stay as they were
         if pid not in NO_GENES:
             expr = rng.normal(5.0, 1.0, 40)
             expr[cls * 5:(cls + 1) * 5] += 2.0  # tumour-subspace program
@@ -550,3 +552,49 @@ def test_manifest_paths_are_relative_to_the_results_folder(cohort: dict, tmp_pat
     shutil.move(res, moved)
     rows = read_manifest(P.manifest(moved, "synthetic"), sorted(set(written.mag)))
     assert all(Path(p).is_file() and Path(p).is_relative_to(moved) for p in rows.path)
+
+
+
+@pytest.mark.parametrize("task", ["survival", "diagnosis"])
+def test_cox_clinical_baseline_on_age(cohort: dict, tmp_path: Path, task: str) -> None:
+    """cox_clinical on train.covariates [age] (planted: glioblastoma patients are older and die sooner): fitted
+    in closed form on the training patients, it ranks/classifies the test patients better than chance."""
+    out = tmp_path / "cox"
+    assert main(_argv(cohort, "cox_clinical", task, out, params={**PARAMS, "covariates": ["age"]})) == 0
+    pred = pd.read_parquet(out / "predictions.parquet")
+    test = pred[pred.split == "test"]
+    assert set(pred.split) == {"val", "test"} and (pred.encoder == "").all()
+    if task == "survival":
+        assert harrell_c(test.time.to_numpy(), test.risk.to_numpy(), test.event.to_numpy(bool)) > 0.6
+    else:
+        probs = test[[f"prob_{c}" for c in DIAGNOSES]].to_numpy()
+        assert np.allclose(probs.sum(1), 1) and (test.y_pred == test.y_true).mean() > 0.5
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["covariate_stats"]["names"] == ("age",) or list(ckpt["covariate_stats"]["names"]) == ["age"]
+
+
+def test_cox_clinical_without_covariates_names_the_fix(cohort: dict, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    assert main(_argv(cohort, "cox_clinical", "survival", tmp_path / "c")) == 1
+    assert "train.covariates is empty" in caplog.text
+
+
+def test_covariates_enter_a_model_by_late_fusion(cohort: dict, tmp_path: Path) -> None:
+    """abmil with train.covariates [age]: the covariate transform travels in the checkpoint, the fusion weights
+    moved away from their zero start, and the model reloads from the checkpoint."""
+    out = tmp_path / "abmil"
+    params = {**PARAMS, "epochs": 4, "patience": 4, "covariates": ["age"]}
+    assert main(_argv(cohort, "abmil", "diagnosis", out, params=params)) == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["dims"]["covariates"] == 1 and ckpt["covariate_stats"]["numeric"]["age"]
+    fusion = ckpt["model_state"]["heads._.weight"]
+    assert fusion.shape == (len(DIAGNOSES), 1) and fusion.abs().sum() > 0
+
+
+def test_cohort_check_asks_for_covariates() -> None:
+    from pathomix.catalog import missing_cohort_inputs
+
+    cfg = {"slides": None, "genes": None, "train": {"models": ["cox_clinical"], "covariates": []}}
+    assert any("train.covariates is empty" in m for m in missing_cohort_inputs(["cox_clinical"], cfg))
+    cfg["train"]["covariates"] = ["age"]
+    assert missing_cohort_inputs(["cox_clinical"], cfg) == []

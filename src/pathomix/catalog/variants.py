@@ -135,6 +135,9 @@ def missing_cohort_inputs(models: list[str], config: Mapping[str, Any],
                 value, add = MODALITY_OF[kind]
                 out.append(f"model {m} needs {what} but the slides sheet {config.get('slides')} has no row with "
                            f"modality `{value}`; remove it from train.models or add {add} to the sheet")
+        if need.get("covariates") and not job_params(m, config.get("train") or {}).get("covariates"):
+            out.append(f"model {m} learns from clinical covariates but train.covariates is empty; list clinical "
+                       "sheet columns there (e.g. covariates: [age]) or remove it from train.models")
     return out
 
 

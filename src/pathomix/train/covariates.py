@@ -10,20 +10,24 @@ test and external patients:
   zeros); a level never seen in training is also all zeros (logged).
 
 :class:`CovariateStats` holds the fitted values; it travels in the checkpoint (``covariate_stats``) so
-that a prediction later uses exactly the training transform.
+that a prediction later uses exactly the training transform. :class:`CovariateFusion` adds them to any model
+(late fusion on the logits).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
 
 from pathomix.errors import PathomixInputError
+from pathomix.models.clinical import COVARIATES
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +110,41 @@ def covariate_matrix(clinical: pd.DataFrame, patients: Sequence[str], stats: Cov
         out.append(np.stack([(x == v).to_numpy(float) for v in levels], axis=1) if levels
                    else np.zeros((len(x), 0)))
     return (np.concatenate(out, axis=1) if out else np.zeros((len(rows), 0))).astype(np.float32)
+
+
+class CovariateFusion(nn.Module):
+    """Late fusion of the covariates into any model: ``logits + W · covariates`` (one linear map per task for a
+    joint model's ``{task: logits}``; the same term is added to every ``branch_logits`` entry, so their mean
+    stays ``logits`` and CGC sees it in each branch). ``W`` starts at zero: at the first step the model is
+    exactly the wrapped one. Attributes the training loop asks of the model (``shared_parameters``, …) are the
+    wrapped model's."""
+
+    def __init__(self, model: nn.Module, n_covariates: int, n_outputs: int | Mapping[str, int]) -> None:
+        super().__init__()
+        self.inner = model
+        sizes = n_outputs if isinstance(n_outputs, Mapping) else {"": n_outputs}
+        self.heads = nn.ModuleDict({name or "_": nn.Linear(n_covariates, n, bias=False) for name, n in sizes.items()})
+        for head in self.heads.values():
+            nn.init.zeros_(head.weight)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+    def _shift(self, logits: Any, x: torch.Tensor) -> Any:
+        if isinstance(logits, Mapping):
+            return {task: value + self.heads[task](x) for task, value in logits.items()}
+        return logits + self.heads["_"](x)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        if COVARIATES not in inputs:
+            raise PathomixInputError("this model was trained with clinical covariates (train.covariates) but the "
+                                     "inputs carry none; train it again without them or give the same covariates")
+        out = dict(self.inner(inputs))
+        x = inputs[COVARIATES]
+        out["logits"] = self._shift(out["logits"], x)
+        if "branch_logits" in out:
+            out["branch_logits"] = {b: self._shift(v, x) for b, v in out["branch_logits"].items()}
+        return out

@@ -68,6 +68,10 @@ def load_teacher(ckpt: Mapping[str, Any], expected: str, task: Task, fold: int, 
     check_teacher(ckpt, expected, task, fold)
     model_params = TrainParams.from_mapping(ckpt["params"]).model
     teacher = MODELS[ckpt.get("base_model", expected)].build(ckpt["dims"], task, model_params)
+    if ckpt.get("covariate_stats"):  # trained with train.covariates: the same late fusion around it
+        from pathomix.train.covariates import CovariateFusion
+
+        teacher = CovariateFusion(teacher, int(ckpt["dims"]["covariates"]), task.n_outputs)
     teacher.load_state_dict(ckpt["model_state"])
     teacher.to(device).eval()
     for p in teacher.parameters():

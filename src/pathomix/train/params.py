@@ -46,6 +46,8 @@ class TrainParams:
     device: str = "auto"
     empty_bags: str = "skip"  # a patient whose H&E stores all have 0 tiles: skip (logged) | error
     cgc: bool = True  # models with branch_logits: confidence-guided gradient coordination
+    covariates: tuple[str, ...] = ()  # clinical-sheet columns every model also takes (late fusion, train.covariates)
+    clinical_penalizer: float = 0.1  # cox_clinical: ridge penalty of the Cox model (logistic regression: C = 1/it)
     distill: DistillParams = field(default_factory=DistillParams)
     model: ModelParams = field(default_factory=ModelParams)
 
@@ -73,6 +75,7 @@ class TrainParams:
         out.update({k: getattr(self.model, k) for k in (f.name for f in dataclasses.fields(ModelParams))})
         out["aux_losses"] = {str(k): float(v) for k, v in self.model.aux_losses.items()}
         out["mags"] = list(self.model.mags)
+        out["covariates"] = list(self.covariates)
         out["distill"] = dataclasses.asdict(self.distill)
         return out
 
