@@ -308,3 +308,14 @@ def test_auc_of_the_classes_present_survives_a_row_without_mass_on_them():
     df = _classification(n=12).query("y_true != 2").reset_index(drop=True)
     df.loc[0, [f"prob_{c}" for c in CLASSES]] = [0.0, 0.0, 1.0]
     assert np.isfinite(CLASSIFICATION["auc"](df))
+
+
+def test_training_figure_of_a_closed_form_fit(tmp_path):
+    """cox_clinical's history: one epoch, no validation loss: the figure is drawn, not a KeyError."""
+    from pathomix.evaluate.figures import training_figure
+
+    test = _survival(model="cox_clinical")
+    hist = pd.DataFrame({"fold": [0, 1], "epoch": 1, "train_loss": [2.1, 2.3], "val_loss": np.nan,
+                         "val_metric": [0.61, 0.58], "lr": np.nan, "seconds": np.nan})
+    training_figure(test, hist, tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 1000

@@ -15,6 +15,7 @@ PREDICTIONS = "predictions.parquet"
 ATTENTION = "attention.parquet"  # H&E and mIF tile models: attention of the test patients' tiles
 MARKER_ATTENTION = "marker_attention.parquet"  # mIF models: attention per marker
 GENE_IMPORTANCE = "gene_importance.parquet"  # gene-subspace models
+SELECTION = "selection.json"  # train.select: the candidate a selection chose in this task and fold
 # the outputs every training job declares (rule train and train_joint_<model>)
 MODEL_OUTPUTS = {"checkpoint": CHECKPOINT, "history": HISTORY, "predictions": PREDICTIONS}
 # ---- file names of the evaluation (eval/)
@@ -106,6 +107,11 @@ def summary_figure(results: str | Path) -> Path:
 
 def comparison(results: str | Path, ext: str) -> Path:
     return eval_dir(results) / f"comparison.{ext}"
+
+
+def selection(results: str | Path, ext: str) -> Path:
+    """train.select: what each selection chose per task and fold, with the candidates' validation scores."""
+    return eval_dir(results) / f"selection.{ext}"
 
 
 def cohorts(results: str | Path, ext: str) -> Path:

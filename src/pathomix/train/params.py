@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pathomix.catalog.variants import SNAKEFILE_KEYS
 from pathomix.devices import resolve_device
 from pathomix.errors import PathomixInputError
 from pathomix.models import ModelParams
@@ -21,7 +22,7 @@ __all__ = ["IGNORED_KEYS", "DistillParams", "TrainParams", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
-IGNORED_KEYS = ("models", "tasks", "variants")  # in ``train:`` for the Snakefile, not for one job
+IGNORED_KEYS = SNAKEFILE_KEYS  # in ``train:`` for the Snakefile, not for one job
 
 
 @dataclass(frozen=True)
