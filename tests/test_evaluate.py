@@ -140,7 +140,8 @@ def stage(tmp_path_factory):
 
 def test_stage_writes_metrics_with_ap_and_cis(stage):
     m = pd.read_parquet(stage / "metrics.parquet")
-    assert list(m.columns) == ["model", "task", "fold", "metric", "value", "ci_low", "ci_high"]
+    assert list(m.columns) == ["model", "encoder", "task", "fold", "metric", "value", "ci_low", "ci_high"]
+    assert (m.encoder == "").all()  # these predictions name no encoder (models that read no features)
     assert set(m[m.task == "diagnosis"].metric) == set(CLASSIFICATION)
     assert set(m[m.task == "survival"].metric) == set(SURVIVAL)
     assert set(m.fold) == {"0", "1", "2", "all"}
@@ -214,3 +215,107 @@ def test_marker_figure_without_mif_test_patients(tmp_path):
     empty = pd.DataFrame(columns=["patient_id", "slide_id", "mag", "marker", "weight"])
     ev = _run_stage(tmp_path, [_survival(model="fluoro")], params='{"bootstrap": 5}', markers={0: empty})
     assert (ev / "figures" / "fluoro_survival_markers.png").exists()
+
+
+def test_external_patients_count_once_in_the_pooled_value():
+    """Each of 3 fold models predicts the same 40 external patients: per-fold rows score each model, the pooled
+    value scores the ensemble (mean probability) of the 40 patients once, not 120 rows."""
+    from pathomix.evaluate.cohorts import cohort_summary, fold_ensemble
+
+    ext = _classification(model="good", seed=9, n=40).assign(cohort="ext", split="external")
+    probs = [c for c in ext.columns if c.startswith("prob_")]
+    rng = np.random.default_rng(3)
+    folds = []
+    for k in range(3):  # three fold models: noisy copies of the same predictions
+        p = ext[probs].to_numpy() * rng.uniform(0.5, 1.5, (len(ext), len(probs)))
+        folds.append(ext.assign(fold=k, **{c: p[:, i] / p.sum(1) for i, c in enumerate(probs)}))
+    preds = pd.concat(folds, ignore_index=True)
+    ens = fold_ensemble(preds.assign(split="test"))
+    assert len(ens) == ext.patient_id.nunique() and ens.patient_id.is_unique
+    mean = np.mean([f.set_index("patient_id").loc[ens.patient_id, probs].to_numpy() for f in folds], axis=0)
+    assert np.allclose(ens[probs].to_numpy(), mean)
+    assert (ens.y_pred == ens[probs].to_numpy().argmax(1)).all()
+    summary = cohort_summary(preds, n_boot=5, seed=0).set_index("metric")
+    acc = summary.loc["accuracy", "value"]
+    assert np.isclose(acc, (ens.y_true == ens.y_pred).mean())
+
+
+def test_paired_difference_separates_a_real_gap_from_noise():
+    from pathomix.evaluate.paired import paired_difference
+
+    good, weak = _classification(model="good", n=150), _classification(model="weak", signal=0.3, seed=1, n=150)
+    same = _classification(model="same", n=150).assign(
+        **{f"prob_{c}": lambda d, c=c: d[f"prob_{c}"] * 0.999 for c in CLASSES})
+    gap = paired_difference(good, weak, CLASSIFICATION["auc"], n=200, seed=0)
+    assert gap["n_patients"] == 150 and gap["ci_low"] > 0 and np.isclose(gap["diff"], gap["a"] - gap["b"])
+    tie = paired_difference(good, same, CLASSIFICATION["auc"], n=200, seed=0)
+    assert tie["ci_low"] <= 0 <= tie["ci_high"]
+
+
+def _small_survival(times, events, folds, model="m"):
+    n = len(times)
+    return pd.DataFrame({"patient_id": [f"P{i}" for i in range(n)], "fold": folds, "split": "test", "model": model,
+                         "task": "survival", "time": np.asarray(times, float), "event": events,
+                         "risk": np.linspace(1.0, 0.0, n), "bin": 0})
+
+
+def test_c_index_without_comparable_pair_is_nan_with_the_reason(caplog):
+    """Fold 0 has an event but it is at the fold's last time (lifelines: "No admissable pairs"); fold 1 is
+    all censored; fold 2 is scorable. The job must not fail: the undefined folds are NaN, logged why."""
+    df = _small_survival([1, 2, 3, 4, 5, 6], [0, 1, 0, 0, 1, 0], [0, 0, 1, 1, 2, 2])
+    with caplog.at_level(logging.INFO, logger="pathomix.evaluate.metrics"):
+        m = evaluate_predictions(df, n_bootstrap=20)
+    c = m[m.metric == "c_index"].set_index("fold").value
+    assert np.isnan(c["0"]) and np.isnan(c["1"]) and np.isfinite(c["2"]) and np.isfinite(c["all"])
+    assert "fold0: c_index skipped" in caplog.text and "no comparable pair" in caplog.text
+    assert "fold1: c_index skipped" in caplog.text and "all 2 patients censored" in caplog.text
+
+
+def test_bootstrap_survives_resamples_without_comparable_pair():
+    """Two patients, the event first: the pooled C is defined, but a resample drawing the event twice has
+    no comparable pair (and one drawing the censored patient twice has no event): both are dropped."""
+    df = _small_survival([1, 2], [1, 0], [0, 1])
+    assert SURVIVAL["c_index"](df) == 1.0
+    lo, hi = bootstrap_ci(df, SURVIVAL["c_index"], n=40, seed=0)
+    assert (lo, hi) == (1.0, 1.0)  # every defined resample is the pair itself
+
+
+def test_one_class_fold_gives_nan_auc_with_the_reason(caplog):
+    df = _binary_toy(n=8).assign(fold=[0, 0, 0, 0, 1, 1, 1, 1], y_true=[0, 0, 0, 0, 0, 1, 0, 1])
+    df["y_pred"] = df.y_true
+    with caplog.at_level(logging.INFO, logger="pathomix.evaluate.metrics"):
+        m = evaluate_predictions(df, n_bootstrap=20).set_index(["fold", "metric"]).value
+    assert np.isnan(m["0", "auc"]) and np.isnan(m["0", "ap"]) and np.isnan(m["0", "kappa"])
+    assert np.isfinite(m["1", "auc"]) and np.isfinite(m["all", "auc"])
+    assert "fold0: auc skipped" in caplog.text and "one class only" in caplog.text
+
+
+def test_stage_on_a_tiny_cohort_shows_undefined_metrics_as_na(tmp_path):
+    """A cohort so small that folds have one class / no event / no comparable pair: the stage completes
+    (figures included) and the report tables say n/a."""
+    surv = _small_survival([1, 2, 3, 4, 5, 6], [0, 1, 0, 0, 1, 0], [0, 0, 1, 1, 2, 2], model="tiny")
+    clf = _binary_toy(n=6).assign(model="tiny", fold=[0, 0, 1, 1, 2, 2], y_true=[0, 0, 1, 1, 0, 1])
+    ev = _run_stage(tmp_path, [surv, clf], params='{"bootstrap": 10}')
+    summary = pd.read_csv(ev / "summary.csv", keep_default_na=False)
+    assert "n/a" in set(summary["mean"]) | set(summary["value"])
+    html = (ev / "comparison.html").read_text()
+    assert "n/a" in html and "nan" not in html
+
+
+def test_auc_of_the_classes_present_survives_a_row_without_mass_on_them():
+    """Two of three classes present; one patient's probability of both underflowed to 0 (a confident
+    prediction of the absent class): the renormalised AUC is defined, not 0/0."""
+    df = _classification(n=12).query("y_true != 2").reset_index(drop=True)
+    df.loc[0, [f"prob_{c}" for c in CLASSES]] = [0.0, 0.0, 1.0]
+    assert np.isfinite(CLASSIFICATION["auc"](df))
+
+
+def test_training_figure_of_a_closed_form_fit(tmp_path):
+    """cox_clinical's history: one epoch, no validation loss: the figure is drawn, not a KeyError."""
+    from pathomix.evaluate.figures import training_figure
+
+    test = _survival(model="cox_clinical")
+    hist = pd.DataFrame({"fold": [0, 1], "epoch": 1, "train_loss": [2.1, 2.3], "val_loss": np.nan,
+                         "val_metric": [0.61, 0.58], "lr": np.nan, "seconds": np.nan})
+    training_figure(test, hist, tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 1000

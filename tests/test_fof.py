@@ -24,6 +24,7 @@ from pathomix.models.fof import (
     mca_loss,
     supervised_contrastive,
 )
+from pathomix.models.spec import ModelParams
 
 
 def test_focus_views_split_the_image_at_the_threshold():
@@ -127,6 +128,49 @@ def test_one_fof_step_trains_every_part(markers):
     teacher.update(model)
     assert not torch.equal(before, next(teacher.model.parameters()))
     assert out["logits"].shape == (4, 4)   # 3 classes + the dummy class
+
+
+def test_a_tile_without_focus_sits_out_the_view_terms(monkeypatch):
+    """An all-zero Grad-CAM map (flat contribution) leaves a blank positive view and the whole tile as the
+    negative view: that tile is not classified blank, not sent to the dummy class, not used in FRL."""
+    import pathomix.models.fof as fof
+
+    torch.manual_seed(0)
+    model = fof.FoF(3, ModelParams(hidden=16, fof_image_px=32, fof_biomarkers=("idh",)))
+    teacher = EMATeacher(model)
+    images, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 1])
+    cams = torch.tensor([[1.0, 0.0], [0.7, 0.2]]).repeat(4, 1, 1)  # the 2 × 2 token grid of a 32 px ViT
+    cams[1] = 0.0                                                   # tile 1: flat map, no focus
+    monkeypatch.setattr(fof, "grad_cam", lambda score, tokens, grid: cams)
+    seen = {}
+    real_frl = fof.frl_loss
+    monkeypatch.setattr(fof, "frl_loss", lambda a, g, n, tau: seen.update(a=a, g=g, n=n) or real_frl(a, g, n, tau))
+    rows_seen = []
+
+    def task_loss(logits, rows=None):
+        rows_seen.append(rows)
+        return F.cross_entropy(logits, y if rows is None else y[rows])
+
+    terms = model.training_loss(images, y, task_loss, {"idh": torch.tensor([0, 1, 0, 1])}, teacher)
+    keep = torch.tensor([True, False, True, True])
+    assert len(seen["a"]) == 3 and len(seen["n"]) == 3
+    with torch.no_grad():
+        assert torch.allclose(seen["g"], teacher.model(images)["cls"][keep])
+        negative = focus_views(images, cams)[1][keep]
+        expected = F.cross_entropy(torch.cat([model(images)["logits"], model(negative)["logits"]]),
+                                   torch.cat([y, dummy_targets(3, 3)]))
+    assert torch.isclose(terms["dummy"], expected, atol=1e-5)
+    assert [r.tolist() for r in rows_seen if r is not None] == [keep.tolist()]  # the positive views' task term
+    cams.zero_()  # no tile has a focus: only the global view trains
+    seen.clear()
+    terms = model.training_loss(images, y, task_loss, {"idh": torch.tensor([0, 1, 0, 1])}, teacher)
+    assert not seen and float(terms["frl"]) == 0.0
+    with torch.no_grad():
+        assert torch.isclose(terms["dummy"], F.cross_entropy(model(images)["logits"], y), atol=1e-5)
+    sum(terms.values()).backward()
+    assert model.vit.head.weight.grad.abs().sum() > 0
+    cams[0, 0, 0] = 1.0
+    assert fof.focused(focus_views(images, cams)[2]).tolist() == [True, False, False, False]
 
 
 # ---- the training stage on real tiled TIFF slides ------------------------------------------------------

@@ -33,6 +33,7 @@ N_PER_CLASS = 12
 GENOTYPE = {"astrocytoma": ("mut", "non-codel"), "oligodendroglioma": ("mut", "codel"),
             "glioblastoma": ("wt", "non-codel")}
 MEDIAN_MONTHS = {"astrocytoma": 50.0, "oligodendroglioma": 110.0, "glioblastoma": 14.0}
+AGE = {"astrocytoma": 45, "oligodendroglioma": 33, "glioblastoma": 62}  # planted: older = shorter survival
 PARAMS = {"epochs": 25, "patience": 25, "hidden": 32, "lr": 0.001, "max_tiles": 24, "seed": 0}
 # patience = epochs: with ~5 validation patients an early stop at epoch 1-3 is noise, not what these tests check
 # planted input problems (fold 0's test patients are P00, P03, P06, ...; P01 trains)
@@ -64,7 +65,7 @@ def _store(root: Path, rng: np.random.Generator, slide: str, mag: str, cls: int,
                    {"encoder": "synthetic", "encoder_weights_sha256": "random-init", "precision": "fp16",
                     **({"channels": list(MARKERS)} if mif else {})})
     return {"slide_id": slide, "modality": "mif" if mif else "he", "mag": mag, "n_tiles": n, "dim": D,
-            "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+            "encoder": "synthetic", "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +83,8 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         event = int(rng.random() < 0.8)
         months = float(MEDIAN_MONTHS[dx] * np.exp(rng.normal(0, 0.35)) * (1.0 if event else 0.8))
         clinical.append({"patient_id": pid, "idh": idh, "codel_1p19q": codel, "cdkn2a": "wt", "grade": 2,
-                         "survival_months": round(months, 2), "event": event})
+                         "survival_months": round(months, 2), "event": event,
+                         "age": AGE[dx] + 3 * (len(clinical) % 5)})  # no rng draw: the other data stay as they were
         if pid not in NO_GENES:
             expr = rng.normal(5.0, 1.0, 40)
             expr[cls * 5:(cls + 1) * 5] += 2.0  # tumour-subspace program
@@ -153,11 +155,12 @@ def test_outputs_and_columns(trained: dict, model: str, task: str) -> None:
     assert ("cgc_conflicts" in hist.columns) == (model == "dmsf_teacher")  # CGC: share of conflicting steps
     assert (out / "gene_importance.parquet").exists() == (model in ("snn", "dmsf_teacher"))
     pred = pd.read_parquet(out / "predictions.parquet")
-    base = ["patient_id", "fold", "split", "model", "task"]
+    base = ["patient_id", "fold", "split", "model", "encoder", "task"]
     extra = (["y_true", "y_pred", *(f"prob_{c}" for c in DIAGNOSES)] if task == "diagnosis"
              else ["time", "event", "risk", "bin"])
     assert list(pred.columns) == base + extra
     assert set(pred.split) == {"val", "test"} and (pred.model == model).all() and (pred.fold == 0).all()
+    assert (pred.encoder == ("" if model == "snn" else "synthetic")).all()  # snn reads no patch features
     assert pred.patient_id.is_unique
     if task == "diagnosis":
         probs = pred[[f"prob_{c}" for c in DIAGNOSES]].to_numpy()
@@ -253,6 +256,26 @@ def test_student_needs_a_matching_teacher(cohort: dict, trained: dict, tmp_path:
     wrong_task = trained[("dmsf_teacher", "survival")] / "checkpoint.pt"
     assert main(_argv(cohort, "dmsf_student", "diagnosis", tmp_path, teacher=wrong_task)) == 1
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_survival_student_uses_its_teachers_bins(cohort: dict, trained: dict, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The student trains on patients without genes too (P01), so its own bin edges would differ from
+    the teacher's: it takes the teacher's, stored in the checkpoint, and refuses a checkpoint without them."""
+    ckpt = torch.load(trained[("dmsf_teacher", "survival")] / "checkpoint.pt", weights_only=True)
+    edges = [float("-inf"), 1.0, 2.0, 3.0, float("inf")]  # no training set would give these
+    torch.save({**ckpt, "bin_edges": edges}, tmp_path / "teacher.pt")
+    params = {**PARAMS, "epochs": 1}
+    out = tmp_path / "student"
+    assert main(_argv(cohort, "dmsf_student", "survival", out, params=params, teacher=tmp_path / "teacher.pt")) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["bin_edges"] == edges
+    pred = pd.read_parquet(out / "predictions.parquet")
+    assert (pred.bin == np.clip(np.searchsorted(edges, pred.time, side="right") - 1, 0, 3)).all()
+    torch.save({**ckpt, "bin_edges": None}, tmp_path / "old_teacher.pt")
+    with caplog.at_level(logging.ERROR):
+        assert main(_argv(cohort, "dmsf_student", "survival", tmp_path / "refused", params=params,
+                          teacher=tmp_path / "old_teacher.pt")) == 2
+    assert "bin edges" in caplog.text
 
 
 def test_adam_matches_torch_optim() -> None:
@@ -496,3 +519,82 @@ def test_a_single_task_model_refuses_several_tasks(cohort: dict, tmp_path: Path,
     argv[argv.index("--out") + 1:] = [str(tmp_path / "a"), str(tmp_path / "b")]
     assert main(argv) == 1
     assert "abmil trains one task at a time" in caplog.text
+
+
+def test_manifest_paths_are_relative_to_the_results_folder(cohort: dict, tmp_path: Path) -> None:
+    """The manifest stage writes store paths relative to results/ (DESIGN §4), so a results folder can be moved;
+    training resolves them against the manifest's own results folder (absolute paths, e.g. imported stores, stay)."""
+    import shutil
+
+    from pathomix import paths as P
+    from pathomix.features.manifest import main as manifest_main
+    from pathomix.train.bags import read_manifest
+
+    res = tmp_path / "results"
+    src = pd.read_parquet(cohort["manifest"])
+    stores = []
+    for row in src[src.modality == "he"].head(4).itertuples():
+        dst = P.features(res, "synthetic", row.mag, row.slide_id)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(row.path, dst)
+        stores.append(str(dst))
+    sheet = tmp_path / "slides.tsv"
+    patients = dict(zip(src.slide_id, src.patient_id, strict=True))
+    ids = sorted({Path(s).stem for s in stores})
+    pd.DataFrame({"slide_id": ids, "patient_id": [patients[i] for i in ids], "path": "x.svs",
+                  "modality": "he"}).to_csv(sheet, sep="\t", index=False)
+    out = P.manifest(res, "synthetic")
+    assert manifest_main(["--slides", str(sheet), "--stores", *stores, "--out", str(out)]) == 0
+    written = pd.read_parquet(out)
+    assert not any(Path(p).is_absolute() for p in written.path)
+    assert written.path.iloc[0].startswith("features/synthetic/")
+    moved = tmp_path / "elsewhere"
+    shutil.move(res, moved)
+    rows = read_manifest(P.manifest(moved, "synthetic"), sorted(set(written.mag)))
+    assert all(Path(p).is_file() and Path(p).is_relative_to(moved) for p in rows.path)
+
+
+
+@pytest.mark.parametrize("task", ["survival", "diagnosis"])
+def test_cox_clinical_baseline_on_age(cohort: dict, tmp_path: Path, task: str) -> None:
+    """cox_clinical on train.covariates [age] (planted: glioblastoma patients are older and die sooner): fitted
+    in closed form on the training patients, it ranks/classifies the test patients better than chance."""
+    out = tmp_path / "cox"
+    assert main(_argv(cohort, "cox_clinical", task, out, params={**PARAMS, "covariates": ["age"]})) == 0
+    pred = pd.read_parquet(out / "predictions.parquet")
+    test = pred[pred.split == "test"]
+    assert set(pred.split) == {"val", "test"} and (pred.encoder == "").all()
+    if task == "survival":
+        assert harrell_c(test.time.to_numpy(), test.risk.to_numpy(), test.event.to_numpy(bool)) > 0.6
+    else:
+        probs = test[[f"prob_{c}" for c in DIAGNOSES]].to_numpy()
+        assert np.allclose(probs.sum(1), 1) and (test.y_pred == test.y_true).mean() > 0.5
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["covariate_stats"]["names"] == ("age",) or list(ckpt["covariate_stats"]["names"]) == ["age"]
+
+
+def test_cox_clinical_without_covariates_names_the_fix(cohort: dict, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    assert main(_argv(cohort, "cox_clinical", "survival", tmp_path / "c")) == 1
+    assert "train.covariates is empty" in caplog.text
+
+
+def test_covariates_enter_a_model_by_late_fusion(cohort: dict, tmp_path: Path) -> None:
+    """abmil with train.covariates [age]: the covariate transform travels in the checkpoint, the fusion weights
+    moved away from their zero start, and the model reloads from the checkpoint."""
+    out = tmp_path / "abmil"
+    params = {**PARAMS, "epochs": 4, "patience": 4, "covariates": ["age"]}
+    assert main(_argv(cohort, "abmil", "diagnosis", out, params=params)) == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["dims"]["covariates"] == 1 and ckpt["covariate_stats"]["numeric"]["age"]
+    fusion = ckpt["model_state"]["heads._.weight"]
+    assert fusion.shape == (len(DIAGNOSES), 1) and fusion.abs().sum() > 0
+
+
+def test_cohort_check_asks_for_covariates() -> None:
+    from pathomix.catalog import missing_cohort_inputs
+
+    cfg = {"slides": None, "genes": None, "train": {"models": ["cox_clinical"], "covariates": []}}
+    assert any("train.covariates is empty" in m for m in missing_cohort_inputs(["cox_clinical"], cfg))
+    cfg["train"]["covariates"] = ["age"]
+    assert missing_cohort_inputs(["cox_clinical"], cfg) == []

@@ -36,7 +36,10 @@ def genes_only_run(tmp_path_factory, shared_data):
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())  # a user's own config.yaml in the work dir
     cfg.update(slides=None, clinical=str(clinical), genes=str(genes), mif_channels=None,
                results_dir=str(work / "results"), demo={"enabled": False})
-    cfg["train"].update(models=["snn"], tasks=["survival"], epochs=3)
+    # snn-wide and the selection between it and snn (train.select), and the clinical baseline on age
+    cfg["train"].update(models=["snn", "snn-wide", "cox_clinical"], tasks=["survival"], epochs=3,
+                        variants={"snn-wide": {"model": "snn", "hidden": 64}, "cox_clinical": {"covariates": ["age"]}},
+                        select={"snn-best": {"candidates": ["snn", "snn-wide"]}})
     cfg["splits"].update(n_folds=2)
     cfg["evaluate"].update(bootstrap=0)
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -56,10 +59,26 @@ def test_genes_only_runs_to_metrics_without_slide_stages(genes_only_run):
     assert (res / "eval" / "summary.csv").exists() and (res / "eval" / "provenance.html").exists()
     assert not (res / "tiles").exists() and not (res / "features").exists()
     ran = {p.stem if p.suffix else p.name for p in (res / "benchmarks").iterdir()}  # one per rule that ran
-    assert ran == {"hvg", "splits", "train", "evaluate", "gene_view", "provenance"}
+    assert ran == {"hvg", "splits", "train", "select", "evaluate", "gene_view", "provenance"}
+    assert (res / "genes" / "fold1" / "hvg.parquet").exists()  # gene selection per fold
     folds = pd.read_parquet(res / "splits" / "folds.parquet")
     assert folds.patient_id.nunique() == 60
     assert "stratifying on event instead" in (res / "logs" / "splits.log").read_text()
+
+
+def test_selection_and_clinical_baseline_are_evaluated(genes_only_run):
+    """train.select chooses per fold on validation patients and reports the chosen candidate's test numbers;
+    cox_clinical on age sits in the comparison like any model."""
+    work, _ = genes_only_run
+    res = work / "results"
+    chosen = pd.read_csv(res / "eval" / "selection.csv")
+    assert list(chosen.fold) == [0, 1] and set(chosen.chosen) <= {"snn", "snn-wide"}
+    assert {"val_c_index snn", "val_c_index snn-wide"} <= set(chosen.columns)
+    m = pd.read_parquet(res / "eval" / "metrics.parquet")
+    c = m[(m.metric == "c_index") & (m.fold != "all")].set_index(["model", "fold"]).value
+    for row in chosen.itertuples():  # the selection's fold = its chosen candidate's fold
+        assert c["snn-best", str(row.fold)] == c[row.chosen, str(row.fold)]
+    assert c["cox_clinical"].between(0, 1).all()
 
 
 def test_genes_only_report_has_no_broken_links(genes_only_run):

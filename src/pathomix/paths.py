@@ -15,6 +15,7 @@ PREDICTIONS = "predictions.parquet"
 ATTENTION = "attention.parquet"  # H&E and mIF tile models: attention of the test patients' tiles
 MARKER_ATTENTION = "marker_attention.parquet"  # mIF models: attention per marker
 GENE_IMPORTANCE = "gene_importance.parquet"  # gene-subspace models
+SELECTION = "selection.json"  # train.select: the candidate a selection chose in this task and fold
 # the outputs every training job declares (rule train and train_joint_<model>)
 MODEL_OUTPUTS = {"checkpoint": CHECKPOINT, "history": HISTORY, "predictions": PREDICTIONS}
 # ---- file names of the evaluation (eval/)
@@ -56,12 +57,18 @@ def manifest(results: str | Path, encoder: str) -> Path:
     return Path(results) / "features" / encoder / "manifest.parquet"
 
 
-def hvg(results: str | Path) -> Path:
-    return Path(results) / "genes" / "hvg.parquet"
+def results_of_manifest(manifest_path: str | Path) -> Path:
+    """The results folder a manifest's store paths are relative to (inverse of :func:`manifest`)."""
+    return Path(manifest_path).parents[2]
 
 
-def subspaces(results: str | Path) -> Path:
-    return Path(results) / "genes" / "subspaces.parquet"
+def hvg(results: str | Path, fold: int | str) -> Path:
+    """The fold's highly variable genes, selected on its training patients (every patient's values)."""
+    return Path(results) / "genes" / f"fold{fold}" / "hvg.parquet"
+
+
+def subspaces(results: str | Path, fold: int | str) -> Path:
+    return Path(results) / "genes" / f"fold{fold}" / "subspaces.parquet"
 
 
 def folds(results: str | Path) -> Path:
@@ -100,6 +107,11 @@ def summary_figure(results: str | Path) -> Path:
 
 def comparison(results: str | Path, ext: str) -> Path:
     return eval_dir(results) / f"comparison.{ext}"
+
+
+def selection(results: str | Path, ext: str) -> Path:
+    """train.select: what each selection chose per task and fold, with the candidates' validation scores."""
+    return eval_dir(results) / f"selection.{ext}"
 
 
 def cohorts(results: str | Path, ext: str) -> Path:

@@ -258,7 +258,7 @@ import yaml
 slurm, local, sacct = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 res = slurm / "results"
 for rel in ("eval/metrics.parquet", "eval/summary.csv", "eval/comparison.html", "eval/provenance.html",
-            "splits/folds.parquet", "genes/hvg.parquet"):
+            "splits/folds.parquet", "genes/fold0/hvg.parquet"):
     assert (res / rel).is_file(), f"SLURM run: {rel} missing"
 cfg = yaml.safe_load((slurm / "config.yaml").read_text())
 slides = pd.read_csv(slurm / cfg["demo"]["dir"] / "slides.tsv", sep="\t")

@@ -22,6 +22,8 @@ from pathomix.config import validate_table
 from pathomix.evaluate import layout as L
 from pathomix.catalog import (
     is_joint,
+    selection_tasks,
+    selections,
     job_params,
     missing_cohort_inputs,
     model_inputs,
@@ -50,6 +52,12 @@ for _name in config["train"]["models"]:  # fail at parse time, naming the model 
         raise WorkflowError(f"config train.models: {err.args[0]}") from None
 # (model, task) pairs that train: every model on train.tasks, a variant on its own `tasks` if it lists them
 MODEL_TASKS = [(m, t) for m in config["train"]["models"] for t in model_tasks(m, config["train"])]
+try:  # train.select: name → candidates; per task and fold the best candidate on validation patients
+    SELECTIONS = selections(config["train"])
+except KeyError as err:
+    raise WorkflowError(f"config {err.args[0]}") from None
+SELECT_TASKS = [(s, t) for s, cands in SELECTIONS.items() for t in selection_tasks(cands, config["train"])]
+EVAL_MODEL_TASKS = MODEL_TASKS + SELECT_TASKS  # what evaluation and the report show: models and selections
 FOLDS = range(config["splits"]["n_folds"])
 # report categories: the number fixes their order in the report's menu
 CATEGORY = {
@@ -319,6 +327,22 @@ def model_outputs(name, models=None):
     ]
 
 
+def evaluated_outputs(name):
+    """P.PREDICTIONS or P.HISTORY of every training job and every selection (train.select)."""
+    return [str(P.model_file(RESULTS, m, t, k, name)) for m, t in EVAL_MODEL_TASKS for k in FOLDS]
+
+
+def selection_outputs():
+    """The report's table of what each selection chose per task and fold (when train.select names any)."""
+    if not SELECTIONS:
+        return {}
+    cat = dict(category=CATEGORY["comparison"], caption="../report/selection.rst")
+    return {
+        "selection_html": report(str(P.selection(RESULTS, "html")), **cat, labels={"table": "model selection"}),
+        "selection_csv": report(str(P.selection(RESULTS, "csv")), **cat, labels={"table": "model selection (CSV)"}),
+    }
+
+
 def tile_models():
     """The models with slide heatmaps: those that read tiles of H&E or mIF slides."""
     return [m for m in config["train"]["models"] if slide_modality(m, VARIANTS)]
@@ -347,6 +371,14 @@ def all_targets(wildcards):
 JOINT_MODELS = [m for m in config["train"]["models"] if is_joint(m, VARIANTS)]
 
 
+def model_wildcard(excluded):
+    """Regex of the {model} wildcard of rule train: any name but `excluded` (joint models, selections: other
+    rules write their folders); the wildcard is followed by "/"."""
+    if not excluded:
+        return "[^/]+"
+    return "(?!(?:{})(?:/|$))[^/]+".format("|".join(re.escape(m) for m in excluded))
+
+
 def model_resources(name):
     """The resource class of a model (common.smk: RESOURCE_CLASSES): the catalogue's where it has one
     (pathomix.catalog.resources_of), else a GPU class for models that read features or images (gpu_long
@@ -365,7 +397,7 @@ def train_inputs(w):
     if need["wsi"] or need["mif"]:  # H&E and mIF feature stores are listed in one manifest
         inputs["manifest"] = str(P.manifest(RESULTS, ENCODER))
     if need["genes"]:
-        inputs["hvg"], inputs["subspaces"] = str(P.hvg(RESULTS)), str(P.subspaces(RESULTS))
+        inputs["hvg"], inputs["subspaces"] = str(P.hvg(RESULTS, w.fold)), str(P.subspaces(RESULTS, w.fold))
     if need["images"]:  # image models read the H&E tiles from the slides, through the coords stores
         he = slides()[slides().modality == "he"]
         inputs["slides"] = config["slides"]
@@ -449,8 +481,9 @@ def marker_output(m, t, name):
 def figure_outputs():
     """Named, report-tagged outputs: one per model × task × figure kind of the task's kind."""
     out = {}
-    for m, t in MODEL_TASKS:
-        for kind, name in L.figure_names(m, t, TASKS[t].kind, mif=model_inputs(m, VARIANTS)["mif"]).items():
+    for m, t in EVAL_MODEL_TASKS:
+        mif = m not in SELECTIONS and model_inputs(m, VARIANTS)["mif"]  # a selection has no marker attention
+        for kind, name in L.figure_names(m, t, TASKS[t].kind, mif=mif).items():
             if kind == L.MARKER_FIGURE:
                 out[f"{kind}_{m}_{t}"] = marker_output(m, t, name)
                 continue

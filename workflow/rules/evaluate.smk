@@ -6,10 +6,11 @@ EVAL = config["evaluate"]
 
 rule evaluate:
     input:
-        predictions=model_outputs(P.PREDICTIONS),
-        histories=model_outputs(P.HISTORY),
+        predictions=evaluated_outputs(P.PREDICTIONS),
+        histories=evaluated_outputs(P.HISTORY),
     output:
         **cohort_outputs(),
+        **selection_outputs(),
         **figure_outputs(),
         metrics=str(P.metrics(RESULTS)),
         comparison_html=table(str(P.comparison(RESULTS, "html")), "comparison (mean ± sd, pooled [95 % CI])"),
@@ -25,6 +26,11 @@ rule evaluate:
         **class_resources("cpu"),
     params:
         figures=lambda w, output: str(Path(output.summary_png).parent),
+        selection=lambda w, output: (
+            f"--selection-csv {shlex.quote(output.selection_csv)} --selection-html {shlex.quote(output.selection_html)}"
+            if SELECTIONS
+            else ""
+        ),
         cohorts=lambda w, output: (
             f"--cohorts-csv {shlex.quote(output.cohorts_csv)} " f"--cohorts-html {shlex.quote(output.cohorts_html)}"
             if EXTERNAL
@@ -38,15 +44,15 @@ rule evaluate:
         "python -m pathomix.evaluate --predictions {input.predictions:q} --params {params.cfg:q} "
         "--out {output.metrics:q} --summary {output.summary:q} --figures {params.figures:q} "
         "--comparison-csv {output.comparison_csv:q} --comparison-html {output.comparison_html:q} "
-        "{params.cohorts} > {log:q} 2>&1"
+        "{params.cohorts} {params.selection} > {log:q} 2>&1"
 
 
 rule gene_view:
     input:
         genes=config["genes"] or [],
         importance=subspace_model_checkpoints,
-        hvg=str(P.hvg(RESULTS)),
-        subspaces=str(P.subspaces(RESULTS)),
+        hvg=str(P.hvg(RESULTS, 0)),  # the figure shows fold 0's selection
+        subspaces=str(P.subspaces(RESULTS, 0)),
     output:
         report(
             str(P.gene_view(RESULTS)),

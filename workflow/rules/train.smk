@@ -17,8 +17,8 @@ rule train:
         f"{BENCH}/train/{{model}}/{{task}}/fold{{fold}}.tsv"
     wildcard_constraints:
         fold=r"\d+",
-        # not the joint models (their jobs train all tasks at once); the wildcard is followed by "/"
-        model="(?!(?:{})(?:/|$))[^/]+".format("|".join(re.escape(m) for m in JOINT_MODELS)) if JOINT_MODELS else "[^/]+",
+        # not the joint models (their jobs train all tasks at once) nor the selections (rule select)
+        model=model_wildcard(JOINT_MODELS + list(SELECTIONS)),
     threads: class_threads(lambda w: model_resources(w.model), local=1)
     resources:
         **class_resources(lambda w: model_resources(w.model)),
@@ -55,3 +55,32 @@ for _model in JOINT_MODELS:
             out=lambda w, output: " ".join(shlex.quote(str(Path(c).parent)) for c in output.checkpoint),
         shell:
             train_shell("{params.tasks}", "{params.out}")
+
+
+rule select:  # train.select: per task and fold, the candidate with the best validation metric
+    input:
+        predictions=lambda w: [
+            str(P.model_file(RESULTS, c, w.task, w.fold, P.PREDICTIONS)) for c in SELECTIONS[w.model]
+        ],
+        histories=lambda w: [str(P.model_file(RESULTS, c, w.task, w.fold, P.HISTORY)) for c in SELECTIONS[w.model]],
+    output:
+        predictions=str(P.model_file(RESULTS, "{model}", "{task}", "{fold}", P.PREDICTIONS)),
+        history=str(P.model_file(RESULTS, "{model}", "{task}", "{fold}", P.HISTORY)),
+        choice=str(P.model_file(RESULTS, "{model}", "{task}", "{fold}", P.SELECTION)),
+    log:
+        f"{LOGS}/select/{{model}}/{{task}}/fold{{fold}}.log",
+    benchmark:
+        f"{BENCH}/select/{{model}}/{{task}}/fold{{fold}}.tsv"
+    wildcard_constraints:
+        fold=r"\d+",
+        model="|".join(re.escape(s) for s in SELECTIONS) or "(?!)",
+    threads: 1
+    resources:
+        **class_resources("light"),
+    params:
+        candidates=lambda w: " ".join(shlex.quote(c) for c in SELECTIONS[w.model]),
+        out=lambda w, output: str(Path(output.predictions).parent),
+        code=code_hash("train"),
+    shell:
+        "python -m pathomix.train.select --selection {wildcards.model:q} --candidates {params.candidates} "
+        "--predictions {input.predictions:q} --histories {input.histories:q} --out {params.out:q} > {log:q} 2>&1"

@@ -48,6 +48,8 @@ from pathomix.catalog.variants import (
     resolve,
     resources_class,
     resources_of,
+    selection_tasks,
+    selections,
     slide_modality,
 )
 from pathomix.features.entries import ENCODERS, EncoderEntry
@@ -56,5 +58,6 @@ __all__ = [
     "COHORT_KEYS", "ENCODERS", "INPUT_KINDS", "JOINT", "MODALITY_OF", "MODELS", "MODEL_INPUTS", "OWN_INPUTS",
     "RESOURCES", "TASK_KINDS", "TASK_KINDS_ALL", "TASK_NAMES", "TEACHERS", "EncoderEntry", "ModelEntry", "Resources",
     "Variant", "import_object", "is_joint", "job_params", "metric_names", "missing_cohort_inputs", "model_entry",
-    "model_inputs", "model_tasks", "resolve", "resources_class", "resources_of", "slide_modality",
+    "model_inputs", "model_tasks", "resolve", "resources_class", "resources_of", "selection_tasks", "selections",
+    "slide_modality",
 ]

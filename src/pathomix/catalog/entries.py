@@ -14,7 +14,9 @@ from typing import Any
 
 from pathomix.tasks import TASKS
 
-INPUT_KINDS = ("wsi", "genes", "mif", "images")  # H&E features, genes, mIF features, H&E tile images
+# H&E features, genes, mIF features, H&E tile images, clinical covariates alone (train.covariates: the clinical
+# baseline; the other models take the covariates on top of what they read when train.covariates is set)
+INPUT_KINDS = ("wsi", "genes", "mif", "images", "covariates")
 TASK_KINDS_ALL = ("classification", "survival")  # the Task.kind values
 
 
@@ -86,6 +88,12 @@ class ModelEntry:
         """Trained on all its tasks in one job (it has a joint builder)."""
         return self.joint_builder is not None
 
+    @property
+    def trainer(self) -> str:
+        """The training path (:data:`pathomix.train.cli.TRAINERS`): ``images`` (tile images), ``clinical``
+        (covariates only, fitted in closed form) or ``features`` (feature bags and genes, the gradient loop)."""
+        return "images" if "images" in self.reads else "clinical" if self.reads == ("covariates",) else "features"
+
 
 MODELS: dict[str, ModelEntry] = {
     e.name: e
@@ -109,6 +117,9 @@ MODELS: dict[str, ModelEntry] = {
                    task_kinds=("classification",),
                    description="FoF: ViT-Tiny on H&E tile images, Grad-CAM focus views, EMA contrast, biomarker "
                                "alignment; histology-only inference"),
+        ModelEntry("cox_clinical", "pathomix.models.clinical:build", reads=("covariates",), resources="cpu",
+                   description="clinical baseline on train.covariates: penalised Cox (survival), logistic "
+                               "regression (classification)"),
     )
 }
 

@@ -100,12 +100,15 @@ def model_inputs(name: str, variants: Mapping[str, Mapping[str, Any]] | None = N
     return {**{k: k in reads for k in INPUT_KINDS}, "teacher": v.teacher}
 
 
+SNAKEFILE_KEYS = ("models", "tasks", "variants", "select")  # train: keys only the Snakefile reads
+
+
 def job_params(name: str, train: Mapping[str, Any]) -> dict[str, Any]:
     """The ``train:`` subtree one job of ``name`` runs with: the shared keys, then the variant's
     overrides (nested ``distill`` and ``aux_losses`` merged key by key); without the keys that
     only the Snakefile reads."""
     v = resolve(name, train.get("variants"))
-    out = {k: val for k, val in train.items() if k not in ("models", "tasks", "variants")}
+    out = {k: val for k, val in train.items() if k not in SNAKEFILE_KEYS}
     for key, val in v.overrides.items():
         if isinstance(val, Mapping) and isinstance(out.get(key), Mapping):
             out[key] = {**out[key], **val}
@@ -115,6 +118,31 @@ def job_params(name: str, train: Mapping[str, Any]) -> dict[str, Any]:
 
 
 MODEL_INPUTS: dict[str, dict[str, bool | str | None]] = {name: model_inputs(name) for name in MODELS}
+
+
+def selections(train: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """``train.select``: selection name → its candidates (names in ``train.models``). Per task and fold, the
+    workflow keeps the candidate with the best validation metric (``pathomix.train.select``); the selection is
+    evaluated and reported like a model, from the chosen candidate's test predictions. A KeyError names what
+    is wrong (a name that is also a model, a candidate that does not train)."""
+    out = {}
+    models, variants = list(train.get("models") or []), train.get("variants")
+    for name, spec in (train.get("select") or {}).items():
+        candidates = tuple((spec or {}).get("candidates") or ())
+        if name in models or name in MODELS or name in (variants or {}):
+            raise KeyError(f"train.select.{name}: the name is already a model or variant; give the selection its own")
+        if missing := [c for c in candidates if c not in models]:
+            raise KeyError(f"train.select.{name}: candidate(s) {missing} are not in train.models; add them there")
+        if len(candidates) < 2:
+            raise KeyError(f"train.select.{name}: name at least two candidates")
+        out[name] = candidates
+    return out
+
+
+def selection_tasks(candidates: tuple[str, ...], train: Mapping[str, Any]) -> list[str]:
+    """The tasks every candidate trains on (in ``train.tasks`` order)."""
+    each = [set(model_tasks(c, train)) for c in candidates]
+    return [t for t in train["tasks"] if all(t in e for e in each)]
 
 
 def missing_cohort_inputs(models: list[str], config: Mapping[str, Any],
@@ -135,6 +163,9 @@ def missing_cohort_inputs(models: list[str], config: Mapping[str, Any],
                 value, add = MODALITY_OF[kind]
                 out.append(f"model {m} needs {what} but the slides sheet {config.get('slides')} has no row with "
                            f"modality `{value}`; remove it from train.models or add {add} to the sheet")
+        if need.get("covariates") and not job_params(m, config.get("train") or {}).get("covariates"):
+            out.append(f"model {m} learns from clinical covariates but train.covariates is empty; list clinical "
+                       "sheet columns there (e.g. covariates: [age]) or remove it from train.models")
     return out
 
 

@@ -6,12 +6,14 @@ when external cohorts are configured."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from pathomix import paths as P
 from pathomix.cli import stage_main
 from pathomix.evaluate import comparison as C
 from pathomix.evaluate.cohorts import internal_rows, write_cohorts
@@ -72,15 +74,48 @@ def _prepare(d: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return d, kind
 
 
+def with_encoder(metrics: pd.DataFrame, pred: pd.DataFrame) -> pd.DataFrame:
+    """``metrics`` with the ``encoder`` column after ``model`` (DESIGN §4): the encoder whose features the model
+    read, from its predictions; empty for models that read none (and for predictions written before the column)."""
+    names = pred.encoder.dropna().astype(str).unique() if "encoder" in pred.columns else []
+    out = metrics.assign(encoder="+".join(sorted(set(names) - {""})))
+    return out[["model", "encoder", *[c for c in out.columns if c not in ("model", "encoder")]]]
+
+
+def write_selections(pred_paths: list[str], csv_path: str, html_path: str) -> pd.DataFrame:
+    """train.select: one row per selection × task × fold (chosen candidate, every candidate's validation score)
+    from the selection.json files next to the predictions, as a CSV and an HTML table for the report."""
+    rows = []
+    for f in pred_paths:
+        record = Path(f).with_name(P.SELECTION)
+        if record.exists():
+            r = json.loads(record.read_text(encoding="utf-8"))
+            rows.append({"selection": r["selection"], "task": r["task"], "fold": r["fold"], "chosen": r["chosen"],
+                         **{f"{r['metric']} {c}": v for c, v in r["scores"].items()}})
+    table = pd.DataFrame(rows).sort_values(["selection", "task", "fold"]) if rows else pd.DataFrame(
+        columns=["selection", "task", "fold", "chosen"])
+    with atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f", na_rep="n/a")
+    body = table.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="n/a", border=0)
+    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Model selection</title></head><body>"
+            "<h2>Nested model selection (train.select)</h2><p>Per task and fold, the candidate with the best "
+            "validation metric (validation patients of that fold only; test patients never choose); the "
+            f"selection's test numbers are the chosen candidate's.</p>{body}</body></html>")
+    with atomic_path(html_path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return table
+
+
 def run(pred_paths: list[str], params: EvalParams, out: str, summary_csv: str, figures: str,
         comparison_csv: str, comparison_html: str, cohorts_csv: str | None = None,
-        cohorts_html: str | None = None) -> pd.DataFrame:
+        cohorts_html: str | None = None, selection_csv: str | None = None,
+        selection_html: str | None = None) -> pd.DataFrame:
     preds, hist, markers = _read(pred_paths)
     main_preds = internal_rows(preds, params.external_cohorts)
     tables = []
     for (model, task), d in main_preds.groupby(["model", "task"], sort=True):
         d, kind = _prepare(d)
-        tables.append(evaluate_predictions(d, params.bootstrap, params.seed))
+        tables.append(with_encoder(evaluate_predictions(d, params.bootstrap, params.seed), d))
         test = d[d.split == "test"]
         h = hist[(hist.model == model) & (hist.task == task)]
         for fig_kind, name in figure_names(model, task, kind, mif=(model, task) in markers).items():
@@ -92,13 +127,15 @@ def run(pred_paths: list[str], params: EvalParams, out: str, summary_csv: str, f
     write_parquet(metrics, out)
     summary = summary_table(metrics)
     with atomic_path(summary_csv) as tmp:
-        summary.to_csv(tmp, index=False, float_format="%.4f")
+        summary.to_csv(tmp, index=False, float_format="%.4f", na_rep=C.NA)
     summary_figure(summary, Path(figures) / "summary.png")
     table = C.comparison_table(summary, params.headline)
     C.write_csv(table, comparison_csv)
     tested = main_preds[main_preds.split == "test"]
     C.write_html(table, comparison_html, params.bootstrap,
                  n_patients=tested.groupby("task").patient_id.nunique().to_dict())
+    if selection_csv and selection_html:
+        write_selections(pred_paths, selection_csv, selection_html)
     if cohorts_csv and cohorts_html:
         write_cohorts(preds, params.external_cohorts, params.headline, params.bootstrap, params.seed,
                       cohorts_csv, cohorts_html)
@@ -120,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--comparison-html", required=True)
     p.add_argument("--cohorts-csv", help="per-cohort results (when splits.external_cohorts is set)")
     p.add_argument("--cohorts-html")
+    p.add_argument("--selection-csv", help="what train.select chose per task and fold")
+    p.add_argument("--selection-html")
     args = p.parse_args(argv)
     run(args.predictions, EvalParams.from_json(args.params), args.out, args.summary, args.figures,
-        args.comparison_csv, args.comparison_html, args.cohorts_csv, args.cohorts_html)
+        args.comparison_csv, args.comparison_html, args.cohorts_csv, args.cohorts_html, args.selection_csv,
+        args.selection_html)
     return 0

@@ -5,6 +5,10 @@ Internal metrics (metrics.parquet, the comparison table) use the other cohorts o
 scores every cohort separately (rows with ``split`` "test" or "external"), so a reviewer sees the
 internal and external numbers side by side. When the predictions carry no ``cohort`` column the
 page says so: the training stage has to predict the external patients first.
+
+An external patient is predicted by every fold's model. Its per-fold rows give the mean ± sd over the
+fold models; the pooled value (and its CI) scores each external patient **once**, with the ensemble of
+the fold models (mean probability / mean risk, :func:`fold_ensemble`), not K copies of the patient.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import pandas as pd
 
 from pathomix.evaluate.comparison import comparison_table, to_html, write_csv
-from pathomix.evaluate.metrics import evaluate_predictions, summary_table
+from pathomix.evaluate.metrics import evaluate_predictions, prob_columns, summary_table
 from pathomix.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -29,13 +33,36 @@ def internal_rows(preds: pd.DataFrame, external: list[str]) -> pd.DataFrame:
     return preds[~preds.cohort.isin(external)]
 
 
+def fold_ensemble(pred: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient from the rows of several fold models: mean class probabilities (``y_pred`` their
+    argmax), mean risk and mean survival function; labels (y_true, time, event) from the first row."""
+    probs = prob_columns(pred)
+    scores = probs + [c for c in pred.columns if c == "risk" or c.startswith("surv_")]
+    grouped = pred.groupby("patient_id", sort=True)
+    out = grouped.first().drop(columns=scores).join(grouped[scores].mean()).reset_index()
+    if probs and "y_pred" in out.columns:
+        out["y_pred"] = out[probs].to_numpy(float).argmax(axis=1)
+    return out.assign(fold="ensemble")
+
+
+def _scored(d: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
+    """Metrics of one cohort × model × task: per fold as usual; the pooled rows of an external cohort (its
+    patients predicted by every fold model) from the fold ensemble, so each patient counts once."""
+    metrics = evaluate_predictions(d, n_boot, seed)
+    if not d.patient_id.duplicated().any():
+        return metrics
+    pooled = evaluate_predictions(fold_ensemble(d), n_boot, seed)
+    pooled = pooled[pooled.fold == "all"]
+    return pd.concat([metrics[metrics.fold != "all"], pooled], ignore_index=True)
+
+
 def cohort_summary(preds: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     """Summary rows (as :func:`summary_table`) with ``task`` = "cohort: task", one block per cohort."""
     tables = []
     for (cohort, _, task), d in preds.groupby(["cohort", "model", "task"], sort=True):
         d = d[d.split.isin(SCORED_SPLITS)].assign(split="test").dropna(axis=1, how="all")
         if len(d):
-            tables.append(evaluate_predictions(d, n_boot, seed).assign(task=f"{cohort}: {task}"))
+            tables.append(_scored(d, n_boot, seed).assign(task=f"{cohort}: {task}"))
     return summary_table(pd.concat(tables, ignore_index=True)) if tables else pd.DataFrame()
 
 

@@ -19,6 +19,7 @@ LABELS = {"accuracy": "Accuracy", "balanced_accuracy": "Bal. accuracy", "auc": "
           "ap": "AP (macro)", "f1": "F1 (macro)", "kappa": "Cohen's κ", "c_index": "C-index",
           "td_auc": "td-AUC (mean)"}
 TIE = 1e-9
+NA = "n/a"  # a metric undefined on these patients (one class, no event, no comparable pair; reason in the log)
 
 
 def metric_label(task: str, metric: str) -> str:
@@ -27,7 +28,7 @@ def metric_label(task: str, metric: str) -> str:
 
 
 def _fmt(x: float, digits: int = 3) -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+    return NA if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
 def comparison_table(summary: pd.DataFrame, headline: tuple[str, ...] | list[str] = DEFAULT_HEADLINE) -> pd.DataFrame:
@@ -38,10 +39,10 @@ def comparison_table(summary: pd.DataFrame, headline: tuple[str, ...] | list[str
     d["key"] = d["mean"].where(d["mean"].notna(), d["value"])
     top = d.groupby(["task", "metric"]).key.transform("max")
     d["best"] = d.key.notna() & (d.key >= top - TIE)
-    d["fold_text"] = [f"{_fmt(m)} ± {_fmt(s)}" if math.isfinite(m) else "–" for m, s in zip(d["mean"], d["std"],
-                                                                                           strict=True)]
-    d["pooled_text"] = [f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]" for v, lo, hi in zip(d.value, d.ci_low, d.ci_high,
-                                                                                      strict=True)]
+    d["fold_text"] = [f"{_fmt(m)} ± {_fmt(s)}" if math.isfinite(m) else NA for m, s in zip(d["mean"], d["std"],
+                                                                                          strict=True)]
+    d["pooled_text"] = [f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(v) else NA
+                        for v, lo, hi in zip(d.value, d.ci_low, d.ci_high, strict=True)]
     return d.sort_values(["task", "order", "model"]).drop(columns=["order", "key"]).reset_index(drop=True)
 
 
@@ -93,7 +94,8 @@ def to_html(table: pd.DataFrame, n_bootstrap: int, title: str = "Model compariso
     caption = (f"Top line: mean ± sd over folds (test patients of each fold). Second line: pooled out-of-fold "
                f"value [95 % CI from {n_bootstrap} patient-level bootstrap resamples]. Bold on green: best model "
                "per column (highest fold mean; the pooled value where no fold could be scored). "
-               "– : not computable (e.g. too few events).")
+               "n/a: not computable on these patients (e.g. one class only, no event or too few events, no "
+               "comparable pair; the evaluate log gives the reason); –: not run.")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h3>{html.escape(title)}</h3><table>"
             f"<caption>{caption}</caption><thead><tr><th rowspan='2'>model</th>{head1}</tr><tr>{head2}</tr></thead>"

@@ -101,11 +101,13 @@ def training_figure(test: pd.DataFrame, history: pd.DataFrame, path: Path) -> No
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     for i, (fold, h) in enumerate(history.groupby("fold", sort=True)):
         color = f"C{i}"
-        ax_loss.plot(h.epoch, h.train_loss, color=color, lw=1.5, label=f"fold {fold} train")
+        marker = "o" if len(h) == 1 else None  # one epoch (closed-form fit): a point, not a line
+        ax_loss.plot(h.epoch, h.train_loss, color=color, lw=1.5, marker=marker, label=f"fold {fold} train")
         ax_loss.plot(h.epoch, h.val_loss, color=color, lw=1.5, ls="--", label=f"fold {fold} val")
-        best = h.loc[h.val_loss.idxmin()]
-        ax_loss.plot(best.epoch, best.val_loss, "o", color=color)
-        ax_metric.plot(h.epoch, h.val_metric, color=color, lw=1.5, label=f"fold {fold}")
+        if h.val_loss.notna().any():  # models fitted in closed form (cox_clinical) have no validation loss
+            best = h.loc[h.val_loss.idxmin()]
+            ax_loss.plot(best.epoch, best.val_loss, "o", color=color)
+        ax_metric.plot(h.epoch, h.val_metric, color=color, lw=1.5, marker=marker, label=f"fold {fold}")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_loss.set_title("loss (solid: train, dashed: validation; dot: kept epoch)", fontsize=10)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -46,7 +47,8 @@ def _auc(df: pd.DataFrame) -> float:
         return float("nan")
     if p.shape[1] == 2:
         return float(roc_auc_score(y, p[:, 1]))
-    p = p[:, present] / p[:, present].sum(axis=1, keepdims=True)  # OvR over the classes present
+    # OvR over the classes present (a row with no mass on them, e.g. softmax underflow, stays all zero)
+    p = p[:, present] / np.maximum(p[:, present].sum(axis=1, keepdims=True), np.finfo(float).tiny)
     if len(present) == 2:
         return float(roc_auc_score(y == present[1], p[:, 1]))
     return float(roc_auc_score(np.searchsorted(present, y), p, multi_class="ovr", average="macro"))
@@ -68,16 +70,43 @@ def _labels(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return df.y_true.to_numpy(int), df.y_pred.to_numpy(int)
 
 
+def _one_class(df: pd.DataFrame, metric: Metric) -> str | None:
+    present = np.unique(df.y_true.to_numpy(int))
+    if len(present) < 2:
+        return f"one class only among the {len(df)} test rows (y_true = {present.tolist()})"
+    return None
+
+
+def _kappa_skip(df: pd.DataFrame, metric: Metric) -> str | None:
+    y, pred = _labels(df)
+    if len(np.union1d(y, pred)) < 2:
+        return f"a single label in y_true and y_pred of the {len(df)} test rows"
+    return None
+
+
 def _kappa(df: pd.DataFrame) -> float:
     weights = "quadratic" if df.task.iloc[0] == "grading" else None
     return float(cohen_kappa_score(*_labels(df), weights=weights))
 
 
 def _c_index(df: pd.DataFrame) -> float:
+    """Harrell's C (lifelines); NaN when undefined: no event, or no comparable pair (an event before
+    another patient's time), which small folds and bootstrap resamples of few patients reach."""
     if df.event.sum() == 0:
         return float("nan")
-    # lifelines wants scores that grow with survival time: minus the risk
-    return float(concordance_index(df.time.to_numpy(float), -df.risk.to_numpy(float), df.event.to_numpy(int)))
+    try:  # lifelines wants scores that grow with survival time: minus the risk
+        return float(concordance_index(df.time.to_numpy(float), -df.risk.to_numpy(float), df.event.to_numpy(int)))
+    except ZeroDivisionError:  # lifelines: "No admissable pairs in the dataset."
+        return float("nan")
+
+
+def _c_index_skip(df: pd.DataFrame, metric: Metric) -> str | None:
+    n_events = int(df.event.astype(bool).sum())
+    if n_events == 0:
+        return f"no observed event: all {len(df)} patients censored"
+    if not np.isfinite(metric(df)):
+        return f"no comparable pair: none of the {n_events} event(s) precedes another patient's time"
+    return None
 
 
 def td_auc_times(df: pd.DataFrame) -> np.ndarray:
@@ -124,8 +153,9 @@ CLASSIFICATION: dict[str, Metric] = {
     "kappa": _kappa,
 }
 SURVIVAL: dict[str, Metric] = {"c_index": _c_index, "td_auc": _td_auc}
-# Metrics that need more data than a handful of patients: name → (data, metric) → why it is skipped
-SKIP_REASONS: dict[str, Callable[[pd.DataFrame, Metric], str | None]] = {"td_auc": _td_auc_skip}
+# Metrics undefined on some (small) sets of patients: name → (data, metric) → why it is skipped (NaN)
+SKIP_REASONS: dict[str, Callable[[pd.DataFrame, Metric], str | None]] = {
+    "auc": _one_class, "ap": _one_class, "kappa": _kappa_skip, "c_index": _c_index_skip, "td_auc": _td_auc_skip}
 
 
 def metrics_for(df: pd.DataFrame) -> dict[str, Metric]:
@@ -149,6 +179,18 @@ def bootstrap_ci(df: pd.DataFrame, metric: Metric, n: int, seed: int = 0) -> tup
     rng = np.random.default_rng(seed)
     ids = df.patient_id if "patient_id" in df.columns else pd.Series(np.arange(len(df)))
     codes, uniques = pd.factorize(ids)
+    with warnings.catch_warnings():  # undefined resamples are dropped below: scikit-learn's warnings are noise
+        warnings.simplefilter("ignore")
+        values = _resampled(df, metric, n, rng, codes, uniques)
+    if len(values) < max(10, n // 10):
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _resampled(df: pd.DataFrame, metric: Metric, n: int, rng: np.random.Generator, codes: np.ndarray,
+               uniques: pd.Index) -> list[float]:
+    """The finite values of ``metric`` over ``n`` patient resamples (the contract of :func:`bootstrap_ci`)."""
     groups = None if len(uniques) == len(df) else [np.flatnonzero(codes == i) for i in range(len(uniques))]
     order = np.argsort(codes, kind="stable") if groups is None else None
     values = []
@@ -160,18 +202,19 @@ def bootstrap_ci(df: pd.DataFrame, metric: Metric, n: int, seed: int = 0) -> tup
             v = metric(df.iloc[rows])
         if np.isfinite(v):
             values.append(v)
-    if len(values) < max(10, n // 10):
-        return float("nan"), float("nan")
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)
+    return values
 
 
 def _logged(metric: Metric, name: str, d: pd.DataFrame, where: str) -> float:
+    """The metric, or NaN with the reason logged when it is undefined on these patients (never an error:
+    a small cohort or fold must not fail the evaluation job)."""
     reason = SKIP_REASONS[name](d, metric) if name in SKIP_REASONS else None
+    value = float("nan") if reason else metric(d)
+    if not reason and not np.isfinite(value):
+        reason = "undefined on these patients"
     if reason:
-        log.info("%s: %s skipped (%s)", where, name, reason)
-        return float("nan")
-    return metric(d)
+        log.info("%s: %s skipped, n/a (%s)", where, name, reason)
+    return value
 
 
 def evaluate_predictions(pred: pd.DataFrame, n_bootstrap: int, seed: int = 0) -> pd.DataFrame:

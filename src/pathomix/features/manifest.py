@@ -1,6 +1,7 @@
 """``python -m pathomix.features.manifest``: one row per (slide, magnification) feature store.
 
-Columns: slide_id, patient_id, modality, mag, n_tiles, dim, path (absolute), sha256, encoder,
+Columns: slide_id, patient_id, modality, mag, n_tiles, dim, path (relative to the results folder, so a
+results folder can be moved or copied whole), sha256, encoder,
 encoder_weights_sha256, n_skipped (unreadable tiles left out under ``features.on_bad_tile: skip``).
 (DESIGN §4 says "one row per slide"; with several magnifications a row is a slide at one
 magnification, told apart by ``mag``.)
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import h5py
 import pandas as pd
 
+from pathomix import paths as P
 from pathomix.cli import stage_main
 from pathomix.io.atomic import sha256_file, write_parquet
 from pathomix.io.sheets import read_slides
@@ -22,7 +25,8 @@ from pathomix.io.sheets import read_slides
 log = logging.getLogger("pathomix.features.manifest")
 
 
-def manifest_row(store: Path, slide: pd.Series, mag: str) -> dict:
+def manifest_row(store: Path, slide: pd.Series, mag: str, results: Path | None = None) -> dict:
+    """One row; ``path`` relative to ``results`` (absolute when None)."""
     with h5py.File(store, "r") as h:
         feats = h["features"]
         row = {
@@ -33,7 +37,8 @@ def manifest_row(store: Path, slide: pd.Series, mag: str) -> dict:
             "encoder_weights_sha256": str(feats.attrs["encoder_weights_sha256"]),
             "n_skipped": int(feats.attrs.get("n_skipped", 0)),  # unreadable tiles left out (on_bad_tile: skip)
         }
-    row.update(path=str(store.resolve()), sha256=sha256_file(store))
+    path = store.resolve() if results is None else Path(os.path.relpath(store.resolve(), results.resolve()))
+    row.update(path=path.as_posix(), sha256=sha256_file(store))
     return row
 
 
@@ -48,9 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     slides = read_slides(args.slides, check_files=False)
     stores = args.stores or [s for b in args.batches for s in pd.read_parquet(b, columns=["path"]).path]
+    results = P.results_of_manifest(args.out)
     rows = []
     for store in map(Path, stores):
-        rows.append(manifest_row(store, slides.loc[store.name.removesuffix(".h5")], store.parent.name))
+        rows.append(manifest_row(store, slides.loc[store.name.removesuffix(".h5")], store.parent.name, results))
     df = pd.DataFrame(rows)
     write_parquet(df, args.out)
     log.info("manifest %s: %d stores, %d slides, %d tiles", args.out, len(df), df.slide_id.nunique(),

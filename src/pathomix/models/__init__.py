@@ -29,7 +29,7 @@ def spec_of(entry: catalog.ModelEntry) -> ModelSpec:
         entry.name, catalog.import_object(entry.builder),
         needs_wsi="wsi" in entry.reads, needs_genes="genes" in entry.reads, mags=entry.mags,
         teacher=entry.teacher, description=entry.description, needs_mif="mif" in entry.reads,
-        reads="images" if "images" in entry.reads else "features",
+        reads=entry.trainer,
         build_joint=catalog.import_object(entry.joint_builder) if entry.joint_builder else None,
         task_kinds=entry.task_kinds,
     )

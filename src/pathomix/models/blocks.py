@@ -126,7 +126,7 @@ class GeneTokens(nn.Module):
         empty = [name for name, key in inputs.items() if not int(dims.get(key, 0))]
         if empty:
             raise PathomixInputError(f"{owner}: gene subspace(s) {empty} have no HVG genes; check "
-                                     "genes/subspaces.parquet and the gene sets (genes_params.gene_sets)")
+                                     "genes/fold{k}/subspaces.parquet and the gene sets (genes_params.gene_sets)")
         self.inputs = dict(inputs)
         self.encoders = nn.ModuleDict({name: SNNEncoder(int(dims[key]), hidden, dropout)
                                        for name, key in self.inputs.items()})

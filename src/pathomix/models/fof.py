@@ -9,7 +9,8 @@ FoF learns from tile images (not from pre-extracted features), so it does not fi
   block's tokens: gradient-averaged channel weights, ReLU, min–max per image to [0, 1]).
 - :func:`focus_views`: split each image at ``threshold`` (paper 0.5) of its contribution map into a
   positive view (pixels that support the prediction) and a negative view (the rest); each pixel
-  lands in exactly one view.
+  lands in exactly one view. A tile whose map is flat (all zeros: blank positive view, the whole
+  tile negative; :func:`focused`) sits out the view terms (positive task, dummy, FRL, MCA views).
 - FRL consistency (:func:`frl_loss`): InfoNCE (τ = 0.07) that pulls the student's positive-view
   feature towards the EMA teacher's global feature and pushes it from the teacher's negative-view
   features of the batch; negative views are classified into the dummy class (:func:`dummy_targets`).
@@ -174,19 +175,30 @@ def gram_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def mca_loss(views: Mapping[str, torch.Tensor], projectors: BiomarkerProjectors,
-             labels: Mapping[str, torch.Tensor], tau: float = TAU) -> torch.Tensor:
+             labels: Mapping[str, torch.Tensor], tau: float = TAU,
+             rows: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
     """MCA over the views (e.g. ``global``, ``positive``): per biomarker, supervised contrast of all
-    views' projections by biomarker status, plus the Gram MSE between each view and the global one."""
+    views' projections by biomarker status, plus the Gram MSE between each view and the global one.
+    ``rows`` {view: (B,) bool}: the tiles of the batch a (non-global) view holds, when not all of them."""
+    rows = rows or {}
     projected = {name: projectors(f) for name, f in views.items()}
     total = next(iter(views.values())).sum() * 0
     for marker in projectors.projectors:
         z = torch.cat([projected[v][marker] for v in views])
-        y = labels[marker].repeat(len(views))
+        y = torch.cat([labels[marker][rows[v]] if v in rows else labels[marker] for v in views])
         total = total + supervised_contrastive(z, y, tau)
         for name in views:
-            if name != "global":
-                total = total + gram_mse(projected[name][marker], projected["global"][marker])
+            if name != "global" and len(projected[name][marker]):
+                glob = projected["global"][marker]
+                total = total + gram_mse(projected[name][marker], glob[rows[name]] if name in rows else glob)
     return total / max(1, len(projectors.projectors))
+
+
+def focused(mask: torch.Tensor) -> torch.Tensor:
+    """(B,) whether each image's (B, H, W) focus mask splits it: a flat contribution map (all zeros after
+    min–max, e.g. a blank tile) gives a blank positive view and the whole tile as the negative view."""
+    flat = mask.flatten(1)
+    return flat.any(dim=1) & ~flat.all(dim=1)
 
 
 class FoF(nn.Module):
@@ -207,29 +219,42 @@ class FoF(nn.Module):
         return self.vit(images)
 
     def training_loss(self, images: torch.Tensor, cam_index: torch.Tensor,
-                      task_loss: Callable[[torch.Tensor], torch.Tensor], biomarkers: Mapping[str, torch.Tensor],
+                      task_loss: Callable[..., torch.Tensor], biomarkers: Mapping[str, torch.Tensor],
                       teacher: EMATeacher) -> dict[str, torch.Tensor]:
         """One step on (B, 3, H, W) images → the weighted terms (their sum is the loss).
 
         ``cam_index`` (B,): the output whose score Grad-CAM explains (the true class; for survival the
-        observed bin); ``task_loss`` maps (B, n_outputs) logits to the task's mean loss over the tiles;
-        ``biomarkers`` {name: (B,) status index, −1 = unknown}."""
+        observed bin); ``task_loss(logits, rows=None)`` maps (B, n_outputs) logits, or those of the tiles
+        ``rows`` ((B,) bool) selects, to the task's mean loss over them; ``biomarkers`` {name: (B,) status
+        index, −1 = unknown}. A tile without focus (:func:`focused`) takes part in the global-view terms only."""
         p, n = self.params, self.n_outputs
         out = self(images)
         cam = grad_cam(out["logits"].gather(1, cam_index[:, None])[:, 0], out["tokens"], self.vit.grid)
-        positive, negative, _ = focus_views(images, cam, p.fof_threshold)
-        pos, neg = self(positive), self(negative)
+        positive, negative, mask = focus_views(images, cam, p.fof_threshold)
+        # tiles whose map has no focus sit out the view terms: no blank positive view is classified or
+        # pulled towards the teacher, no whole tile is sent to the dummy class or used as an FRL negative
+        keep = focused(mask)
+        positive, negative = positive[keep], negative[keep]
+        zero = out["logits"].sum() * 0
+        pos, neg = (self(positive), self(negative)) if len(positive) else (None, None)
         with torch.no_grad():
-            t_global, t_negative = teacher.model(images)["cls"], teacher.model(negative)["cls"]
+            t_global = teacher.model(images)["cls"][keep]
+            t_negative = teacher.model(negative)["cls"] if len(negative) else None
         # real images keep their class against the dummy; negative views belong to it
-        views = F.cross_entropy(torch.cat([out["logits"], neg["logits"]]),
-                                torch.cat([cam_index, dummy_targets(len(images), n, images.device)]))
+        views = F.cross_entropy(torch.cat([out["logits"], *([neg["logits"]] if neg is not None else [])]),
+                                torch.cat([cam_index, dummy_targets(len(negative), n, images.device)]))
+        if pos is None:  # no tile of the batch has a focus
+            mca_views, task_pos, frl = {"global": out["cls"]}, zero, zero
+        else:
+            mca_views = {"global": out["cls"], "positive": pos["cls"], "negative": neg["cls"]}
+            task_pos = task_loss(pos["logits"][:, :n], keep)
+            frl = p.fof_frl * frl_loss(pos["cls"], t_global, t_negative, p.fof_tau)
         return {
-            "task": task_loss(out["logits"][:, :n]) + task_loss(pos["logits"][:, :n]),
+            "task": task_loss(out["logits"][:, :n]) + task_pos,
             "dummy": views,
-            "frl": p.fof_frl * frl_loss(pos["cls"], t_global, t_negative, p.fof_tau),
-            "mca": p.fof_mca * mca_loss({"global": out["cls"], "positive": pos["cls"], "negative": neg["cls"]},
-                                        self.projectors, biomarkers, p.fof_tau),
+            "frl": frl,
+            "mca": p.fof_mca * mca_loss(mca_views, self.projectors, biomarkers, p.fof_tau,
+                                        rows={"positive": keep, "negative": keep}),
         }
 
 

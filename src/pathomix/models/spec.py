@@ -128,7 +128,7 @@ class ModelSpec:
     teacher: str | None = None
     description: str = ""
     needs_mif: bool = False
-    reads: str = "features"  # features: bags of tile features and genes; images: H&E tile images (FoF)
+    reads: str = "features"  # features: tile features and genes; images: H&E tile images (FoF); clinical: covariates
     build_joint: Callable[[Mapping[str, Any], Sequence[Task], ModelParams], nn.Module] | None = None
     task_kinds: tuple[str, ...] = ("classification", "survival")  # the Task.kind values it can train on
 

@@ -23,6 +23,7 @@ import torch
 
 from pathomix.errors import PathomixInputError
 from pathomix.io.h5store import read_features
+from pathomix.paths import results_of_manifest
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,19 @@ class Bags:
     channels: tuple[str, ...] = ()
 
 
+def manifest_encoder(path: str | Path | None) -> str:
+    """The encoder named by a feature manifest's stores (several joined by '+'); empty without a manifest."""
+    if path is None:
+        return ""
+    table = pd.read_parquet(path)
+    names = table.encoder.astype(str).unique() if "encoder" in table.columns else []
+    return "+".join(sorted(names))
+
+
 def read_manifest(path: str | Path, mags: Sequence[str], modality: str = "he") -> pd.DataFrame:
     """Rows of ``modality`` (``he`` | ``mif``) of the manifest at ``mags`` (mag taken from the
-    store's folder when absent; a manifest without a ``modality`` column is all H&E)."""
+    store's folder when absent; a manifest without a ``modality`` column is all H&E). Relative store
+    paths are resolved against the manifest's results folder."""
     path = Path(path)
     if not path.exists():
         raise PathomixInputError(f"feature manifest {path} does not exist; run the features stage first")
@@ -65,6 +76,9 @@ def read_manifest(path: str | Path, mags: Sequence[str], modality: str = "he") -
     if missing:
         raise PathomixInputError(
             f"feature manifest {path} lacks column(s) {missing}; it has {list(df.columns)}")
+    if not all(Path(p).is_absolute() for p in df.path):
+        root = results_of_manifest(path.resolve())
+        df["path"] = [p if Path(p).is_absolute() else str(root / p) for p in df.path]
     if "mag" not in df.columns:  # features/{encoder}/{mag}/{slide_id}.h5
         df["mag"] = [Path(p).parent.name for p in df.path]
     if "modality" in df.columns:

@@ -5,7 +5,7 @@ Example (what the Snakemake rule runs)::
     python -m pathomix.train --model dmsf_student --task diagnosis --fold 0 \\
         --clinical clinical.tsv --folds results/splits/folds.parquet \\
         --manifest results/features/resnet50_trunc/manifest.parquet \\
-        --hvg results/genes/hvg.parquet --subspaces results/genes/subspaces.parquet \\
+        --hvg results/genes/fold0/hvg.parquet --subspaces results/genes/fold0/subspaces.parquet \\
         --teacher-checkpoint results/models/dmsf_teacher/diagnosis/fold0/checkpoint.pt \\
         --params '{"epochs": 40, ...}' --threads 1 --out results/models/dmsf_student/diagnosis/fold0
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import random
 import time
@@ -31,14 +32,18 @@ import torch
 from pathomix.cli import stage_main
 from pathomix.errors import PathomixInputError
 from pathomix.models import GENE_INPUTS, MODELS, ModelSpec, get_model, wsi_key
+from pathomix.models.clinical import COVARIATES
 from pathomix.tasks import TASKS, Task, get_task
-from pathomix.train import fof
+from pathomix.train import clinical, fof
+from pathomix.train.bags import manifest_encoder
+from pathomix.train.covariates import CovariateFusion
 from pathomix.train.data import SPLITS, Needs, Sources, load_cohort, read_cohorts
 from pathomix.train.distill import (
     check_teacher,
     distill_term,
     load_checkpoint,
     load_teacher,
+    teacher_bin_edges,
     teacher_targets,
 )
 from pathomix.train.importance import gene_importance
@@ -63,8 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--clinical", required=True, type=Path)
     ap.add_argument("--folds", required=True, type=Path, help="splits/folds.parquet")
     ap.add_argument("--manifest", type=Path, help="features/{encoder}/manifest.parquet (H&E and mIF models)")
-    ap.add_argument("--hvg", type=Path, help="genes/hvg.parquet (gene models and distilled students)")
-    ap.add_argument("--subspaces", type=Path, help="genes/subspaces.parquet")
+    ap.add_argument("--hvg", type=Path, help="genes/fold{k}/hvg.parquet (gene models, distilled students)")
+    ap.add_argument("--subspaces", type=Path, help="genes/fold{k}/subspaces.parquet of this fold")
     ap.add_argument("--slides", type=Path, help="slides sheet (image models: where the slides are)")
     ap.add_argument("--tiles", nargs="+", default=[],
                     help="coords stores tiles/{mag}/{slide}.h5, or the tiles folder holding them (image models)")
@@ -142,8 +147,10 @@ def train_bags(args: argparse.Namespace, spec: ModelSpec, tasks: list[Task], par
         check_teacher(teacher_ckpt, teacher_name, tasks[0], args.fold)
     src = Sources(args.clinical, args.folds, args.manifest, args.hvg, args.subspaces)
     cohort = load_cohort(src, tasks if joint else tasks[0], args.fold, _needs(spec, teacher_spec, params),
+                         covariates=params.covariates,
                          gene_stats=teacher_ckpt["gene_stats"] if teacher_ckpt else None,
-                         empty_bags=params.empty_bags)
+                         empty_bags=params.empty_bags,
+                         bin_edges=teacher_bin_edges(teacher_ckpt, tasks[0]) if teacher_ckpt else None)
     log.info("model %s (%s), task %s, fold %d on %s, dims %s", args.name or spec.name, spec.name,
              " + ".join(t.name for t in tasks), args.fold, device, cohort.dims)
 
@@ -155,6 +162,9 @@ def train_bags(args: argparse.Namespace, spec: ModelSpec, tasks: list[Task], par
         model = spec.build(cohort.dims, tasks[0], params.model).to(device)
         objective = make_objective(tasks[0], [p.target for p in train], device)
         views = {tasks[0].name: objective}
+    if params.covariates:  # late fusion: a linear term of the covariates added to the logits
+        outputs = {t.name: t.n_outputs for t in tasks} if joint else tasks[0].n_outputs
+        model = CovariateFusion(model, cohort.dims[COVARIATES], outputs).to(device)
     extra, monitor_from = None, 1
     if teacher_spec is not None and teacher_ckpt is not None:
         if teacher_ckpt["dims"].get("wsi") != cohort.dims.get("wsi"):
@@ -185,6 +195,7 @@ def train_bags(args: argparse.Namespace, spec: ModelSpec, tasks: list[Task], par
                       if spec.needs_genes else None)
         meta = {"teacher": teacher_name if teacher_ckpt else None, "dims": dict(cohort.dims),
                 "gene_stats": cohort.gene_stats, "markers": list(cohort.markers),
+                "covariate_stats": cohort.covariate_stats,
                 "bin_edges": cohort.bin_edges[name] if joint else cohort.bin_edges,
                 "joint_tasks": [t.name for t in tasks] if joint else None}
         out[name] = Trained(model, result, view, preds, tables.get("attention"),
@@ -199,6 +210,9 @@ def train_images(args: argparse.Namespace, spec: ModelSpec, tasks: list[Task], p
         raise PathomixInputError(f"{spec.name} learns from tile images; pass --slides (the slides sheet) and "
                                  "--tiles (the coords stores tiles/{mag}/{slide}.h5)")
     task = tasks[0]
+    if params.covariates:
+        log.warning("%s does not take clinical covariates (train.covariates %s): it learns from the tile images "
+                    "alone", spec.name, list(params.covariates))
     cohort = load_cohort(Sources(args.clinical, args.folds), task, args.fold, Needs())
     mag = (params.model.mags or spec.mags)[0]
     data = fof.image_cohort(cohort, args.slides, args.tiles, mag, params.model.fof_image_px)
@@ -217,7 +231,31 @@ def train_images(args: argparse.Namespace, spec: ModelSpec, tasks: list[Task], p
     return {task.name: Trained(model, result, objective, preds, attention, meta=meta)}
 
 
-TRAINERS = {"features": train_bags, "images": train_images}  # ModelSpec.reads → trainer
+def train_clinical(args: argparse.Namespace, spec: ModelSpec, tasks: list[Task], params: TrainParams,
+                   device: torch.device) -> dict[str, Trained]:
+    """The clinical baseline (``cox_clinical``): the covariates alone, fitted in closed form on the fold's
+    training patients (:mod:`pathomix.train.clinical`); validation patients are predicted, never used."""
+    task = tasks[0]
+    if not params.covariates:
+        raise PathomixInputError(f"{spec.name} learns from clinical covariates, but train.covariates is empty; "
+                                 "list clinical sheet columns there, e.g. covariates: [age]")
+    cohort = load_cohort(Sources(args.clinical, args.folds), task, args.fold, Needs(), covariates=params.covariates)
+    log.info("model %s (%s), task %s, fold %d: covariates %s", args.name or spec.name, spec.name, task.name,
+             args.fold, cohort.covariate_stats["names"])
+    train = cohort.split("train")
+    objective = make_objective(task, [p.target for p in train], device)
+    model = spec.build(cohort.dims, task, params.model)
+    fitted = clinical.fit(model, task, train, params.clinical_penalizer)
+    preds = {split: clinical.predict(model, task, cohort.split(split), objective.columns) for split in SPLITS[1:]}
+    history = pd.DataFrame({"epoch": [1], "train_loss": [fitted], "val_loss": [math.nan],
+                            "val_metric": [objective.metric(preds["val"]) if len(preds["val"]) else math.nan],
+                            "lr": [math.nan], "seconds": [math.nan]})
+    meta = {"teacher": None, "dims": dict(cohort.dims), "gene_stats": None, "bin_edges": cohort.bin_edges,
+            "markers": [], "covariate_stats": cohort.covariate_stats}
+    return {task.name: Trained(model, FitResult(history, 1), objective, preds, meta=meta)}
+
+
+TRAINERS = {"features": train_bags, "images": train_images, "clinical": train_clinical}  # ModelSpec.reads → trainer
 
 
 def run(args: argparse.Namespace, params: TrainParams | None = None) -> dict[str, dict[str, Any]]:
@@ -237,10 +275,12 @@ def run(args: argparse.Namespace, params: TrainParams | None = None) -> dict[str
         raise PathomixInputError(f"{spec.name} trains one task at a time; run one job per task")
     trained = TRAINERS[spec.reads](args, spec, tasks, params, device)
     summaries, cohorts = {}, read_cohorts(args.folds)
+    reads_features = spec.needs_wsi or spec.needs_mif  # patch features of the manifest's encoder
     for task, out_dir in zip(tasks, args.out, strict=True):
         t = trained[task.name]
         parts = [f for f in t.predictions.values() if len(f)] or [t.predictions["test"]]
-        predictions = predictions_frame(pd.concat(parts, ignore_index=True), args.fold, name, task.name, cohorts)
+        predictions = predictions_frame(pd.concat(parts, ignore_index=True), args.fold, name, task.name, cohorts,
+                                        encoder=manifest_encoder(args.manifest) if reads_features else "")
         meta = {"model": name, "base_model": spec.name, "task": task.name, "fold": args.fold,
                 "params": params.to_dict(), "classes": list(task.classes), "best_epoch": t.result.best_epoch,
                 **t.meta}

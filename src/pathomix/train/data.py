@@ -20,9 +20,11 @@ import torch
 from pathomix.errors import PathomixInputError
 from pathomix.io.sheets import read_clinical
 from pathomix.models import tile_key, wsi_key
+from pathomix.models.clinical import COVARIATES
 from pathomix.models.spec import pos_key
 from pathomix.tasks import Task, discretise, survival_bins
 from pathomix.train.bags import MODALITIES, Bag, load_bags, read_manifest
+from pathomix.train.covariates import covariate_matrix, fit_covariates
 from pathomix.train.genes import fit_gene_stats, gene_dims, gene_inputs, read_hvg
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class Cohort:
     gene_stats: dict[str, Any] | None
     bin_edges: list[float] | dict[str, list[float] | None] | None  # by task name in joint training
     markers: tuple[str, ...] = ()  # mIF marker names (the stores' `channels`), in feature order
+    covariate_stats: dict[str, Any] | None = None  # train.covariates: the transform fitted on training patients
 
     def split(self, name: str) -> list[Patient]:
         return [p for p in self.patients if p.split == name]
@@ -111,18 +114,25 @@ def _drop(keep: list[str], ok: Callable[[str], bool], why: str) -> list[str]:
 
 
 def _classification_targets(clin: pd.DataFrame, label: pd.Series, pids: Sequence[str],
-                            train: Sequence[str]) -> tuple[dict[str, dict[str, float]], None]:
+                            train: Sequence[str], edges: Sequence[float] | None = None
+                            ) -> tuple[dict[str, dict[str, float]], None]:
     return {p: {"y": int(label[p])} for p in pids}, None
 
 
 def _survival_targets(clin: pd.DataFrame, label: pd.Series, pids: Sequence[str],
-                      train: Sequence[str]) -> tuple[dict[str, dict[str, float]], list[float]]:
-    edges = survival_bins(clin.loc[list(train), "survival_months"].to_numpy(float),
-                          clin.loc[list(train), "event"].to_numpy(float))
-    bins = discretise(clin.loc[list(pids), "survival_months"].to_numpy(float), edges)
+                      train: Sequence[str], edges: Sequence[float] | None = None
+                      ) -> tuple[dict[str, dict[str, float]], list[float]]:
+    """Targets with the bin of each time: the bin edges fitted on ``train``, or ``edges`` when given
+    (a distilled student's are its teacher's, so that their survival distributions share the bins)."""
+    if edges is None:
+        edges = survival_bins(clin.loc[list(train), "survival_months"].to_numpy(float),
+                              clin.loc[list(train), "event"].to_numpy(float))
+        log.info("survival bin edges from %d training patients: %s", len(train), np.round(edges, 2).tolist())
+    else:
+        log.info("survival bin edges given (the teacher's): %s", np.round(np.asarray(edges, float), 2).tolist())
+    bins = discretise(clin.loc[list(pids), "survival_months"].to_numpy(float), np.asarray(edges, float))
     targets = {p: {"time": float(clin.at[p, "survival_months"]), "event": int(clin.at[p, "event"]),
                    "bin": int(b)} for p, b in zip(pids, bins, strict=True)}
-    log.info("survival bin edges from %d training patients: %s", len(train), np.round(edges, 2).tolist())
     return targets, [float(e) for e in edges]
 
 
@@ -130,10 +140,14 @@ TARGETS = {"classification": _classification_targets, "survival": _survival_targ
 
 
 def load_cohort(src: Sources, task: Task | Sequence[Task], fold: int, needs: Needs,
-                gene_stats: Mapping[str, Any] | None = None, empty_bags: str = "skip") -> Cohort:
+                gene_stats: Mapping[str, Any] | None = None, empty_bags: str = "skip",
+                bin_edges: Mapping[str, Sequence[float]] | None = None, covariates: Sequence[str] = ()) -> Cohort:
     """Load everything one training job needs into memory (features loaded once).
 
-    ``gene_stats`` (e.g. a teacher's) replaces statistics fitted on this fold's training set.
+    ``gene_stats`` (e.g. a teacher's) replaces statistics fitted on this fold's training set;
+    ``bin_edges`` ``{task name: edges}`` (e.g. a teacher's) replace the survival bin edges fitted there.
+    ``covariates``: clinical-sheet columns given to every patient as input ``covariates`` (standardised / one-hot,
+    imputed; fitted on the fold's training patients: :mod:`pathomix.train.covariates`).
     ``empty_bags``: what to do with a patient whose H&E slides all have 0 tiles (no tissue, or
     smaller than one tile): ``skip`` (logged with the reason) or ``error``.
 
@@ -182,19 +196,28 @@ def load_cohort(src: Sources, task: Task | Sequence[Task], fold: int, needs: Nee
         if not train:
             raise PathomixInputError(f"fold {fold}: no training patient has a {t.name} label and the inputs "
                                      "this model needs")
-        targets[t.name], edges[t.name] = TARGETS[t.kind](clin, labels[t.name], with_label, train)
+        targets[t.name], edges[t.name] = TARGETS[t.kind](clin, labels[t.name], with_label, train,
+                                                         (bin_edges or {}).get(t.name))
+    cov_stats, cov = None, {}
+    if covariates:
+        train = [p for p in pids if split[p] == "train"]
+        fitted = fit_covariates(clin, train, covariates, f"clinical sheet {src.clinical}")
+        cov = dict(zip(pids, torch.from_numpy(covariate_matrix(clin, pids, fitted)), strict=True))
+        cov_stats, dims[COVARIATES] = fitted.to_dict(), len(fitted.names)
     patients = []
     for p in pids:
         by_key = bags.get(p, {})
         positions = {pos_key(m): torch.from_numpy(by_key[wsi_key(m)].positions)
                      for m in needs.mags if wsi_key(m) in by_key}  # of the H&E tiles
         inputs = {key: b.features for key, b in by_key.items()} | positions | genes.get(p, {})
+        if cov:
+            inputs[COVARIATES] = cov[p]
         target = ({t: by_p[p] for t, by_p in targets.items() if p in by_p} if len(tasks) > 1
                   else targets[tasks[0].name][p])
         patients.append(Patient(p, str(split[p]), target, inputs, by_key))
     counts = {s: sum(q.split == s for q in patients) for s in SPLITS}
     log.info("fold %d, task %s: %d patients used (%s)", fold, " + ".join(labels), len(patients), counts)
-    return Cohort(patients, dims, stats, edges if len(tasks) > 1 else edges[tasks[0].name], markers)
+    return Cohort(patients, dims, stats, edges if len(tasks) > 1 else edges[tasks[0].name], markers, cov_stats)
 
 
 def _load_tiles(kind: str, modality: str, src: Sources, mags: tuple[str, ...], pids: list[str], require: bool,

@@ -1,7 +1,8 @@
 """Distillation from a frozen teacher checkpoint of the same task and fold.
 
 The teacher's outputs (logits, features) are computed once, with every tile, for the
-training patients that have the teacher's inputs; after ``warmup_epochs`` of task loss only,
+training patients that have the teacher's inputs; a survival student bins the times with the
+teacher's edges (:func:`teacher_bin_edges`); after ``warmup_epochs`` of task loss only,
 the student's loss adds ``kl_weight · KL(T) + feature_weight · MSE(features)`` for those
 patients (the paper's schedule: warm up, then distil; its weights are 0.01 each).
 """
@@ -44,6 +45,22 @@ def check_teacher(ckpt: Mapping[str, Any], expected: str, task: Task, fold: int)
             f"this job needs model={expected} task={task.name} fold={fold}")
 
 
+def teacher_bin_edges(ckpt: Mapping[str, Any], task: Task) -> dict[str, list[float]] | None:
+    """``{task name: edges}``: the survival bin edges the student must share with its teacher (the
+    survival KL compares their distributions bin by bin; edges refitted on the student's training
+    patients, who need no genes, would misalign them). None for other task kinds; a survival teacher
+    checkpoint without edges for ``task.n_outputs`` bins is refused."""
+    if task.kind != "survival":
+        return None
+    edges = ckpt.get("bin_edges")
+    if not isinstance(edges, list | tuple) or len(edges) != task.n_outputs + 1:
+        raise PathomixInputError(
+            f"the teacher checkpoint ({ckpt.get('model')}, {task.name}, fold {ckpt.get('fold')}) has survival bin "
+            f"edges {edges!r}, not {task.n_outputs + 1} edges of {task.n_outputs} bins; the student must use the "
+            "teacher's bins: retrain the teacher with this pathomix version")
+    return {task.name: [float(e) for e in edges]}
+
+
 def load_teacher(ckpt: Mapping[str, Any], expected: str, task: Task, fold: int, device: torch.device
                  ) -> nn.Module:
     """Rebuild a frozen teacher from ``ckpt``, checking it is ``expected`` (a model or variant
@@ -51,6 +68,10 @@ def load_teacher(ckpt: Mapping[str, Any], expected: str, task: Task, fold: int, 
     check_teacher(ckpt, expected, task, fold)
     model_params = TrainParams.from_mapping(ckpt["params"]).model
     teacher = MODELS[ckpt.get("base_model", expected)].build(ckpt["dims"], task, model_params)
+    if ckpt.get("covariate_stats"):  # trained with train.covariates: the same late fusion around it
+        from pathomix.train.covariates import CovariateFusion
+
+        teacher = CovariateFusion(teacher, int(ckpt["dims"]["covariates"]), task.n_outputs)
     teacher.load_state_dict(ckpt["model_state"])
     teacher.to(device).eval()
     for p in teacher.parameters():

@@ -83,9 +83,11 @@ def biomarker_status(clinical: Path, names: Sequence[str], train: Sequence[str])
 
 
 def _tile_task_loss(objective: Objective, targets: Sequence[Mapping[str, float]]):
-    """(B, n) logits of tiles whose patients have ``targets`` → the mean task loss over the tiles."""
-    def loss(logits: torch.Tensor) -> torch.Tensor:
-        return torch.stack([objective.loss(logits[j:j + 1], t) for j, t in enumerate(targets)]).mean()
+    """(B, n) logits of tiles whose patients have ``targets`` (or of the tiles ``rows`` selects) → the
+    mean task loss over those tiles."""
+    def loss(logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        picked = targets if rows is None else [t for t, keep in zip(targets, rows.tolist(), strict=True) if keep]
+        return torch.stack([objective.loss(logits[j:j + 1], t) for j, t in enumerate(picked)]).mean()
     return loss
 
 

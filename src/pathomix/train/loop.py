@@ -4,8 +4,8 @@ Batch size is one bag (standard MIL). During training a bag (H&E or mIF) larger 
 ``max_tiles`` is subsampled at random; evaluation always sees every tile. Evaluation can also
 record the models' attention over the tiles and, for mIF models, over the markers of each slide.
 A step's loss is the task loss + the model's auxiliary terms + the extra term (distillation) +
-the task loss of each branch when the model has ``branch_logits``; with ``train.cgc`` the branch
-gradients on the shared parameters are coordinated (:mod:`pathomix.train.cgc`).
+the task loss of each branch when the model has ``branch_logits``; with ``train.cgc`` every gradient
+on the shared parameters is coordinated (:mod:`pathomix.train.cgc`).
 """
 
 from __future__ import annotations
@@ -149,18 +149,17 @@ def _train_epoch(model: nn.Module, patients: Sequence[Patient], objective: Objec
     for i in rng.permutation(len(patients)):
         p = patients[i]
         out = model(batch_inputs(p, device, params.max_tiles, generator))
-        loss = objective.loss(out["logits"], p.target)
-        for term in out["aux"].values():
-            loss = loss + term
+        rest = [*out["aux"].values()]  # the terms besides the task loss(es)
         extra_term = extra(p, out, epoch) if extra is not None else None
         if extra_term is not None:
-            loss = loss + extra_term
+            rest.append(extra_term)
         opt.zero_grad(set_to_none=True)
         if coordinator is not None:
-            loss = coordinator.backward(loss, out, p.target)
+            loss = coordinator.backward(out, p.target, sum(rest) if rest else None)
         else:
-            for branch in branch_losses(objective, out, p.target).values():
-                loss = loss + branch
+            loss = objective.loss(out["logits"], p.target)
+            for term in [*rest, *branch_losses(objective, out, p.target).values()]:
+                loss = loss + term
             loss.backward()
         opt.step()
         losses.append(loss.item())
@@ -179,12 +178,14 @@ def _coordinator(model: nn.Module, objective: Objective, params: TrainParams) ->
 
 class EarlyStopping:
     """Early stopping on the validation loss: keeps the best weights; epochs before ``monitor_from``
-    (a distilled student's warm-up) are neither kept as the best nor counted towards ``patience``."""
+    (a distilled student's warm-up) are neither kept as the best nor counted towards ``patience``.
+    When no epoch could be kept (all of them in the warm-up, or no finite validation loss) the
+    model keeps its last weights, never its initial ones."""
 
     def __init__(self, model: nn.Module, patience: int, monitor_from: int = 1) -> None:
         self.model, self.patience, self.monitor_from = model, patience, monitor_from
-        self.best_loss, self.best_epoch, self.bad = math.inf, 0, 0
-        self.best_state = self._state()
+        self.best_loss, self.best_epoch, self.bad, self.last_epoch = math.inf, 0, 0, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
 
     def _state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -193,6 +194,7 @@ class EarlyStopping:
         """Record one epoch → True when training should stop; a non-finite training loss raises."""
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"training loss became {train_loss} at epoch {epoch}; lower train.lr")
+        self.last_epoch = epoch
         if epoch < self.monitor_from:
             return False
         if val_loss < self.best_loss - 1e-6:
@@ -206,7 +208,12 @@ class EarlyStopping:
         return False
 
     def restore(self) -> int:
-        """Load the best weights into the model → the best epoch."""
+        """Load the best weights into the model → the best epoch (the last one when none was kept)."""
+        if self.best_state is None:
+            log.warning("no epoch could be kept as the best (the %d trained epoch(s) are all before epoch %d, "
+                        "the end of the warm-up, or gave no finite validation loss): keeping the last epoch's "
+                        "weights", self.last_epoch, self.monitor_from)
+            return self.last_epoch
         self.model.load_state_dict(self.best_state)
         log.info("best epoch %d (val_loss %.4f)", self.best_epoch, self.best_loss)
         return self.best_epoch

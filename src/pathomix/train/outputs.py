@@ -34,12 +34,13 @@ def save_checkpoint(path: Path, ckpt: Mapping[str, Any]) -> None:
 
 
 def predictions_frame(pred: pd.DataFrame, fold: int, model: str, task: str,
-                      cohorts: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Prefix the contract columns: patient_id, fold, split, model, task, then the task's columns,
-    then ``cohort`` when the folds carry one (external cohorts are reported separately)."""
+                      cohorts: Mapping[str, str] | None = None, encoder: str = "") -> pd.DataFrame:
+    """Prefix the contract columns: patient_id, fold, split, model, encoder (of the patch features the model
+    read; empty for a model that reads none), task, then the task's columns, then ``cohort`` when the folds
+    carry one (external cohorts are reported separately)."""
     rest = [c for c in pred.columns if c not in ("patient_id", "split")]
-    out = pred.assign(fold=fold, model=model, task=task)
-    out = out[["patient_id", "fold", "split", "model", "task", *rest]].reset_index(drop=True)
+    out = pred.assign(fold=fold, model=model, encoder=encoder, task=task)
+    out = out[["patient_id", "fold", "split", "model", "encoder", "task", *rest]].reset_index(drop=True)
     if cohorts:
         out["cohort"] = out.patient_id.astype(str).map(cohorts).fillna("main")
     return out

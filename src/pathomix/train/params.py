@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pathomix.catalog.variants import SNAKEFILE_KEYS
 from pathomix.devices import resolve_device
 from pathomix.errors import PathomixInputError
 from pathomix.models import ModelParams
@@ -21,7 +22,7 @@ __all__ = ["IGNORED_KEYS", "DistillParams", "TrainParams", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
-IGNORED_KEYS = ("models", "tasks", "variants")  # in ``train:`` for the Snakefile, not for one job
+IGNORED_KEYS = SNAKEFILE_KEYS  # in ``train:`` for the Snakefile, not for one job
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class TrainParams:
     device: str = "auto"
     empty_bags: str = "skip"  # a patient whose H&E stores all have 0 tiles: skip (logged) | error
     cgc: bool = True  # models with branch_logits: confidence-guided gradient coordination
+    covariates: tuple[str, ...] = ()  # clinical-sheet columns every model also takes (late fusion, train.covariates)
+    clinical_penalizer: float = 0.1  # cox_clinical: ridge penalty of the Cox model (logistic regression: C = 1/it)
     distill: DistillParams = field(default_factory=DistillParams)
     model: ModelParams = field(default_factory=ModelParams)
 
@@ -73,6 +76,7 @@ class TrainParams:
         out.update({k: getattr(self.model, k) for k in (f.name for f in dataclasses.fields(ModelParams))})
         out["aux_losses"] = {str(k): float(v) for k, v in self.model.aux_losses.items()}
         out["mags"] = list(self.model.mags)
+        out["covariates"] = list(self.covariates)
         out["distill"] = dataclasses.asdict(self.distill)
         return out
 
