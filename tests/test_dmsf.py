@@ -352,10 +352,10 @@ VARIANTS = {"dmsf_teacher-noCGC": {"model": "dmsf_teacher", "cgc": False},
 def test_variants_resolve_to_registered_models_with_their_inputs() -> None:
     assert resolve("dmsf_student-scratch", VARIANTS).teacher is None
     assert model_inputs("dmsf_student-scratch", VARIANTS) == {"wsi": True, "genes": False, "mif": False,
-                                                               "images": False, "teacher": None}
+                                                               "images": False, "covariates": False, "teacher": None}
     assert model_inputs("dmsf_student-noCGC", VARIANTS)["teacher"] == "dmsf_teacher-noCGC"
     assert model_inputs("dmsf_student", VARIANTS) == {"wsi": True, "genes": True, "mif": False, "images": False,
-                                                       "teacher": "dmsf_teacher"}
+                                                       "covariates": False, "teacher": "dmsf_teacher"}
     with pytest.raises(KeyError, match="neither a registered model"):
         resolve("dmsf_teacher-typo", VARIANTS)
     with pytest.raises(KeyError, match="takes no `teacher`"):

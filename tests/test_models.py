@@ -31,7 +31,7 @@ from pathomix.train.losses import (
     survival_risk,
 )
 
-DIMS = {"wsi": 16, "genes": 12, "genes_tumour": 5, "genes_tme": 4, "mif": 16, "markers": 6}
+DIMS = {"wsi": 16, "genes": 12, "genes_tumour": 5, "genes_tme": 4, "mif": 16, "markers": 6, "covariates": 3}
 PARAMS = ModelParams(hidden=8, dropout=0.0)
 
 
@@ -60,7 +60,7 @@ def test_registry_lists_the_models() -> None:
         assert MODELS[name].needs_wsi and MODELS[name].needs_genes and MODELS[name].mags == ("20x",), name
     with pytest.raises(KeyError, match="known models"):
         get_model("nope")
-    none = {"wsi": False, "genes": False, "mif": False, "images": False, "teacher": None}
+    none = {"wsi": False, "genes": False, "mif": False, "images": False, "covariates": False, "teacher": None}
     assert required_inputs("dmsf_student") == {**none, "wsi": True, "genes": True, "teacher": "dmsf_teacher"}
     assert required_inputs("abmil") == {**none, "wsi": True}
     assert required_inputs("fluoroformer") == {**none, "mif": True}
@@ -293,7 +293,7 @@ def test_catalogue_entries_are_checked_and_one_entry_registers_a_model(monkeypat
     monkeypatch.setitem(entries.MODELS, "abmil2", new)
     train = {"tasks": ["diagnosis", "survival"], "variants": {"abmil2-x": {"model": "abmil2"}}}
     assert catalog.model_inputs("abmil2-x", train["variants"]) == {
-        "wsi": True, "genes": True, "mif": False, "images": False, "teacher": None}
+        "wsi": True, "genes": True, "mif": False, "images": False, "covariates": False, "teacher": None}
     assert catalog.model_tasks("abmil2-x", train) == ["diagnosis"]
     assert catalog.resources_class("abmil2-x", train["variants"]) == "cpu"
     assert catalog.slide_modality("abmil2") == "he" and not catalog.is_joint("abmil2")

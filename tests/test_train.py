@@ -274,7 +274,7 @@ def test_a_survival_student_uses_its_teachers_bins(cohort: dict, trained: dict, 
     torch.save({**ckpt, "bin_edges": None}, tmp_path / "old_teacher.pt")
     with caplog.at_level(logging.ERROR):
         assert main(_argv(cohort, "dmsf_student", "survival", tmp_path / "refused", params=params,
-                          teacher=tmp_path / "old_teacher.pt")) == 2
+                          teacher=tmp_path / "old_teacher.pt")) == 1  # an input error: exit 1
     assert "bin edges" in caplog.text
 
 

@@ -110,14 +110,20 @@ def test_seed_models_train_through_their_own_rules(demo_run):
     assert set(att["head"]) == {"fof"} and (att.mag == "20x").all()
 
 
-def test_demo_shows_what_the_dmsf_paper_claims(demo_run):
-    """The planted signals make the paper's comparisons real on the demo (diagnosis AUC, mean over
-    folds): the teacher beats histology-only abmil and genes-only snn; distillation beats scratch."""
+def test_demo_shows_what_the_planted_signals_guarantee(demo_run):
+    """The demo plants the H&E signal in glioblastoma vs the IDH-mutant gliomas and the gene signal in
+    astrocytoma vs oligodendroglioma, so only a model that reads both can get every diagnosis right. Asserted
+    with a margin (pooled diagnosis AUC): the teacher is near perfect and above the upper 95 % CI bound of the
+    histology-only (abmil) and genes-only (snn) models. Differences inside the noise (distilled vs scratch
+    student, the ablations at AUC 1.0) are not asserted: benchmarks/synthetic_comparison.py measures them on a
+    larger cohort."""
     m = pd.read_parquet(demo_run / "results" / "eval" / "metrics.parquet")
-    auc = m[(m.task == "diagnosis") & (m.metric == "auc") & (m.fold != "all")].groupby("model").value.mean()
-    assert auc["dmsf_teacher"] > auc["abmil"] and auc["dmsf_teacher"] > auc["snn"], auc.to_dict()
-    assert auc["dmsf_student"] > auc["dmsf_student-scratch"], auc.to_dict()
-    assert {"dmsf_teacher-noCGC", "dmsf_teacher-noIGC", "dmsf_teacher-20x"} <= set(auc.index)
+    pooled = m[(m.task == "diagnosis") & (m.metric == "auc") & (m.fold == "all")].set_index("model")
+    teacher = pooled.value["dmsf_teacher"]
+    assert teacher > 0.9, pooled.value.to_dict()
+    assert teacher > pooled.ci_high["abmil"] and teacher > pooled.ci_high["snn"], pooled.to_dict()
+    assert pooled.value["dmsf_student"] > 0.5 and pooled.value["dmsf_student-scratch"] > 0.5
+    assert {"dmsf_teacher-noCGC", "dmsf_teacher-noIGC", "dmsf_teacher-20x"} <= set(pooled.index)
 
 
 def test_check_results_tool_passes(demo_run):
