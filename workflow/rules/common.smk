@@ -369,14 +369,8 @@ def all_targets(wildcards):
 
 # ---- training (train.smk: rule train and one rule train_joint_<model> per joint model, written once) ----
 JOINT_MODELS = [m for m in config["train"]["models"] if is_joint(m, VARIANTS)]
-
-
-def model_wildcard(excluded):
-    """Regex of the {model} wildcard of rule train: any name but `excluded` (joint models, selections: other
-    rules write their folders); the wildcard is followed by "/"."""
-    if not excluded:
-        return "[^/]+"
-    return "(?!(?:{})(?:/|$))[^/]+".format("|".join(re.escape(m) for m in excluded))
+# model folders the train rule leaves to others (the joint models' train_joint_<model>, the selections' select)
+NOT_TRAIN = "|".join(re.escape(m) for m in JOINT_MODELS + list(SELECTIONS))
 
 
 def model_resources(name):

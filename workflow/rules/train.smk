@@ -18,7 +18,7 @@ rule train:
     wildcard_constraints:
         fold=r"\d+",
         # not the joint models (their jobs train all tasks at once) nor the selections (rule select)
-        model=model_wildcard(JOINT_MODELS + list(SELECTIONS)),
+        model=f"(?!(?:{NOT_TRAIN})(?:/|$))[^/]+" if NOT_TRAIN else "[^/]+",
     threads: class_threads(lambda w: model_resources(w.model), local=1)
     resources:
         **class_resources(lambda w: model_resources(w.model)),
