@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,21 +34,15 @@ from pathomix import paths as P  # noqa: E402
 from pathomix.evaluate.metrics import CLASSIFICATION, SURVIVAL  # noqa: E402
 from pathomix.evaluate.paired import paired_difference  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from luad_snn import run  # noqa: E402  (a command with the repository's src on PYTHONPATH, stops on failure)
+
 MODELS = ["abmil", "snn", "dmsf_teacher", "dmsf_student", "dmsf_student-scratch", "dmsf_teacher-noCGC",
           "dmsf_teacher-noIGC", "ksfusion"]
 PAIRS = [("dmsf_teacher", "abmil"), ("dmsf_teacher", "snn"), ("dmsf_student", "dmsf_student-scratch"),
          ("dmsf_student", "abmil"), ("dmsf_teacher", "dmsf_teacher-noCGC"), ("dmsf_teacher", "dmsf_teacher-noIGC"),
          ("ksfusion", "abmil")]
 HEADLINE = {"diagnosis": ("auc", CLASSIFICATION["auc"]), "survival": ("c_index", SURVIVAL["c_index"])}
-
-
-def run(cmd: list[str], cwd: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    print("$", shlex.join(cmd), flush=True)
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        sys.exit(f"failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
 def predictions(results: Path, model: str, task: str, folds: int) -> pd.DataFrame | None:
