@@ -130,8 +130,11 @@ def test_check_results_tool_passes(demo_run):
     tool = ROOT.parent / "shared" / "tools" / "check_results.py"
     if not tool.exists():
         pytest.skip("shared/tools/check_results.py not found")
-    proc = subprocess.run([sys.executable, str(tool), str(demo_run / "results")], capture_output=True, text=True)
+    # --strict: the contracts added to DESIGN.md on 2026-12-05 too (per-fold genes, encoder column, relative paths)
+    proc = subprocess.run([sys.executable, str(tool), str(demo_run / "results"), "--strict"],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "pending" not in proc.stdout
 
 
 def test_report_is_built(demo_run):
