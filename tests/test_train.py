@@ -598,3 +598,7 @@ def test_cohort_check_asks_for_covariates() -> None:
     assert any("train.covariates is empty" in m for m in missing_cohort_inputs(["cox_clinical"], cfg))
     cfg["train"]["covariates"] = ["age"]
     assert missing_cohort_inputs(["cox_clinical"], cfg) == []
+    cfg["clinical"] = "c.tsv"  # at parse time the Snakefile passes the clinical sheet's header
+    assert missing_cohort_inputs(["cox_clinical"], cfg, clinical_columns={"patient_id", "age"}) == []
+    msg = missing_cohort_inputs(["cox_clinical"], cfg, clinical_columns={"patient_id"})
+    assert len(msg) == 1 and "['age']" in msg[0] and "c.tsv" in msg[0]

@@ -90,6 +90,12 @@ def test_metrics_cover_every_model_task_fold(demo_run):
         for task in model_tasks(model, cfg["train"]):
             d = m[(m.model == model) & (m.task == task)]
             assert set(d.fold) == {str(k) for k in range(n_folds)} | {"all"}, (model, task)
+    for name, spec in (cfg["train"].get("select") or {}).items():  # a selection is evaluated like a model
+        assert set(m[m.model == name].fold) == {str(k) for k in range(n_folds)} | {"all"}, name
+        chosen = pd.read_csv(demo_run / "results" / "eval" / "selection.csv")
+        assert set(chosen[chosen.selection == name].chosen) <= set(spec["candidates"])
+    cox = m.query("model == 'cox_clinical' and metric == 'c_index' and fold == 'all'")  # the clinical baseline
+    assert len(cox) == 1 and 0 <= cox.value.iloc[0] <= 1 and (cox.encoder == "").all()
     teacher_auc = m.query("model == 'dmsf_teacher' and task == 'diagnosis' and metric == 'auc' and fold == 'all'")
     assert teacher_auc.value.iloc[0] >= 0.8
 

@@ -212,8 +212,18 @@ def sheet_modalities():
     return set(_read_sheet(config["slides"], Path(config["slides"]).stat().st_mtime)[0].modality)
 
 
-# e.g. abmil with slides: null, fluoroformer on a cohort without mIF images: fail at parse time with the fix
-if missing := missing_cohort_inputs(config["train"]["models"], config, sheet_modalities()):
+def clinical_columns():
+    """The clinical sheet's columns, known at parse time (None for the demo before it is generated)."""
+    sheet = config.get("clinical")
+    if not sheet or not Path(sheet).exists():
+        return None
+    sep = "," if str(sheet).endswith(".csv") else "\t"
+    return {str(c).strip() for c in pd.read_csv(sheet, sep=sep, nrows=0).columns}
+
+
+# e.g. abmil with slides: null, fluoroformer on a cohort without mIF images, a covariate the clinical sheet
+# lacks: fail at parse time with the fix
+if missing := missing_cohort_inputs(config["train"]["models"], config, sheet_modalities(), clinical_columns()):
     raise WorkflowError("\n".join(missing))
 
 

@@ -146,10 +146,13 @@ def selection_tasks(candidates: tuple[str, ...], train: Mapping[str, Any]) -> li
 
 
 def missing_cohort_inputs(models: list[str], config: Mapping[str, Any],
-                          modalities: Collection[str] | None = None) -> list[str]:
+                          modalities: Collection[str] | None = None,
+                          clinical_columns: Collection[str] | None = None) -> list[str]:
     """One message per requested model and input the cohort lacks: a config key that is null
     (e.g. abmil with ``slides: null``) or, when ``modalities`` (the slides sheet's ``modality``
-    values) is given, a slide modality the sheet has no row of (e.g. fluoroformer, no mIF)."""
+    values) is given, a slide modality the sheet has no row of (e.g. fluoroformer, no mIF); covariates
+    (``train.covariates``) that are empty for a model that needs them or, when ``clinical_columns`` (the
+    clinical sheet's header) is given, that the sheet has no column of."""
     variants = (config.get("train") or {}).get("variants")
     out = []
     for m in models:
@@ -163,9 +166,13 @@ def missing_cohort_inputs(models: list[str], config: Mapping[str, Any],
                 value, add = MODALITY_OF[kind]
                 out.append(f"model {m} needs {what} but the slides sheet {config.get('slides')} has no row with "
                            f"modality `{value}`; remove it from train.models or add {add} to the sheet")
-        if need.get("covariates") and not job_params(m, config.get("train") or {}).get("covariates"):
+        covariates = job_params(m, config.get("train") or {}).get("covariates") or []
+        if need.get("covariates") and not covariates:
             out.append(f"model {m} learns from clinical covariates but train.covariates is empty; list clinical "
                        "sheet columns there (e.g. covariates: [age]) or remove it from train.models")
+        if clinical_columns is not None and (absent := [c for c in covariates if c not in clinical_columns]):
+            out.append(f"model {m} takes the covariates {absent}, but the clinical sheet {config.get('clinical')} has "
+                       "no such column; add it to the sheet or change train.covariates (or the model's variant)")
     return out
 
 
