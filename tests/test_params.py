@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,3 +314,14 @@ def test_flipping_on_bad_tile_plans_extraction_but_not_tiling(shared_data: Path,
     old = snakemake("-n", "--quiet", "rules", "--config", "tiling={on_bad_tile: skip}")
     assert set(re.findall(r"^(\w+)\s+\d+$", old.stdout, re.M)) - {"total"} == {"extract"}
     assert "tiling.on_bad_tile" in old.stderr + old.stdout
+
+
+def test_exit_process_flushes_the_logs_and_keeps_the_status(tmp_path):
+    """The `python -m` entry points end with exit_process: the status is the stage's and the log is complete,
+    although the interpreter's teardown (where pyarrow's threads can abort a finished job) is skipped."""
+    code = ("import logging, sys; from pathomix.cli import exit_process; "
+            f"logging.basicConfig(filename={str(tmp_path / 'x.log')!r}, level=logging.INFO); "
+            "logging.getLogger('t').info('last line'); print('out', end=''); exit_process(3)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3 and proc.stdout == "out"
+    assert "last line" in (tmp_path / "x.log").read_text()

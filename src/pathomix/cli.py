@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from pathomix.errors import PathomixInputError
 from pathomix.logs import setup_logging
@@ -42,3 +45,18 @@ def stage_main(logger: str) -> Callable[[Main], Callable[[list[str] | None], int
             return 0 if status is None else int(status)
         return main
     return wrap
+
+
+def exit_process(status: int | None) -> NoReturn:
+    """End a ``python -m pathomix.<stage>`` process with ``status`` once its work is done and its outputs are
+    written, flushing the logs and standard streams but skipping the interpreter's teardown. pyarrow's parquet
+    thread pool can abort a process there ("terminate called without an active exception", apache/arrow#34314;
+    seen here once under load in a short-lived job that had written all its outputs), which would turn a finished
+    job into a failed one. Only for the ``__main__`` entry points: tests call ``main()`` in-process."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing more can be written to it
+            pass
+    os._exit(0 if status is None else int(status))

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from pathomix.cli import stage_main
+from pathomix.cli import exit_process, stage_main
 from pathomix.io.atomic import atomic_path
 
 log = logging.getLogger("pathomix.provenance")
@@ -154,4 +154,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main())

@@ -1,3 +1,4 @@
 from pathomix.batch.cli import main
+from pathomix.cli import exit_process
 
-raise SystemExit(main())
+exit_process(main())

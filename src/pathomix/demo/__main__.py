@@ -1,5 +1,6 @@
 """``python -m pathomix.demo``: see :mod:`pathomix.demo.cli`."""
 
+from pathomix.cli import exit_process
 from pathomix.demo.cli import main
 
-raise SystemExit(main())
+exit_process(main())

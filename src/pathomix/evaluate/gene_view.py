@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pathomix.cli import stage_main  # noqa: E402
+from pathomix.cli import exit_process, stage_main  # noqa: E402
 from pathomix.evaluate.png import save_figure  # noqa: E402
 from pathomix.genes.hvg import GeneParams, load_gene_sets, transform  # noqa: E402
 from pathomix.io.sheets import read_genes  # noqa: E402
@@ -128,4 +128,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main())

@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from pathomix.cli import stage_main
+from pathomix.cli import exit_process, stage_main
 from pathomix.evaluate import heatmap_draw as D
 from pathomix.evaluate.layout import HEATMAP_GRID
 from pathomix.io.sheets import read_slides
@@ -187,4 +187,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main())

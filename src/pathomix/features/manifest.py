@@ -18,7 +18,7 @@ import h5py
 import pandas as pd
 
 from pathomix import paths as P
-from pathomix.cli import stage_main
+from pathomix.cli import exit_process, stage_main
 from pathomix.io.atomic import sha256_file, write_parquet
 from pathomix.io.sheets import read_slides
 
@@ -65,4 +65,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main())

@@ -1,5 +1,5 @@
-import sys
 
+from pathomix.cli import exit_process
 from pathomix.splits.folds import main
 
-sys.exit(main())
+exit_process(main())

@@ -1,5 +1,6 @@
 """``python -m pathomix.train``."""
 
+from pathomix.cli import exit_process
 from pathomix.train.cli import main
 
-raise SystemExit(main())
+exit_process(main())

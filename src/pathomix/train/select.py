@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from pathomix import paths as P
-from pathomix.cli import stage_main
+from pathomix.cli import exit_process, stage_main
 from pathomix.errors import PathomixInputError
 from pathomix.evaluate.metrics import CLASSIFICATION, SURVIVAL
 from pathomix.io.atomic import atomic_path, write_parquet
@@ -86,4 +86,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main())
