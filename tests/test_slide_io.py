@@ -65,6 +65,19 @@ def test_boxes_implausible_mpp_is_refused() -> None:
         open_slide(path)
 
 
+def test_implausible_mpp_is_told_apart_from_a_coarse_image() -> None:
+    """A desktop dpi default (25 400 / dpi) or a value no microscope gives is refused with the reason; a real but
+    coarse resolution (a 29 µm/px DICOM level) is accepted here: tiling then says which magnifications it serves."""
+    from pathomix.io.slide import checked_mpp
+
+    assert checked_mpp(28.97, None, "slide d") == 28.97
+    with pytest.raises(PathomixInputError, match=r"slide p.*84\.67.*300-dpi default"):
+        checked_mpp(25_400 / 300, None, "slide p")
+    with pytest.raises(PathomixInputError, match=r"slide t.*1e\+04.*outside what a microscope gives"):
+        checked_mpp(10_000.0, None, "slide t")
+    assert checked_mpp(10_000.0, 0.25, "slide t") == 0.25  # the sheet's override wins
+
+
 def test_boxes_pyramid_with_mpp_override() -> None:
     with open_slide(need(DATA / "openslide-fixtures" / "boxes.tiff"), mpp=0.5) as s:
         assert s.mpp == 0.5 and s.objective_power == pytest.approx(20.0)

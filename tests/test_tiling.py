@@ -165,6 +165,17 @@ def test_upsampling_is_refused(tmp_path: Path) -> None:
         run(tmp_path, need(CMU), "cmu", target="0.25")
 
 
+def test_a_real_but_coarse_image_names_the_magnification_it_can_serve(tmp_path: Path) -> None:
+    """The wsi2dcm DICOM has a real 16.8 µm/px: not "implausible", but too coarse for 20x; the error names the
+    finest magnification it serves, and tiling at that magnification works."""
+    dicom = need(DATA / "dicom" / "wsi2dcm" / "wsi2dcm_jpeg.dicom")
+    with pytest.raises(PathomixInputError, match=r"(?s)slide w.*16\.78.*too coarse.*finest magnification this image "
+                                                 r"can serve is 0\.66x \(15\.1 µm/px\).*tiling\.magnifications"):
+        run(tmp_path, dicom, "w")
+    out, _ = run(tmp_path, dicom, "w", target="16.8")
+    assert out.exists()
+
+
 def test_mif_tiling(tmp_path: Path) -> None:
     out, qc = run(tmp_path, need(MIBI), "fov8", modality="mif")
     coords, attrs = read_coords(out)

@@ -25,7 +25,9 @@ from pathomix.errors import PathomixInputError
 
 log = logging.getLogger(__name__)
 
-MPP_RANGE = (0.05, 20.0)          # plausible µm/px for microscopy images
+MPP_RANGE = (0.05, 100.0)         # µm/px a microscopy image can really have (coarse levels and overviews included)
+# µm/px that a desktop resolution default writes (25 400 / dpi): a tag, not a scanner
+DPI_DEFAULTS = {dpi: 25_400.0 / dpi for dpi in (72, 96, 150, 300, 600, 1200)}
 LEVEL_TOLERANCE = 0.01            # best_level accepts levels up to 1 % coarser than asked
 _STRIP_PIXELS = 16_000_000        # thumbnail reads at most this many level pixels at once
 # Thumbnails may decode their level with tifffile instead of openslide (about 6x faster: no
@@ -54,11 +56,13 @@ def checked_mpp(mpp_file: float | None, override: float | None, what: str) -> fl
             f"{what} has no MPP (µm per pixel) in its metadata; add an `mpp` column to slides.tsv"
         )
     lo, hi = MPP_RANGE
-    if not lo <= mpp_file <= hi:
+    dpi = next((d for d, um in DPI_DEFAULTS.items() if math.isclose(mpp_file, um, rel_tol=1e-3)), None)
+    if dpi is not None or not lo <= mpp_file <= hi:
+        why = (f"exactly what a {dpi}-dpi default resolution tag gives (25 400 / {dpi}), not a scanner" if dpi
+               else f"outside what a microscope gives ({lo}–{hi} µm/px)")
         raise PathomixInputError(
-            f"{what} reports an MPP of {mpp_file:.4g} µm/px, which is implausible for a microscopy "
-            f"image (expected {lo}–{hi}; a value like 352.78 comes from a 72-dpi default resolution "
-            "tag, not a scanner); add an `mpp` column with the true value to slides.tsv"
+            f"{what} reports an MPP of {mpp_file:.4g} µm/px, which is implausible: {why}; add an `mpp` column "
+            "with the true value to slides.tsv"
         )
     return float(mpp_file)
 

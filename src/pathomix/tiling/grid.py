@@ -23,10 +23,13 @@ class GridGeometry:
                   what: str = "slide") -> GridGeometry:
         """``patch_size_level0 = round(tile_px * target_mpp / slide_mpp)``; refuses upsampling."""
         if target_mpp < MAX_UPSAMPLE * slide_mpp:
+            finest = MAX_UPSAMPLE * slide_mpp  # the finest target it serves without upsampling more than 10 %
             raise PathomixInputError(
-                f"{what} has {slide_mpp:.4g} µm/px at level 0, but the target is {target_mpp:.4g} µm/px "
-                f"({10 / target_mpp:g}x); pathomix does not upsample by more than 10 %. Tile it at a coarser "
-                "magnification (tiling.magnifications), or fix its `mpp` in slides.tsv"
+                f"{what} has {slide_mpp:.4g} µm/px at level 0, too coarse for the target {target_mpp:.4g} µm/px "
+                f"({10 / target_mpp:g}x): pathomix does not upsample by more than 10 %. The finest magnification "
+                f"this image can serve is {10 / finest:.2g}x ({finest:.3g} µm/px): ask only for magnifications at "
+                f"least that coarse in tiling.magnifications (e.g. {{'{10 / finest:.2g}x': {finest:.3g}}}), leave "
+                "the slide out, or fix its `mpp` in slides.tsv if the file's value is wrong"
             )
         ratio = target_mpp / slide_mpp
         size = max(1, round(tile_px * ratio))
