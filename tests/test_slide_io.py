@@ -187,13 +187,32 @@ def test_channel_sheet_length_mismatch_names_both_files(tmp_path: Path) -> None:
         open_slide(need(MIBI), modality="mif", channels_sheet=sheet)
 
 
-def test_channel_sheet_names_and_flags_win(tmp_path: Path) -> None:
-    markers = [f"m{i}" for i in range(22)]
+def test_channel_sheet_is_checked_against_the_files_names(tmp_path: Path) -> None:
+    """The MIBItiff names its 22 channels: a sheet with other names is refused listing both; the same names
+    (case aside) are accepted and the sheet's autofluorescence flags win."""
+    with open_slide(need(MIBI), modality="mif") as s:
+        own = list(s.channels)
+    wrong = write_sheet(tmp_path / "wrong.tsv", [f"m{i}" for i in range(22)], [0] * 22)
+    with pytest.raises(PathomixInputError, match=r"(?s)fov8_Row.*names its channels.*Background.*wrong\.tsv.*m0"):
+        open_slide(need(MIBI), modality="mif", channels_sheet=wrong)
     flags = [0] * 21 + [1]
-    sheet = write_sheet(tmp_path / "panel.tsv", markers, flags)
+    sheet = write_sheet(tmp_path / "panel.tsv", [n.upper() for n in own], flags)
     with open_slide(need(MIBI), modality="mif", channels_sheet=sheet) as s:
-        assert s.channels == markers and s.autofluorescence == [False] * 21 + [True]
-    assert read_channel_sheet(sheet) == (markers, [bool(f) for f in flags])
+        assert s.channels == [n.upper() for n in own] and s.autofluorescence == [False] * 21 + [True]
+    assert read_channel_sheet(sheet) == ([n.upper() for n in own], [bool(f) for f in flags])
+
+
+def test_qptiff_channel_names_from_its_qpi_xml(tmp_path: Path) -> None:
+    """A Vectra QPTIFF (openslide does not open it): channel names DAPI, FITC, Cy3 from each page's QPI XML,
+    0.4965 µm/px from its resolution tags; a sheet in another order is refused."""
+    qptiff = need(DATA / "mif" / "qptiff" / "pathml_small_vectra.qptiff")
+    with open_slide(qptiff, modality="mif", slide_id="vectra") as s:
+        assert s.channels == ["DAPI", "FITC", "Cy3"] and s.mpp == pytest.approx(0.4965, abs=1e-4)
+        assert s.dimensions == (1920, 1440) and s.autofluorescence == [False] * 3
+        assert s.read_region(0, 0, 0, 64, 64).shape == (3, 64, 64)
+    swapped = write_sheet(tmp_path / "swapped.tsv", ["FITC", "DAPI", "Cy3"], [0, 0, 0])
+    with pytest.raises(PathomixInputError, match=r"(?s)vectra.*\['DAPI', 'FITC', 'Cy3'\].*swapped\.tsv"):
+        open_slide(qptiff, modality="mif", slide_id="vectra", channels_sheet=swapped)
 
 
 def test_channel_sheet_missing_columns(tmp_path: Path) -> None:

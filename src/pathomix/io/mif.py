@@ -1,10 +1,15 @@
 """Multiplex immunofluorescence (mIF) images behind the :class:`~pathomix.io.slide.Slide` interface.
 
 Three layouts are read: a multi-channel OME-TIFF (names from OME ``Channel Name``, µm/px from
-``PhysicalSizeX``), a multi-page TIFF such as a MIBItiff (one channel per page; names from
-each page's JSON description ``channel.target`` or its PageName tag; µm/px from the resolution
-tags) and a folder of one TIFF per channel (name = file stem, sorted by name). Pixels are
-loaded once, lazily, per level and returned as float32 ``(C, h, w)`` raw values.
+``PhysicalSizeX``), a multi-page TIFF such as a MIBItiff or a Vectra/PhenoImager QPTIFF (one channel per
+page; names from each page's MIBI JSON ``channel.target``, QPI XML ``Biomarker`` or ``Name``, or its
+PageName tag; µm/px from the resolution tags) and a folder of one TIFF per channel (name = file stem,
+sorted by name). Pixels are loaded once, lazily, per level and returned as float32 ``(C, h, w)`` raw values.
+
+When the file names its channels and a channel sheet is given too, the sheet must list the same markers in
+the same order (case and surrounding spaces aside): a mismatch is an error that lists both, so a panel is
+never silently relabelled. The sheet's autofluorescence flags win. Without a sheet the file's names are used
+and autofluorescence is recognised by name (``Autofluorescence``, ``AF``, ``Sample AF``, ``Background``).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathomix.io.slide import Slide, checked_mpp, mpp_from_resolution, resize_ch
 
 log = logging.getLogger(__name__)
 
-AF_PATTERN = re.compile(r"autofluorescence|^af$|^af[_ ]|background", re.IGNORECASE)
+AF_PATTERN = re.compile(r"autofluorescence|^af$|^af[_ ]|\baf$|background", re.IGNORECASE)
 TIFF_SUFFIXES = (".tif", ".tiff")
 _OME_UNIT_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 _READ_ERRORS = (tifffile.TiffFileError, OSError, ValueError, RuntimeError)
@@ -46,6 +51,7 @@ class MIFSource:
     mpp: float | None
     level_shapes: list[tuple[int, int]]           # (W, H) per level
     load: Callable[[int], np.ndarray]             # level → (C, H, W) native dtype
+    named: bool = False                           # the names come from the file's metadata (not placeholders)
 
 
 def read_channel_sheet(path: str | Path) -> tuple[list[str], list[bool]]:
@@ -110,9 +116,24 @@ def _ome_names_mpp(tf: tifffile.TiffFile) -> tuple[list[str | None], float | Non
     return names, mpp
 
 
+def _qpi_name(desc: str) -> str | None:
+    """Channel name from a PerkinElmer/Akoya QPI XML page description: ``Biomarker``, else ``Name``."""
+    try:  # the declaration says utf-16, but tifffile hands over text: drop it before parsing
+        root = ET.fromstring(re.sub(r"^\s*<\?xml[^>]*\?>", "", desc))
+    except ET.ParseError:
+        return None
+    for key in ("Biomarker", "Name"):
+        el = root.find(key)
+        if el is not None and (el.text or "").strip():
+            return el.text.strip()
+    return None
+
+
 def _page_name(page: tifffile.TiffPage) -> str | None:
-    """Channel name of one page: MIBI JSON ``channel.target``, else the PageName tag."""
+    """Channel name of one page: MIBI JSON ``channel.target``, QPI XML, else the PageName tag."""
     desc = page.description or ""
+    if "PerkinElmer-QPI" in desc[:500]:
+        return _qpi_name(desc)
     if desc.lstrip().startswith("{"):
         try:
             meta = json.loads(desc)
@@ -162,7 +183,8 @@ def probe_tiff(path: Path, what: str) -> MIFSource:
     def load(level: int) -> np.ndarray:
         return _to_cyx(tifffile.imread(path, series=0, level=level), level_axes[level], what)
 
-    return MIFSource(_names(found, n, what), mpp, [(s[2], s[1]) for s in shapes], load)
+    names = _names(found, n, what)
+    return MIFSource(names, mpp, [(s[2], s[1]) for s in shapes], load, named=names == found)
 
 
 def _cyx_shape(shape: tuple[int, ...], axes: str, what: str) -> tuple[int, int, int]:
@@ -220,6 +242,12 @@ class MIFSlide(Slide):
                     f"{what} has {len(src.names)} channels but channel sheet {channels_sheet} lists "
                     f"{len(names)}; give the sheet one row per image channel, in the image's order, or "
                     "point `mif_channels` at the sheet of this panel"
+                )
+            if src.named and [n.strip().lower() for n in names] != [n.strip().lower() for n in src.names]:
+                raise PathomixInputError(
+                    f"{what} names its channels {src.names} in its metadata, but channel sheet {channels_sheet} "
+                    f"lists {names}; fix the sheet's `marker` column (same order and spelling), or leave "
+                    "`mif_channels` out to use the file's names"
                 )
         w0, h0 = src.level_shapes[0]
         downsamples = tuple((w0 / w + h0 / h) / 2 for w, h in src.level_shapes)
