@@ -51,11 +51,6 @@ def fit_cox(x: np.ndarray, time: np.ndarray, event: np.ndarray, names: tuple[str
     return cph
 
 
-def cox_risk(cph, x: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
-    """Linear predictor (higher = shorter survival) of the rows of ``x``."""
-    return np.asarray(cph.predict_log_partial_hazard(pd.DataFrame(x, columns=list(names))), dtype=float)
-
-
 def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, penalizer: float):
     """A fitted L2-penalised multinomial logistic regression; classes absent from training get probability 0."""
     from sklearn.linear_model import LogisticRegression
