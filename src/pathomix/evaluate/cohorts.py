@@ -48,12 +48,11 @@ def fold_ensemble(pred: pd.DataFrame) -> pd.DataFrame:
 def _scored(d: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     """Metrics of one cohort × model × task: per fold as usual; the pooled rows of an external cohort (its
     patients predicted by every fold model) from the fold ensemble, so each patient counts once."""
-    metrics = evaluate_predictions(d, n_boot, seed)
     if not d.patient_id.duplicated().any():
-        return metrics
+        return evaluate_predictions(d, n_boot, seed)
+    per_fold = evaluate_predictions(d, 0, seed)  # its pooled rows are replaced: no bootstrap spent on them
     pooled = evaluate_predictions(fold_ensemble(d), n_boot, seed)
-    pooled = pooled[pooled.fold == "all"]
-    return pd.concat([metrics[metrics.fold != "all"], pooled], ignore_index=True)
+    return pd.concat([per_fold[per_fold.fold != "all"], pooled[pooled.fold == "all"]], ignore_index=True)
 
 
 def cohort_summary(preds: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
