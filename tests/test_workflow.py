@@ -137,7 +137,17 @@ def test_check_results_tool_passes(demo_run):
     if not tool.exists():
         pytest.skip("shared/tools/check_results.py not found")
     # --strict: the contracts added to DESIGN.md on 2026-12-05 too (per-fold genes, encoder column, relative paths)
-    proc = subprocess.run([sys.executable, str(tool), str(demo_run / "results"), "--strict"],
+    # The tool reads parquet with pandas; pyarrow's thread pool can abort a process in the interpreter's teardown
+    # after its verdict is printed (apache/arrow#34314; CI saw "terminate called without an active exception",
+    # rc -6, right after "ok: ..."). Run its main() and end the process the way pathomix's own entry points do.
+    runner = ("import runpy, sys; from pathomix.cli import exit_process\n"
+              "sys.argv = sys.argv[1:]\n"
+              "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+              "except SystemExit as e:\n"
+              "    print(e.code if isinstance(e.code, str) else '', file=sys.stderr)\n"
+              "    exit_process(e.code if isinstance(e.code, int) else 1)\n"
+              "exit_process(0)\n")
+    proc = subprocess.run([sys.executable, "-c", runner, str(tool), str(demo_run / "results"), "--strict"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "pending" not in proc.stdout
