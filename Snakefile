@@ -41,3 +41,12 @@ rule all:
     default_target: True
     input:
         all_targets,
+
+
+onerror:
+    # a job's log may sit on the disk that filled up: say it here, on the terminal
+    from pathomix.io.atomic import low_space_warning
+
+    for _where in dict.fromkeys([RESULTS, ".snakemake"]):
+        if _warning := low_space_warning(_where):
+            logger.error(f"pathomix: {_warning}")
