@@ -24,6 +24,7 @@ import yaml
 
 from pathomix.cli import exit_process, stage_main
 from pathomix.io.atomic import atomic_path
+from pathomix.io.corrupt import read_parquet
 
 log = logging.getLogger("pathomix.provenance")
 RANDOM_INIT = "random-init"
@@ -60,9 +61,7 @@ def encoder_weights(manifest: str | Path | None) -> list[dict[str, Any]]:
     """One entry per (encoder, weights hash) of the feature manifest, with the number of slides."""
     if not manifest:
         return []
-    import pandas as pd
-
-    m = pd.read_parquet(manifest)
+    m = read_parquet(manifest)
     rows = m.groupby(["encoder", "encoder_weights_sha256"]).slide_id.nunique().reset_index()
     return [{"encoder": r.encoder, "weights_sha256": r.encoder_weights_sha256, "n_slides": int(r.slide_id),
              "random_init": r.encoder_weights_sha256 == RANDOM_INIT} for r in rows.itertuples()]
@@ -72,9 +71,7 @@ def skipped_tiles(manifest: str | Path | None) -> list[dict[str, Any]]:
     """Feature stores that left out unreadable tiles (``features.on_bad_tile: skip``)."""
     if not manifest:
         return []
-    import pandas as pd
-
-    m = pd.read_parquet(manifest)
+    m = read_parquet(manifest)
     if "n_skipped" not in m.columns:
         return []
     m = m[m.n_skipped > 0]

@@ -12,13 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
-from faultlib import fill
-from snake import snakemake_cmd, workflow_env
+from faultlib import assert_same_outputs, fill, genes_only_config, snakemake
 
 from pathomix.errors import DiskFullError
 from pathomix.io.atomic import write_parquet
-from pathomix.io.convert import convert, read_table, write
 from pathomix.io.h5store import COORD_ATTRS, write_features
 from pathomix.train.outputs import save_checkpoint
 
@@ -73,48 +70,20 @@ def test_extraction_on_a_full_disk_exits_cleanly_not_with_a_segfault(tmpfs, shar
     assert not any((disk / "features").iterdir())
 
 
-def _genes_only_config(work: Path, shared_data: Path, results: Path) -> Path:
-    luad = read_table(shared_data / "genomics" / "tcga_luad_all_clean.csv.zip")
-    cases = luad.case_id.drop_duplicates().iloc[:40]
-    clinical, genes = write(convert(luad[luad.case_id.isin(cases)], "luad"), work / "cohort")
-    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
-    cfg.update(slides=None, clinical=str(clinical), genes=str(genes), mif_channels=None,
-               results_dir=str(results), demo={"enabled": False})
-    cfg["train"].update(models=["snn"], tasks=["survival"], epochs=2, variants={}, select={})
-    cfg["splits"].update(n_folds=2)
-    cfg["evaluate"].update(bootstrap=0)
-    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
-    return work
-
-
-def _snakemake(work: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*snakemake_cmd(), "-s", str(ROOT / "Snakefile"), "-d", str(work), "--cores", "2",
-                           "--keep-going", *args], cwd=work, env=workflow_env(PYTHONPATH=str(ROOT / "src")),
-                          capture_output=True, text=True, timeout=600)
-
-
-def _outputs(results: Path) -> dict[str, pd.DataFrame]:
-    return {str(p.relative_to(results)): pd.read_parquet(p) for p in sorted(results.rglob("*.parquet"))}
-
-
 @pytest.mark.slow
 def test_a_run_that_fills_its_disk_says_so_and_the_rerun_matches_an_undisturbed_run(tmpfs, shared_data, tmp_path):
-    ref = _genes_only_config(tmp_path / "ref", shared_data, tmp_path / "ref" / "results")
-    assert _snakemake(ref).returncode == 0
+    ref = genes_only_config(tmp_path / "ref", shared_data, tmp_path / "ref" / "results")
+    assert snakemake(ref).returncode == 0
     disk = tmpfs("disk", "8m")
-    work = _genes_only_config(tmp_path / "full", shared_data, disk / "results")
+    work = genes_only_config(tmp_path / "full", shared_data, disk / "results")
     filler = fill(disk, leave=400 << 10)  # room for the splits and genes tables, not for every checkpoint
-    proc = _snakemake(work)
+    proc = snakemake(work)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "pathomix: the disk of" in out and "nearly full" in out, out[-4000:]
     left = [p for p in (disk / "results").rglob("*") if p.name.startswith(".tmp-")]
     assert not left, left
     filler.unlink()
-    proc = _snakemake(work)
+    proc = snakemake(work)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    want, got = _outputs(tmp_path / "ref" / "results"), _outputs(disk / "results")
-    assert set(want) == set(got)
-    for name in want:  # timings and paths aside, the same tables
-        cols = [c for c in want[name].columns if c not in ("seconds", "path", "time_s", "wall_s")]
-        pd.testing.assert_frame_equal(want[name][cols], got[name][cols], obj=name)
+    assert_same_outputs(tmp_path / "ref" / "results", disk / "results")

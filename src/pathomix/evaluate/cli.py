@@ -21,6 +21,7 @@ from pathomix.evaluate.figures import FIGURES, marker_figure, summary_figure
 from pathomix.evaluate.layout import MARKER_ATTENTION, MARKER_FIGURE, figure_names
 from pathomix.evaluate.metrics import evaluate_predictions, summary_table
 from pathomix.io.atomic import atomic_path, write_parquet
+from pathomix.io.corrupt import read_parquet
 from pathomix.params import load_params
 from pathomix.paths import HISTORY  # written by the training stage next to predictions.parquet
 
@@ -48,16 +49,16 @@ def _read(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str,
     marker attention of the mIF models by (model, task)."""
     preds, histories, markers = [], [], {}
     for f in paths:
-        p = pd.read_parquet(f)
+        p = read_parquet(f)
         preds.append(p)
         m = Path(f).with_name(MARKER_ATTENTION)
         if m.exists() and len(p):
             key = (p.model.iloc[0], p.task.iloc[0])
-            table = pd.read_parquet(m).assign(model=key[0], task=key[1], fold=p.fold.iloc[0])
+            table = read_parquet(m).assign(model=key[0], task=key[1], fold=p.fold.iloc[0])
             markers[key] = pd.concat([markers[key], table], ignore_index=True) if key in markers else table
         h = Path(f).with_name(HISTORY)
         if h.exists() and len(p):
-            histories.append(pd.read_parquet(h).assign(model=p.model.iloc[0], task=p.task.iloc[0],
+            histories.append(read_parquet(h).assign(model=p.model.iloc[0], task=p.task.iloc[0],
                                                         fold=p.fold.iloc[0]))
         else:
             log.warning("%s: no %s next to it; its training curve is left out", f, HISTORY)

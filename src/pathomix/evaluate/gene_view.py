@@ -24,6 +24,7 @@ import pandas as pd  # noqa: E402
 from pathomix.cli import exit_process, stage_main  # noqa: E402
 from pathomix.evaluate.png import save_figure  # noqa: E402
 from pathomix.genes.hvg import GeneParams, load_gene_sets, transform  # noqa: E402
+from pathomix.io.corrupt import read_parquet
 from pathomix.io.sheets import read_genes  # noqa: E402
 from pathomix.params import load_params  # noqa: E402
 from pathomix.paths import GENE_IMPORTANCE  # noqa: E402
@@ -52,7 +53,7 @@ IMPORTANCE = GENE_IMPORTANCE  # written by the training stage next to checkpoint
 def model_importance(checkpoints: list[str]) -> tuple[pd.Series, str] | None:
     """Mean importance per gene over the ``gene_importance.parquet`` files next to ``checkpoints``
     (subspace inputs only), and the model's name; None when there are none."""
-    frames = [pd.read_parquet(Path(c).with_name(IMPORTANCE)) for c in checkpoints
+    frames = [read_parquet(Path(c).with_name(IMPORTANCE)) for c in checkpoints
               if Path(c).with_name(IMPORTANCE).exists()]
     frames = [f[f.input != "genes"] for f in frames]
     if not any(len(f) for f in frames):
@@ -120,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     params = load_params(GeneParams, args.params, where="genes_params")
-    var = gene_variances(args.genes, pd.read_parquet(args.hvg), params)
-    gene_figure(var, pd.read_parquet(args.subspaces), load_gene_sets(params.gene_sets), Path(args.out),
+    var = gene_variances(args.genes, read_parquet(args.hvg), params)
+    gene_figure(var, read_parquet(args.subspaces), load_gene_sets(params.gene_sets), Path(args.out),
                 model_importance(args.importance))
     log.info("gene view %s: %d of %d genes kept", args.out, int(var.kept.sum()), len(var))
     return 0

@@ -23,13 +23,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 
 from pathomix.cli import exit_process, stage_main
 from pathomix.evaluate import heatmap_draw as D
 from pathomix.evaluate.layout import HEATMAP_GRID
+from pathomix.io.corrupt import open_h5, read_parquet
 from pathomix.io.sheets import read_slides
 from pathomix.io.slide import open_slide
 from pathomix.params import load_params
@@ -55,13 +55,13 @@ def read_attention(pred_paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Test predictions and attention rows (with model, task, fold) of every job that wrote attention."""
     preds, att = [], []
     for f in pred_paths:
-        p = pd.read_parquet(f)
+        p = read_parquet(f)
         a = Path(f).with_name(ATTENTION)
         if not len(p):
             continue
         preds.append(p[p.split == "test"])
         if a.exists():
-            att.append(pd.read_parquet(a).assign(model=p.model.iloc[0], task=p.task.iloc[0], fold=p.fold.iloc[0]))
+            att.append(read_parquet(a).assign(model=p.model.iloc[0], task=p.task.iloc[0], fold=p.fold.iloc[0]))
         else:
             log.warning("%s: no %s next to it (not a WSI model?); no heatmap for it", f, ATTENTION)
     att_df = pd.concat(att, ignore_index=True) if att else pd.DataFrame(
@@ -107,7 +107,7 @@ def _consensus_risk(preds: pd.DataFrame) -> pd.Series:
 
 def tile_geometry(store: str | Path) -> tuple[np.ndarray, int, tuple[int, int]]:
     """Level-0 tile corners, tile size (level-0 px) and level-0 (width, height) from a coords store."""
-    with h5py.File(store, "r") as h:
+    with open_h5(store) as h:
         c = h["coords"]
         return c[:], int(c.attrs["patch_size_level0"]), (int(c.attrs["level0_width"]), int(c.attrs["level0_height"]))
 

@@ -14,12 +14,12 @@ import logging
 import os
 from pathlib import Path
 
-import h5py
 import pandas as pd
 
 from pathomix import paths as P
 from pathomix.cli import exit_process, stage_main
 from pathomix.io.atomic import sha256_file, write_parquet
+from pathomix.io.corrupt import open_h5, read_parquet
 from pathomix.io.sheets import read_slides
 
 log = logging.getLogger("pathomix.features.manifest")
@@ -27,7 +27,7 @@ log = logging.getLogger("pathomix.features.manifest")
 
 def manifest_row(store: Path, slide: pd.Series, mag: str, results: Path | None = None) -> dict:
     """One row; ``path`` relative to ``results`` (absolute when None)."""
-    with h5py.File(store, "r") as h:
+    with open_h5(store) as h:
         feats = h["features"]
         row = {
             "slide_id": slide.slide_id, "patient_id": slide.patient_id, "modality": slide.modality,
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     slides = read_slides(args.slides, check_files=False)
-    stores = args.stores or [s for b in args.batches for s in pd.read_parquet(b, columns=["path"]).path]
+    stores = args.stores or [s for b in args.batches for s in read_parquet(b, columns=["path"]).path]
     results = P.results_of_manifest(args.out)
     rows = []
     for store in map(Path, stores):

@@ -24,6 +24,7 @@ from pathomix.cli import stage_main
 from pathomix.constants import SUBSPACES
 from pathomix.errors import PathomixInputError
 from pathomix.io.atomic import write_parquet
+from pathomix.io.corrupt import read_parquet
 from pathomix.io.sheets import read_clinical, read_genes
 from pathomix.params import load_params
 
@@ -84,7 +85,7 @@ def load_gene_sets(path: str | None) -> pd.Series:
 
 def training_patients(folds_path: str | Path, fold: int) -> pd.Index:
     """patient_ids with split ``train`` in ``fold`` of the splits table."""
-    folds = pd.read_parquet(folds_path)
+    folds = read_parquet(folds_path)
     if fold not in set(folds.fold):
         raise PathomixInputError(f"splits table {folds_path} has no fold {fold} (folds: {sorted(set(folds.fold))})")
     rows = folds[(folds.fold == fold) & (folds.split == "train")]

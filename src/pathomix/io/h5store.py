@@ -2,7 +2,8 @@
 
 ``coords``: int64 (N, 2) level-0 top-left (x, y), with TRIDENT's and CLAM's attributes and
 ours. ``features``: float (N, D) for H&E or (N, C, D) for mIF, with ``encoder``,
-``encoder_weights_sha256`` and ``precision``. Stores are written atomically.
+``encoder_weights_sha256`` and ``precision``. Stores are written atomically; a store damaged from outside
+reads as a :class:`~pathomix.io.corrupt.CorruptStoreError` naming the file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from pathomix.errors import PathomixInputError
 from pathomix.io.atomic import atomic_path
+from pathomix.io.corrupt import open_h5
 
 COORD_ATTRS = (
     "patch_size", "patch_size_level0", "level0_magnification", "target_magnification", "overlap",
@@ -53,7 +55,7 @@ def write_coords(path: str | Path, coords: np.ndarray, attrs: Mapping[str, Any],
 
 def read_coords(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     """Read ``coords`` and its attributes from a CLAM/TRIDENT/pathomix store."""
-    with h5py.File(path, "r") as h:
+    with open_h5(path) as h:
         if "coords" not in h:
             raise PathomixInputError(f"{path} has no 'coords' dataset; is it a CLAM/TRIDENT/pathomix store?")
         ds = h["coords"]
@@ -103,7 +105,7 @@ def write_features(path: str | Path, coords: np.ndarray, coord_attrs: Mapping[st
 def read_features(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any], dict[str, Any]]:
     """→ (features, coords, feature attrs, coords attrs), in one open. Works on CLAM/TRIDENT stores
     too (a store without ``coords`` gives zeros and no coords attrs)."""
-    with h5py.File(path, "r") as h:
+    with open_h5(path) as h:
         if "features" not in h:
             raise PathomixInputError(f"{path} has no 'features' dataset; is it a feature store?")
         ds = h["features"]

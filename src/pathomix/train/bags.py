@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from pathomix.errors import PathomixInputError
+from pathomix.io.corrupt import read_parquet
 from pathomix.io.h5store import read_features
 from pathomix.paths import results_of_manifest
 
@@ -59,7 +60,7 @@ def manifest_encoder(path: str | Path | None) -> str:
     """The encoder named by a feature manifest's stores (several joined by '+'); empty without a manifest."""
     if path is None:
         return ""
-    table = pd.read_parquet(path)
+    table = read_parquet(path)
     names = table.encoder.astype(str).unique() if "encoder" in table.columns else []
     return "+".join(sorted(names))
 
@@ -71,7 +72,7 @@ def read_manifest(path: str | Path, mags: Sequence[str], modality: str = "he") -
     path = Path(path)
     if not path.exists():
         raise PathomixInputError(f"feature manifest {path} does not exist; run the features stage first")
-    df = pd.read_parquet(path)
+    df = read_parquet(path)
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise PathomixInputError(

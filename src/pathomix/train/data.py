@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from pathomix.errors import PathomixInputError
+from pathomix.io.corrupt import read_parquet
 from pathomix.io.sheets import read_clinical
 from pathomix.models import tile_key, wsi_key
 from pathomix.models.clinical import COVARIATES
@@ -81,12 +82,12 @@ class Cohort:
 
 def read_fold(path: Path, fold: int) -> pd.Series:
     """patient_id → split for ``fold``; asserts one row per patient."""
-    df = pd.read_parquet(path)
+    df = read_parquet(path)
     if not {"patient_id", "fold", "split"} <= set(df.columns):
         raise PathomixInputError(f"{path} needs columns patient_id, fold, split; it has {list(df.columns)}")
     df = df[df.fold.astype(int) == fold].assign(patient_id=lambda d: d.patient_id.astype(str))
     if df.empty:
-        known = sorted(pd.read_parquet(path).fold.unique())
+        known = sorted(read_parquet(path).fold.unique())
         raise PathomixInputError(f"{path} has no rows for fold {fold}; folds: {known}")
     dup = df.patient_id[df.patient_id.duplicated()].unique()
     if len(dup):
@@ -99,7 +100,7 @@ def read_fold(path: Path, fold: int) -> pd.Series:
 
 def read_cohorts(path: Path) -> dict[str, str]:
     """patient_id → cohort from folds.parquet (empty when it has no ``cohort`` column)."""
-    df = pd.read_parquet(path)
+    df = read_parquet(path)
     if "cohort" not in df.columns:
         return {}
     return dict(zip(df.patient_id.astype(str), df.cohort.astype(str), strict=True))

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from pathomix.errors import PathomixInputError
+from pathomix.io.corrupt import read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +25,11 @@ def read_hvg(hvg_path: str | Path, subspaces_path: str | Path) -> tuple[pd.DataF
     for p in (hvg_path, subspaces_path):
         if not p.exists():
             raise PathomixInputError(f"{p} does not exist; run the genes stage first")
-    hvg = pd.read_parquet(hvg_path)
+    hvg = read_parquet(hvg_path)
     if "patient_id" not in hvg.columns:
         raise PathomixInputError(f"{hvg_path} has no patient_id column")
     hvg = hvg.assign(patient_id=hvg.patient_id.astype(str)).set_index("patient_id").astype(np.float32)
-    sub = pd.read_parquet(subspaces_path)
+    sub = read_parquet(subspaces_path)
     if not {"gene", "subspace"} <= set(sub.columns):
         raise PathomixInputError(f"{subspaces_path} needs columns gene, subspace; it has {list(sub.columns)}")
     subspace = sub.set_index(sub.gene.astype(str)).subspace.reindex(hvg.columns.astype(str))

@@ -28,6 +28,7 @@ from pathomix.cli import exit_process, stage_main
 from pathomix.errors import PathomixInputError
 from pathomix.evaluate.metrics import CLASSIFICATION, SURVIVAL
 from pathomix.io.atomic import atomic_path, write_parquet
+from pathomix.io.corrupt import read_parquet
 
 log = logging.getLogger("pathomix.train.select")
 
@@ -54,7 +55,7 @@ def choose(candidates: dict[str, pd.DataFrame]) -> tuple[str, str, dict[str, flo
 def run(selection: str, candidates: list[str], predictions: list[Path], histories: list[Path], out_dir: Path) -> dict:
     if not len(candidates) == len(predictions) == len(histories):
         raise PathomixInputError("--candidates, --predictions and --histories need one entry per candidate")
-    tables = {c: pd.read_parquet(p) for c, p in zip(candidates, predictions, strict=True)}
+    tables = {c: read_parquet(p) for c, p in zip(candidates, predictions, strict=True)}
     chosen, metric, scores = choose(tables)
     pred = tables[chosen].assign(model=selection)
     record = {"selection": selection, "task": str(pred.task.iloc[0]) if len(pred) else "",
