@@ -6,7 +6,10 @@
 - a :class:`PathomixInputError` (bad input: the message is the whole story) → logged at ERROR,
   no traceback, exit status 1;
 - any other exception → propagates with its traceback (a bug: Python exits non-zero);
-- argparse's own usage errors keep argparse's convention (message + usage, exit status 2).
+- argparse's own usage errors keep argparse's convention (message + usage, exit status 2);
+- SIGTERM (a scheduler's time limit or preemption, ``scancel``, Snakemake stopping) → :class:`Terminated` is
+  raised where the job is, so every ``finally`` runs (atomic writes drop their temporary file): nothing partial
+  is left, exit status 143 (128 + SIGTERM).
 
 ``run()`` functions raise, never ``SystemExit``; only ``main`` turns errors into a status.
 The undecorated function stays reachable as ``main.__wrapped__`` (tests that want the exception).
@@ -17,7 +20,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -27,6 +32,15 @@ from pathomix.logs import setup_logging
 Main = Callable[[list[str] | None], int | None]
 
 INPUT_ERROR = 1  # exit status of a PathomixInputError
+TERMINATED = 128 + signal.SIGTERM  # the shell's status of a process ended by SIGTERM
+
+
+class Terminated(BaseException):  # noqa: N818 — a signal, like KeyboardInterrupt, not an error of the job
+    """SIGTERM arrived. A BaseException, so ``except Exception`` clauses do not swallow it on its way out."""
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
 
 
 def stage_main(logger: str) -> Callable[[Main], Callable[[list[str] | None], int]]:
@@ -37,11 +51,20 @@ def stage_main(logger: str) -> Callable[[Main], Callable[[list[str] | None], int
         @functools.wraps(body)
         def main(argv: list[str] | None = None) -> int:
             setup_logging()
+            main_thread = threading.current_thread() is threading.main_thread()
+            previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
             try:
                 status = body(argv)
             except PathomixInputError as err:
                 log.error("%s", err)
                 return INPUT_ERROR
+            except Terminated:
+                log.error("stopped by SIGTERM (a scheduler's time limit or preemption, or snakemake stopping): "
+                          "no partial output was kept; rerun the same command to finish")
+                return TERMINATED
+            finally:
+                if main_thread:
+                    signal.signal(signal.SIGTERM, previous)
             return 0 if status is None else int(status)
         return main
     return wrap
