@@ -28,7 +28,7 @@ rule extract:
         on_bad_tile=config["features"]["on_bad_tile"],
         code=EXTRACT_CODE,
     shell:
-        "python -m pathomix.features --slide-id {wildcards.slide_id:q} --path {input.slide:q} "
+        "python -m pathomix.features --slide-id={wildcards.slide_id:q} --path={input.slide:q} "
         "--modality {params.modality} {params.mpp} {params.channels} --tiles {input.tiles:q} "
         "--out {output:q} --params {params.cfg:q} --on-bad-tile {params.on_bad_tile} --threads {threads} "
         "--code {params.code} > {log:q} 2>&1"

@@ -40,7 +40,7 @@ rule tile:
         channels=channels_flag,
     shell:
         shell_command(
-            "python -m pathomix.tiling --slide-id {wildcards.slide_id:q} --path {input.slide:q}",
+            "python -m pathomix.tiling --slide-id={wildcards.slide_id:q} --path={input.slide:q}",
             "--modality {params.modality} {params.mpp} {params.channels}",
             TILING_ARGS,
             "--out {output.tiles:q} --qc {output.qc:q} --code {params.code} > {log:q} 2>&1",
