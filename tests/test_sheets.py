@@ -62,6 +62,18 @@ def test_slides_sheet_resolves_relative_paths_and_checks_files(tmp_path):
     assert df.loc["S1", "path"] == str(tmp_path / "s1.svs")
 
 
+def test_one_file_under_two_slide_ids_is_refused_naming_both(tmp_path):
+    (tmp_path / "s1.svs").write_bytes(b"x")
+    (tmp_path / "link.svs").symlink_to(tmp_path / "s1.svs")  # the same file by another name
+    sheet = _write(tmp_path / "slides.tsv", [
+        {"slide_id": "S1", "patient_id": "P1", "path": "s1.svs", "modality": "he"},
+        {"slide_id": "S9", "patient_id": "P2", "path": "link.svs", "modality": "he"},
+    ])
+    with pytest.raises(PathomixInputError, match=r"slides \['S1', 'S9'\] \(patients \['P1', 'P2'\]\) all point at the "
+                                                 r"same file .*s1.svs"):
+        read_slides(sheet)
+
+
 def test_unknown_modality(tmp_path):
     sheet = _write(tmp_path / "slides.tsv", [{"slide_id": "S1", "patient_id": "P", "path": "x", "modality": "IHC"}])
     with pytest.raises(PathomixInputError, match="modality 'IHC'"):

@@ -28,6 +28,7 @@ def bad_cohort(tmp_path_factory, shared_data):
     odd = work / "my slides; echo pwned $(touch HACKED)"
     odd.mkdir()
     shutil.copy(shared_data / "wsi" / "CMU-1-Small-Region.svs", odd / "a b&c.svs")
+    shutil.copy(shared_data / "openslide-fixtures" / "boxes.tiff", work / "boxes-copy.tiff")  # one file, one id
     rows = [
         ("good", "P1", str(shared_data / "wsi" / "CMU-1-Small-Region.svs"), ""),
         ("odd path", "P2", str(odd / "a b&c.svs"), ""),
@@ -35,7 +36,7 @@ def bad_cohort(tmp_path_factory, shared_data):
         ("boxes-ok", "P4", str(shared_data / "openslide-fixtures" / "boxes.tiff"), "2.0"),
         ("not-a-slide", "P5", str(shared_data / "wsi" / "broken.svs"), ""),
         ("unopenable", "P6", str(shared_data / "openslide-fixtures" / "unopenable.tiff"), ""),
-        ("no-mpp", "P7", str(shared_data / "openslide-fixtures" / "boxes.tiff"), ""),
+        ("no-mpp", "P7", str(work / "boxes-copy.tiff"), ""),
     ]
     pd.DataFrame(rows, columns=["slide_id", "patient_id", "path", "mpp"]).assign(modality="he") \
         .to_csv(work / "slides.tsv", sep="\t", index=False)
@@ -46,7 +47,8 @@ def bad_cohort(tmp_path_factory, shared_data):
                results_dir=str(work / "results"), demo={"enabled": False})
     cfg["tiling"].update(magnifications={"5x": 2.0}, tile_px=64)
     cfg["features"].update(encoder="resnet18_trunc", num_workers=0)
-    cfg["train"].update(models=["abmil"])  # histology only: this cohort has no gene table
+    # histology only (this cohort has no gene table), at the one magnification tiled here
+    cfg["train"].update(models=["abmil"], variants={"abmil": {"mags": ["5x"]}})
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     env = workflow_env()
     target = str(work / "results" / "features" / "resnet18_trunc" / "manifest.parquet")

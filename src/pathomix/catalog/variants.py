@@ -152,7 +152,8 @@ def missing_cohort_inputs(models: list[str], config: Mapping[str, Any],
     (e.g. abmil with ``slides: null``) or, when ``modalities`` (the slides sheet's ``modality``
     values) is given, a slide modality the sheet has no row of (e.g. fluoroformer, no mIF); covariates
     (``train.covariates``) that are empty for a model that needs them or, when ``clinical_columns`` (the
-    clinical sheet's header) is given, that the sheet has no column of."""
+    clinical sheet's header) is given, that the sheet has no column of; magnifications a model reads tiles at
+    that ``tiling.magnifications`` does not make."""
     variants = (config.get("train") or {}).get("variants")
     out = []
     for m in models:
@@ -166,7 +167,14 @@ def missing_cohort_inputs(models: list[str], config: Mapping[str, Any],
                 value, add = MODALITY_OF[kind]
                 out.append(f"model {m} needs {what} but the slides sheet {config.get('slides')} has no row with "
                            f"modality `{value}`; remove it from train.models or add {add} to the sheet")
-        covariates = job_params(m, config.get("train") or {}).get("covariates") or []
+        params = job_params(m, config.get("train") or {})
+        configured = list((config.get("tiling") or {}).get("magnifications") or [])
+        if any(need[k] for k in ("wsi", "mif", "images")) and configured:
+            mags = params.get("mags") or MODELS[resolve(m, variants).model].mags
+            if absent := [g for g in mags if g not in configured]:
+                out.append(f"model {m} reads tiles at {list(mags)}, but tiling.magnifications has {configured}; add "
+                           f"{absent} there (e.g. `20x: 0.5`) or give it a variant with `mags: {configured[:1]}`")
+        covariates = params.get("covariates") or []
         if need.get("covariates") and not covariates:
             out.append(f"model {m} learns from clinical covariates but train.covariates is empty; list clinical "
                        "sheet columns there (e.g. covariates: [age]) or remove it from train.models")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,21 @@ def _require(df: pd.DataFrame, cols: tuple[str, ...], path: Path, what: str) -> 
         )
 
 
+def _refuse_shared_files(df: pd.DataFrame, sheet: Path) -> None:
+    """One file (or mIF folder) under two slide ids is a copy-paste error, and a leak between patients when the
+    ids belong to different ones (the same pixels in a training and a test fold): refuse it, naming both."""
+    real = pd.Series([os.path.realpath(p) for p in df.path], index=df.index)
+    shared = real[real.duplicated(keep=False)]
+    if len(shared):
+        first = shared[shared == shared.iloc[0]].index
+        rows = df.loc[first]
+        raise PathomixInputError(
+            f"slides sheet {sheet}: slides {list(rows.slide_id)} (patients {list(dict.fromkeys(rows.patient_id))}) "
+            f"all point at the same file {shared.iloc[0]} ({shared.nunique()} file(s) listed more than once in "
+            "all); list each file once — if they are different slides, fix their `path`"
+        )
+
+
 def read_slides(path: str | Path, check_files: bool = True) -> pd.DataFrame:
     """slides.tsv → DataFrame indexed by slide_id with absolute ``path`` and float ``mpp``."""
     path = Path(path)
@@ -90,6 +106,7 @@ def read_slides(path: str | Path, check_files: bool = True) -> pd.DataFrame:
                     f"slides sheet {path}: slide {row.slide_id} (patient {row.patient_id}) points at "
                     f"{row.path}, which does not exist; fix the `path` column"
                 )
+    _refuse_shared_files(df, path)
     df["mpp"] = pd.to_numeric(df["mpp"], errors="raise") if "mpp" in df.columns else np.nan
     df["cohort"] = df["cohort"].fillna("main").astype(str) if "cohort" in df.columns else "main"
     return df.set_index("slide_id", drop=False)
