@@ -28,13 +28,13 @@ import tifffile
 from PIL import Image
 
 from pathomix.errors import PathomixInputError
+from pathomix.io.ome import ome_names_mpp
 from pathomix.io.slide import Slide, checked_mpp, mpp_from_resolution, resize_chw
 
 log = logging.getLogger(__name__)
 
 AF_PATTERN = re.compile(r"autofluorescence|^af$|^af[_ ]|\baf$|background", re.IGNORECASE)
 TIFF_SUFFIXES = (".tif", ".tiff")
-_OME_UNIT_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 _READ_ERRORS = (tifffile.TiffFileError, OSError, ValueError, RuntimeError)
 
 
@@ -97,25 +97,6 @@ def _to_cyx(arr: np.ndarray, axes: str, what: str) -> np.ndarray:
     return arr.transpose(y, x)[None] if c is None else arr.transpose(c, y, x)
 
 
-def _ome_pixels(tf: tifffile.TiffFile) -> ET.Element | None:
-    root = ET.fromstring(tf.ome_metadata or "<OME/>")
-    return next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-
-
-def _ome_names_mpp(tf: tifffile.TiffFile) -> tuple[list[str | None], float | None]:
-    pixels = _ome_pixels(tf)
-    if pixels is None:
-        return [], None
-    names = [ch.get("Name") for ch in pixels if ch.tag.rsplit("}", 1)[-1] == "Channel"]
-    unit = _OME_UNIT_UM.get(pixels.get("PhysicalSizeXUnit", "µm"))
-    try:
-        size = float(pixels.get("PhysicalSizeX", "nan"))
-    except ValueError:
-        size = float("nan")
-    mpp = size * unit if unit is not None and np.isfinite(size) and size > 0 else None
-    return names, mpp
-
-
 def _qpi_name(desc: str) -> str | None:
     """Channel name from a PerkinElmer/Akoya QPI XML page description: ``Biomarker``, else ``Name``."""
     try:  # the declaration says utf-16, but tifffile hands over text: drop it before parsing
@@ -174,7 +155,7 @@ def probe_tiff(path: Path, what: str) -> MIFSource:
         series = tf.series[0]
         shapes = [_cyx_shape(lvl.shape, lvl.axes, what) for lvl in series.levels]
         n = shapes[0][0]
-        found, mpp = _ome_names_mpp(tf) if tf.is_ome else ([], None)
+        found, mpp = ome_names_mpp(tf) if tf.is_ome else ([], None)
         if not found and len(tf.pages) >= n > 1:
             found = [_page_name(tf.pages[i]) for i in range(n)]
         mpp = mpp if mpp is not None else _tag_mpp(tf.pages[0])

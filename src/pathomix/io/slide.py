@@ -37,6 +37,10 @@ _TIFF_LEVEL_PIXELS = 64_000_000
 _TIFF_VENDORS = frozenset({"generic-tiff", "aperio"})
 _TIFF_CODECS = frozenset({1, 5, 7, 8, 32946})      # none, LZW, JPEG, Adobe deflate, deflate
 _TIFF_PHOTOMETRIC = frozenset({2, 6})             # RGB, YCbCr (the latter with JPEG only)
+# what every "cannot read this format" message proposes
+CONVERT = ("convert it to a pyramidal OME-TIFF with Bio-Formats: `bfconvert -noflat -tilex 512 -tiley 512 "
+           "-pyramid-resolutions 5 -pyramid-scale 2 -compression JPEG IN OUT.ome.tiff`, or `bioformats2raw IN "
+           "OUT.zarr` then `raw2ometiff OUT.zarr OUT.ome.tiff` (pathomix reads OME-TIFF with tifffile)")
 _RESOLUTION_UNIT_UM = {"centimeter": 1e4, "inch": 25_400.0, "3": 1e4, "2": 25_400.0}
 
 
@@ -344,12 +348,13 @@ def _open_openslide(path: Path, what: str) -> openslide.OpenSlide:
     except openslide.OpenSlideUnsupportedFormatError as e:
         raise PathomixInputError(
             f"{what} is not a whole-slide image that openslide recognises (truncated, not a slide, or "
-            "an unsupported format); check the file is complete, or convert it to a pyramidal TIFF/SVS"
+            f"an unsupported format); check the file is complete, or {CONVERT}"
         ) from e
     except openslide.OpenSlideError as e:
         raise PathomixInputError(
-            f"{what} could not be opened by openslide: {e}; the file is corrupt or uses an unsupported "
-            "encoding. Re-export it (e.g. as a JPEG-compressed pyramidal TIFF) or drop it from slides.tsv"
+            f"{what} could not be opened by openslide (detected format: "
+            f"{openslide.OpenSlide.detect_format(str(path)) or 'unknown'}): {e}; the file is corrupt or uses an "
+            f"unsupported encoding. Check the file is complete, or {CONVERT}, or drop it from slides.tsv"
         ) from e
 
 
@@ -372,7 +377,8 @@ def _wsi_file_mpp(props: Mapping[str, str]) -> float | None:
 
 def open_slide(path: str | Path, modality: str = "he", mpp: float | None = None,
                slide_id: str | None = None, channels_sheet: str | Path | None = None) -> Slide:
-    """Open an H&E WSI (``modality="he"``) or an mIF image (``"mif"``: OME-TIFF, multi-page TIFF
+    """Open an H&E WSI (``modality="he"``: the reader of its detected format, see
+    :mod:`pathomix.io.formats`) or an mIF image (``"mif"``: OME-TIFF, multi-page TIFF
     or a folder of one TIFF per channel).
 
     ``mpp`` overrides the file's µm/px; ``channels_sheet`` (mIF only) gives marker names and
@@ -401,4 +407,6 @@ def open_slide(path: str | Path, modality: str = "he", mpp: float | None = None,
         )
     if channels_sheet is not None:
         log.debug("slide %s: channel sheet ignored for H&E", slide_id)
-    return WSISlide(path, slide_id, mpp=mpp)
+    from pathomix.io.formats import open_he
+
+    return open_he(path, slide_id, mpp)
