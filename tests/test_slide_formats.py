@@ -166,3 +166,9 @@ def test_unsupported_compression_names_the_format() -> None:
     with pytest.raises(PathomixInputError, match=r"could not be opened by openslide \(detected format: generic-tiff\)"
                                                  r".*52479.*bfconvert"):
         open_slide(path, slide_id="S")
+
+
+def test_two_file_dicom_fixture_is_decoded_like_openslide() -> None:
+    with open_slide(need(DATA / "openslide-fixtures" / "boxes_0.dcm"), slide_id="b") as s:
+        assert type(s).__name__ == "DicomSlide" and s.dimensions == (16, 16) and not s._openslide_wrong
+        np.testing.assert_array_equal(s.read_region(0, 0, 0, 16, 16), s._openslide_region(0, 0, 0, 16, 16))
