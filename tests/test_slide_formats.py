@@ -88,12 +88,19 @@ def test_ome_tiff_he_tiles_like_the_svs(tmp_path: Path, cmu_pixels: np.ndarray) 
         # the SVS has one level, the OME-TIFF's tissue mask comes from its 4x level: a tile or two at the border
         assert abs(len(b.coords) - len(a.coords)) <= max(2, 0.06 * len(a.coords)), (len(a.coords), len(b.coords))
         assert {k: a.attrs[k] for k in SAME_ATTRS} == {k: b.attrs[k] for k in SAME_ATTRS}
+        assert b.attrs["level0_magnification"] == pytest.approx(10 / 0.499)   # no Objective in this OME-XML
         assert b.attrs["patch_level"] == (0 if target == 0.5 else 1)   # the SVS has one level, this one three
         assert b.coords.dtype == np.int64 and b.coords.shape[1] == 2
 
 
 def test_ome_tiff_units_and_missing_size(tmp_path: Path, cmu_pixels: np.ndarray) -> None:
     small = cmu_pixels[:512, :512]
+    path = write_ome_he(tmp_path / "obj.ome.tif", small, 0.227)
+    xml = tifffile.tiffcomment(path).replace("<Image ", '<Instrument ID="Instrument:0"><Objective ID="Objective:0:0" '
+                                             'NominalMagnification="40.0"/></Instrument><Image ', 1)
+    tifffile.tiffcomment(path, xml.encode())
+    with open_slide(path) as s:
+        assert s.mpp == pytest.approx(0.227) and s.objective_power == 40.0
     with open_slide(write_ome_he(tmp_path / "mm.ome.tif", small, 0.000227, "mm")) as s:
         assert s.mpp == pytest.approx(0.227)
     with open_slide(write_ome_he(tmp_path / "nm.ome.tif", small, 227.0, "nm")) as s:

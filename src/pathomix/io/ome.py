@@ -46,3 +46,19 @@ def ome_names_mpp(tf: tifffile.TiffFile) -> tuple[list[str | None], float | None
         return [], None
     names = [ch.get("Name") for ch in pixels if _local(ch.tag) == "Channel"]
     return names, pixels_mpp(pixels)
+
+
+def ome_objective_power(tf: tifffile.TiffFile) -> float | None:
+    """The first ``Objective@NominalMagnification`` (e.g. 20 for a 20x scan), or None."""
+    try:
+        root = ET.fromstring(tf.ome_metadata or "<OME/>")
+    except ET.ParseError:
+        return None
+    for el in root.iter():
+        if _local(el.tag) == "Objective" and el.get("NominalMagnification"):
+            try:
+                power = float(el.get("NominalMagnification", ""))
+            except ValueError:
+                return None
+            return power if math.isfinite(power) and power > 0 else None
+    return None

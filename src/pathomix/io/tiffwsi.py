@@ -16,7 +16,7 @@ import tifffile
 from PIL import Image
 
 from pathomix.errors import PathomixInputError
-from pathomix.io.ome import ome_pixels, pixels_mpp
+from pathomix.io.ome import ome_objective_power, ome_pixels, pixels_mpp
 from pathomix.io.regions import stitch
 from pathomix.io.slide import Slide, checked_mpp, mpp_from_resolution, resize_rgb
 
@@ -81,7 +81,8 @@ class TiffSlide(Slide):
         h0, w0 = page0.shape[:2]
         dims = tuple((p.shape[1], p.shape[0]) for p in self._pages)
         downsamples = tuple((w0 / w + h0 / h) / 2 for w, h in dims)
-        super().__init__(slide_id, path, "he", mpp0, dims, downsamples, ["R", "G", "B"], [False] * 3, None)
+        power = ome_objective_power(self._tif) if self._tif.is_ome else None
+        super().__init__(slide_id, path, "he", mpp0, dims, downsamples, ["R", "G", "B"], [False] * 3, power)
         self._whole: dict[int, np.ndarray] = {}
         log.debug("%s: read with tifffile, %d level(s) %s", self.label, len(dims), dims)
 
