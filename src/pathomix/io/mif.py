@@ -29,7 +29,7 @@ from PIL import Image
 
 from pathomix.errors import PathomixInputError
 from pathomix.io.ome import ome_names_mpp
-from pathomix.io.planes import Plane, fluorophore_plane, series_planes, signal_plane
+from pathomix.io.planes import Plane, SegmentCache, fluorophore_plane, series_planes, signal_plane
 from pathomix.io.slide import Slide, checked_mpp, mpp_from_resolution, resize_chw
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,11 @@ def probe_tiff(path: Path, what: str) -> MIFSource:
     names = _names(found, n, what)
     level_shapes = [(s[2], s[1]) for s in shapes]
     if planes is not None:
-        return MIFSource(names, mpp, level_shapes, _planes_region(planes), names == found, tf.close)
+        def close() -> None:
+            planes[0].cache.clear()
+            tf.close()
+
+        return MIFSource(names, mpp, level_shapes, _planes_region(planes), names == found, close)
     log.info("%s: channels are not one page each; each level is decoded whole when first read", what)
     whole = _WholeLevels(path, [lvl.axes for lvl in series.levels], what)
     tf.close()
@@ -296,6 +300,7 @@ def probe_folder(path: Path, what: str, patterns: list[str] | None = None) -> MI
     files = channel_files(path, patterns, what)
     planes: list[Plane] = []
     mpps: list[float | None] = []
+    cache = SegmentCache()
     try:
         for f in files:
             try:
@@ -303,6 +308,7 @@ def probe_folder(path: Path, what: str, patterns: list[str] | None = None) -> MI
             except _READ_ERRORS as e:
                 raise PathomixInputError(f"{what}: channel file {f} is not a readable TIFF ({e})") from e
             planes.append(_channel_plane(f, tf, what))
+            planes[-1].cache = cache
             mpps.append(_file_mpp(tf))
         first, size0 = files[0], planes[0].level_size(0)
         for f, plane in zip(files, planes, strict=True):
@@ -331,6 +337,7 @@ def probe_folder(path: Path, what: str, patterns: list[str] | None = None) -> MI
         p.pages = p.pages[:len(common)]
 
     def close() -> None:
+        cache.clear()
         for p in planes:
             p.tif.close()
 

@@ -8,7 +8,8 @@ or one sample of an RGB page (a fluorescence slide stored as RGB, e.g. a Hamamat
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import numpy as np
 import tifffile
@@ -22,6 +23,34 @@ PLANE_BY_NAME = {"dapi": 2, "hoechst": 2, "bfp": 2, "fitc": 1, "gfp": 1, "af488"
                  "tritc": 0, "cy3": 0, "texasred": 0, "cy5": 0, "af555": 0, "af594": 0, "af647": 0, "mcherry": 0}
 _EMISSION_PLANES = ((500.0, 2), (565.0, 1), (float("inf"), 0))   # emission nm below → plane (B, G, R)
 _SIGNAL_PIXELS = 4_000_000
+CACHE_BYTES = 128 * 2**20        # decoded tiles/strips kept per image (all channels): neighbouring reads reuse them
+
+
+class SegmentCache:
+    """Least-recently-used decoded tiles or strips, up to ``budget`` bytes: an image stored in whole-page strips
+    (a MIBItiff page is one strip) is then decoded once per channel, not once per tile read."""
+
+    def __init__(self, budget: int = CACHE_BYTES) -> None:
+        self.budget, self.used = budget, 0
+        self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def put(self, key: tuple, value: np.ndarray) -> None:
+        if value.nbytes > self.budget:
+            return
+        self._items[key] = value
+        self.used += value.nbytes
+        while self.used > self.budget:
+            self.used -= self._items.popitem(last=False)[1].nbytes
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.used = 0
 
 
 @dataclass
@@ -31,6 +60,7 @@ class Plane:
     tif: tifffile.TiffFile
     pages: list                        # TiffPage or TiffFrame per level, finest first
     sample: int | None = None          # None: single-sample pages
+    cache: SegmentCache = field(default_factory=SegmentCache, repr=False)
 
     def level_size(self, level: int) -> tuple[int, int]:
         """(W, H) of ``level``."""
@@ -53,12 +83,18 @@ class Plane:
     def _decode(self, page: tifffile.TiffPage | tifffile.TiffFrame, index: int) -> np.ndarray | None:
         if index >= len(page.databytecounts) or not page.databytecounts[index]:
             return None
+        key = (id(self), id(page), index)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
         kf = page.keyframe
         fh = self.tif.filehandle
         with fh.lock:
             fh.seek(page.dataoffsets[index])
             data = fh.read(page.databytecounts[index])
-        return kf.decode(data, index, jpegtables=kf.jpegtables, jpegheader=kf.jpegheader)[0][0]
+        out = kf.decode(data, index, jpegtables=kf.jpegtables, jpegheader=kf.jpegheader)[0][0]
+        self.cache.put(key, out)
+        return out
 
 
 def series_planes(tif: tifffile.TiffFile, n_channels: int) -> list[Plane] | None:
@@ -69,7 +105,8 @@ def series_planes(tif: tifffile.TiffFile, n_channels: int) -> list[Plane] | None
     if any(len(pages) != n_channels or any(p is None or p.keyframe.samplesperpixel != 1 for p in pages)
            for pages in per_level):
         return None
-    return [Plane(tif, [pages[c] for pages in per_level]) for c in range(n_channels)]
+    cache = SegmentCache()
+    return [Plane(tif, [pages[c] for pages in per_level], cache=cache) for c in range(n_channels)]
 
 
 def fluorophore_plane(tif: tifffile.TiffFile) -> tuple[int | None, str]:
