@@ -417,6 +417,9 @@ class MIFSlide(Slide):
                 resample: Image.Resampling) -> np.ndarray:
         return resize_chw(arr, size, box, resample)
 
+    def _planes(self) -> int:
+        return max(1, len(self.channels))
+
     def close(self) -> None:
         """Close the files (and drop any level decoded whole)."""
         self._src.close()

@@ -154,7 +154,7 @@ class Slide(ABC):
         level = self.best_level(factor)
         lw, lh = self.level_dimensions[level]
         fy = lh / th
-        rows = max(1, int(_STRIP_PIXELS / max(lw * fy, 1)))
+        rows = max(1, int(_STRIP_PIXELS / max(lw * fy * self._planes(), 1)))
         ds = self.level_downsamples[level]
         starts = [int(math.floor(r0 * fy)) for r0 in range(0, th, rows)]
         # A strip whose level-0 start maps back to a whole level row is read by openslide without
@@ -179,6 +179,10 @@ class Slide(ABC):
         """The whole ``level`` exactly as :meth:`read_region` returns it, when a faster reader can
         give it; None otherwise (the default)."""
         return None
+
+    def _planes(self) -> int:
+        """Planes decoded per pixel that count against the thumbnail's strip budget (mIF: its channels)."""
+        return 1
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the file handle."""
