@@ -162,7 +162,7 @@ class Slide(ABC):
         # (non-integer downsample) is interpolated by openslide, so such slides keep read_region.
         exact = all(round(i * ds) / ds == i for i in starts) and lw * lh <= _TIFF_LEVEL_PIXELS
         whole = self._level_pixels(level) if exact else None
-        strips = []
+        out: np.ndarray | None = None   # filled strip by strip (no list + concatenate: one copy of the result)
         for r0 in range(0, th, rows):
             r1 = min(th, r0 + rows)
             y0, y1 = r0 * fy, r1 * fy
@@ -172,8 +172,14 @@ class Slide(ABC):
             else:
                 region = self.read_region(0, round(iy0 * ds), level, lw, iy1 - iy0)
             box = (0.0, y0 - iy0, float(lw), min(y1, lh) - iy0)
-            strips.append(self._resize(region, (tw, r1 - r0), box, Image.Resampling.BOX))
-        return np.concatenate(strips, axis=self._row_axis)
+            strip = self._resize(region, (tw, r1 - r0), box, Image.Resampling.BOX)
+            del region
+            if out is None:
+                shape = list(strip.shape)
+                shape[self._row_axis] = th
+                out = np.empty(shape, strip.dtype)
+            out[(slice(None),) * self._row_axis + (slice(r0, r1),)] = strip
+        return out
 
     def _level_pixels(self, level: int) -> np.ndarray | None:
         """The whole ``level`` exactly as :meth:`read_region` returns it, when a faster reader can
