@@ -148,3 +148,17 @@ def test_fluorescence_set_errors_name_the_odd_file(fluor_set, tmp_path: Path) ->
 @pytest.mark.parametrize("name", ["Sample AF", "AF", "Autofluorescence", "af_488"])
 def test_usual_autofluorescence_names(name: str) -> None:
     assert is_autofluorescence(name)
+
+
+@pytest.mark.parametrize(("tags", "plane"), [
+    ({"Fluorescence": "DAPI"}, 2), ({"Fluorescence": "TRITC"}, 0), ({"Fluorescence": "FITC"}, 1),
+    ({"Wavelength": 461}, 2), ({"Wavelength": 520}, 1), ({"Wavelength": 670}, 0), ({}, None),
+])
+def test_ndpi_fluorescence_tags_pick_the_plane(tags: dict, plane: int | None) -> None:
+    """The NDPI metadata route (tifffile cannot write NDPI, so a stand-in with its `ndpi_tags`)."""
+    from types import SimpleNamespace
+
+    from pathomix.io.planes import fluorophore_plane
+
+    tif = SimpleNamespace(is_ndpi=True, pages=SimpleNamespace(first=SimpleNamespace(ndpi_tags=tags)))
+    assert fluorophore_plane(tif)[0] == plane
