@@ -179,3 +179,32 @@ def test_two_file_dicom_fixture_is_decoded_like_openslide() -> None:
     with open_slide(need(DATA / "openslide-fixtures" / "boxes_0.dcm"), slide_id="b") as s:
         assert type(s).__name__ == "DicomSlide" and s.dimensions == (16, 16) and not s._openslide_wrong
         np.testing.assert_array_equal(s.read_region(0, 0, 0, 16, 16), s._openslide_region(0, 0, 0, 16, 16))
+
+
+@pytest.mark.parametrize("layout", ["cyx", "planar", "strips"])
+def test_ome_tiff_he_other_rgb_layouts(tmp_path: Path, cmu_pixels: np.ndarray, layout: str) -> None:
+    """raw2ometiff writes H&E as three 8-bit channel pages (CYX) unless told `--rgb`; Bio-Formats may write
+    planar-separate RGB; small exports may be untiled strips. All read as the same RGB."""
+    img = cmu_pixels[:700, :900]
+    path = tmp_path / f"{layout}.ome.tif"
+    meta = {"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
+    if layout == "cyx":
+        with tifffile.TiffWriter(path, ome=True) as tw:
+            tw.write(img.transpose(2, 0, 1), photometric="minisblack", tile=(256, 256), compression="zlib",
+                     subifds=1, metadata={"axes": "CYX", **meta})
+            tw.write(img[::2, ::2].transpose(2, 0, 1), photometric="minisblack", tile=(256, 256), subfiletype=1)
+    elif layout == "planar":
+        tifffile.imwrite(path, img.transpose(2, 0, 1), ome=True, photometric="rgb", planarconfig="separate",
+                         tile=(256, 256), metadata={"axes": "SYX", **meta})
+    else:
+        tifffile.imwrite(path, img, ome=True, photometric="rgb", rowsperstrip=64, compression="zlib",
+                         metadata={"axes": "YXS", **meta})
+    with open_slide(path, slide_id=layout) as s:
+        assert s.dimensions == (900, 700) and s.mpp == 0.5
+        np.testing.assert_array_equal(s.read_region(0, 0, 0, 900, 700), img)
+        np.testing.assert_array_equal(s.read_region(130, 250, 0, 300, 77), img[250:327, 130:430])
+        corner = s.read_region(880, 690, 0, 40, 30)
+        assert (corner[10:] == 255).all() and (corner[:, 20:] == 255).all()
+        if layout == "cyx":
+            assert s.level_dimensions == ((900, 700), (450, 350))
+            np.testing.assert_array_equal(s.read_region(0, 0, 1, 450, 350), img[::2, ::2])

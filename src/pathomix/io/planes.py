@@ -61,6 +61,7 @@ class Plane:
     pages: list                        # TiffPage or TiffFrame per level, finest first
     sample: int | None = None          # None: single-sample pages
     cache: SegmentCache = field(default_factory=SegmentCache, repr=False)
+    fill: int = 0                      # value outside the image (H&E: 255, white)
 
     def level_size(self, level: int) -> tuple[int, int]:
         """(W, H) of ``level``."""
@@ -68,17 +69,22 @@ class Plane:
         return int(kf.imagewidth), int(kf.imagelength)
 
     def bands(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
-        """(h, w, S) native dtype of ``level`` at level pixel (lx, ly), every sample; 0 outside."""
+        """(h, w, S) native dtype of ``level`` at level pixel (lx, ly), every interleaved sample (S = 1 for
+        planar-separate pages: then only this plane's sample); ``fill`` outside."""
         page = self.pages[level]
         kf = page.keyframe
         size = self.level_size(level)
         tile = (kf.tilewidth, kf.tilelength) if kf.is_tiled else (size[0], int(kf.rowsperstrip or size[1]))
         n = kf.samplesperpixel if kf.planarconfig == 1 else 1
-        return stitch(lambda i: self._decode(page, i), tile, size, lx, ly, w, h, fill=0, bands=n, dtype=kf.dtype)
+        separate = n == 1 and kf.samplesperpixel > 1      # sample s's segments follow those of samples < s
+        base = (self.sample or 0) * (len(page.dataoffsets) // kf.samplesperpixel) if separate else 0
+        return stitch(lambda i: self._decode(page, base + i), tile, size, lx, ly, w, h, fill=self.fill, bands=n,
+                      dtype=kf.dtype)
 
     def region(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
         """(h, w) native dtype of this channel."""
-        return self.bands(level, lx, ly, w, h)[..., self.sample or 0]
+        out = self.bands(level, lx, ly, w, h)
+        return out[..., 0] if out.shape[-1] == 1 else out[..., self.sample or 0]
 
     def _decode(self, page: tifffile.TiffPage | tifffile.TiffFrame, index: int) -> np.ndarray | None:
         if index >= len(page.databytecounts) or not page.databytecounts[index]:
