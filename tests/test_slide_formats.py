@@ -158,7 +158,7 @@ def test_wsi2dcm_opens_and_decodes_like_openslide(name: str) -> None:
     ("scan.czi", b"ZISRAWFILE" + bytes(200), "detected format: zeiss"),   # openslide 4 reads (brightfield) CZI
     ("scan.vsi", b"II*\x00" + bytes(200), "Olympus/Evident VSI"),
     ("scan.mrxs", b"[GENERAL]\nSLIDE_VERSION = 01.02\n", "MRXS index without its data folder"),
-    ("plain.svs", b"IJrE" + bytes(200), "not an image format"),
+    ("plain.svs", b"IJrE" + bytes(200), "no image format that pathomix or openslide recognises"),
 ])
 def test_unreadable_formats_name_the_format_and_a_conversion(tmp_path: Path, name: str, data: bytes,
                                                              fmt: str) -> None:

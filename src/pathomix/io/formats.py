@@ -30,7 +30,7 @@ UNSUPPORTED = {
                      "Slidedat.ini and Data*.dat, must sit beside the .mrxs file)",
     "ndpis": "a Hamamatsu NDPIS set (one NDPI per fluorophore): list it as modality `mif`, one file per channel",
     "tiff": "a TIFF that openslide does not recognise as a slide (untiled, or truncated)",
-    "unknown": "not an image format pathomix or openslide recognises (or a truncated file)",
+    "unknown": "no image format that pathomix or openslide recognises (or a truncated file)",
 }
 
 
@@ -45,7 +45,9 @@ def detect_format(path: Path) -> str:
     :data:`UNSUPPORTED`'s keys."""
     head, dicm = _magic(path)
     suffix = path.suffix.lower()
-    if head.startswith(_TIFF_MAGIC) and suffix != ".vsi":
+    if suffix in (".vsi", ".ndpis"):   # a VSI is a TIFF whose own pages hold only an overview: never read it as one
+        return suffix[1:]
+    if head.startswith(_TIFF_MAGIC):
         try:
             with tifffile.TiffFile(path) as tf:
                 if tf.is_ome:
@@ -61,7 +63,7 @@ def detect_format(path: Path) -> str:
         return "czi"
     if dicm == b"DICM":
         return "dicom"
-    by_suffix = {".vsi": "vsi", ".czi": "czi", ".mrxs": "mirax-no-data", ".ndpis": "ndpis"}
+    by_suffix = {".czi": "czi", ".mrxs": "mirax-no-data"}
     if suffix in by_suffix:
         return by_suffix[suffix]
     return "tiff" if head.startswith(_TIFF_MAGIC) else "unknown"
@@ -91,7 +93,7 @@ def open_he(path: Path, slide_id: str, mpp: float | None) -> Slide:
     if fmt in UNSUPPORTED:
         lead = ("is not a whole-slide image that openslide recognises" if fmt in ("tiff", "unknown")
                 else "cannot be read")
-        raise PathomixInputError(f"{what} {lead}: detected {UNSUPPORTED[fmt]}. Check the file is complete, or "
-                                 f"{CONVERT}")
+        raise PathomixInputError(f"{what} {lead} (detected: {UNSUPPORTED[fmt]}). Check the file is complete, "
+                                 f"or {CONVERT}")
     log.debug("%s: format %s", what, fmt)
     return READERS.get(fmt, WSISlide)(path, slide_id, mpp)
