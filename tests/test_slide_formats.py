@@ -208,3 +208,10 @@ def test_ome_tiff_he_other_rgb_layouts(tmp_path: Path, cmu_pixels: np.ndarray, l
         if layout == "cyx":
             assert s.level_dimensions == ((900, 700), (450, 350))
             np.testing.assert_array_equal(s.read_region(0, 0, 1, 450, 350), img[::2, ::2])
+
+
+def test_dicom_series_folder_opens_as_one_slide(tmp_path: Path) -> None:
+    with open_slide(need(CMU_DICOM.parent), slide_id="series") as s:
+        assert type(s).__name__ == "DicomSlide" and s.dimensions == (2220, 2967) and len(s.level_dimensions) == 12
+    with pytest.raises(PathomixInputError, match=r"is a folder, but H&E slides must be one file"):
+        open_slide(tmp_path, slide_id="empty")

@@ -69,6 +69,14 @@ def detect_format(path: Path) -> str:
     return "tiff" if head.startswith(_TIFF_MAGIC) else "unknown"
 
 
+def dicom_in_folder(folder: Path) -> Path | None:
+    """The first DICOM file (by name) of a folder, or None."""
+    for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        if _magic(f)[1] == b"DICM":
+            return f
+    return None
+
+
 def _dicom(path: Path, slide_id: str, mpp: float | None) -> Slide:
     from pathomix.io.dicom import DicomSlide
 

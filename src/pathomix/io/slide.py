@@ -410,13 +410,16 @@ def open_slide(path: str | Path, modality: str = "he", mpp: float | None = None,
         from pathomix.io.mif import MIFSlide
 
         return MIFSlide(path, slide_id, mpp=mpp, channels_sheet=channels_sheet)
+    from pathomix.io.formats import dicom_in_folder, open_he
+
     if path.is_dir():
-        raise PathomixInputError(
-            f"slide {slide_id}: {path} is a folder, but H&E slides must be one file; "
-            "set modality `mif` for a folder of channel TIFFs"
-        )
+        first = dicom_in_folder(path)   # a DICOM WSI series is a folder of instances: open it from any one
+        if first is None:
+            raise PathomixInputError(
+                f"slide {slide_id}: {path} is a folder, but H&E slides must be one file (or a folder holding a DICOM "
+                "WSI series); set modality `mif` for a folder of channel TIFFs"
+            )
+        path = first
     if channels_sheet is not None:
         log.debug("slide %s: channel sheet ignored for H&E", slide_id)
-    from pathomix.io.formats import open_he
-
     return open_he(path, slide_id, mpp)
