@@ -189,7 +189,8 @@ def test_channel_sheet_length_mismatch_names_both_files(tmp_path: Path) -> None:
 
 def test_channel_sheet_is_checked_against_the_files_names(tmp_path: Path) -> None:
     """The MIBItiff names its 22 channels: a sheet with other names is refused listing both; the same names
-    (case aside) are accepted and the sheet's autofluorescence flags win."""
+    (case aside) are accepted, the channels keep the file's spelling (stores' `channels`) and the sheet's
+    autofluorescence flags win."""
     with open_slide(need(MIBI), modality="mif") as s:
         own = list(s.channels)
     wrong = write_sheet(tmp_path / "wrong.tsv", [f"m{i}" for i in range(22)], [0] * 22)
@@ -198,7 +199,7 @@ def test_channel_sheet_is_checked_against_the_files_names(tmp_path: Path) -> Non
     flags = [0] * 21 + [1]
     sheet = write_sheet(tmp_path / "panel.tsv", [n.upper() for n in own], flags)
     with open_slide(need(MIBI), modality="mif", channels_sheet=sheet) as s:
-        assert s.channels == [n.upper() for n in own] and s.autofluorescence == [False] * 21 + [True]
+        assert s.channels == own and s.autofluorescence == [False] * 21 + [True]
     assert read_channel_sheet(sheet) == ([n.upper() for n in own], [bool(f) for f in flags])
 
 

@@ -46,9 +46,10 @@ def mif_scales(slide: Slide, mask_mpp: float = 4.0) -> tuple[np.ndarray, np.ndar
     af = np.flatnonzero(slide.autofluorescence)
     markers = np.flatnonzero(~np.asarray(slide.autofluorescence, bool))
     thumb = slide.thumbnail(max(mask_mpp, slide.mpp))
-    sub = _subtract_af(thumb, markers, af[0] if len(af) else -1)
-    scale = np.percentile(sub.reshape(len(markers), -1), 99.5, axis=1)
-    return markers, (af[0] if len(af) else -1), np.maximum(scale, 1e-6).astype(np.float32)
+    a = af[0] if len(af) else -1
+    # one marker at a time: a large panel's thumbnail is not copied whole again (benchmarks/mif_memory.py)
+    scale = np.array([np.percentile(_subtract_af(thumb, markers[k:k + 1], a), 99.5) for k in range(len(markers))])
+    return markers, a, np.maximum(scale, 1e-6).astype(np.float32)
 
 
 def _subtract_af(img: np.ndarray, markers: np.ndarray, af: int) -> np.ndarray:

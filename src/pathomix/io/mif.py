@@ -28,13 +28,16 @@ import tifffile
 from PIL import Image
 
 from pathomix.errors import PathomixInputError
+from pathomix.io.ome import ome_names_mpp
+from pathomix.io.planes import Plane, SegmentCache, fluorophore_plane, series_planes, signal_plane
 from pathomix.io.slide import Slide, checked_mpp, mpp_from_resolution, resize_chw
 
 log = logging.getLogger(__name__)
 
 AF_PATTERN = re.compile(r"autofluorescence|^af$|^af[_ ]|\baf$|background", re.IGNORECASE)
 TIFF_SUFFIXES = (".tif", ".tiff")
-_OME_UNIT_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+CHANNEL_SUFFIXES = (*TIFF_SUFFIXES, ".ndpi")   # a folder's channel files (NDPI: one fluorophore per file)
+MPP_TOLERANCE = 0.005                          # channel files of one scan agree on µm/px within 0.5 %
 _READ_ERRORS = (tifffile.TiffFileError, OSError, ValueError, RuntimeError)
 
 
@@ -50,12 +53,33 @@ class MIFSource:
     names: list[str]
     mpp: float | None
     level_shapes: list[tuple[int, int]]           # (W, H) per level
-    load: Callable[[int], np.ndarray]             # level → (C, H, W) native dtype
+    region: Callable[[int, int, int, int, int], np.ndarray]   # (level, lx, ly, w, h) → (C, h, w) native dtype
     named: bool = False                           # the names come from the file's metadata (not placeholders)
+    close: Callable[[], None] = lambda: None      # release file handles
 
 
 def read_channel_sheet(path: str | Path) -> tuple[list[str], list[bool]]:
-    """A channel sheet (TSV: ``index``, ``marker``, ``autofluorescence`` 0/1) → (markers, flags)."""
+    """A channel sheet (TSV: ``index``, ``marker``, ``autofluorescence`` 0/1, optional ``file``) → (markers,
+    flags)."""
+    rows = _sheet_rows(path)
+    af = [r.get("autofluorescence", "0").lower() in ("1", "1.0", "true", "yes", "y") for r in rows]
+    return [r["marker"] for r in rows], af
+
+
+def channel_sheet_files(path: str | Path) -> list[str] | None:
+    """The sheet's ``file`` column (each channel's file in the slide's folder: a name or a glob pattern such as
+    ``*-DAPI.ndpi``), in channel order; None when the sheet has no such column."""
+    rows = _sheet_rows(path)
+    if "file" not in rows[0]:
+        return None
+    empty = [r["marker"] for r in rows if not r["file"]]
+    if empty:
+        raise PathomixInputError(f"mIF channel sheet {path}: `file` is empty for marker(s) {empty}; name every "
+                                 "channel's file, or drop the column")
+    return [r["file"] for r in rows]
+
+
+def _sheet_rows(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
     if not path.exists():
         raise PathomixInputError(
@@ -76,9 +100,7 @@ def read_channel_sheet(path: str | Path) -> tuple[list[str], list[bool]]:
         raise PathomixInputError(f"mIF channel sheet {path}: `index` must be integers ({e})") from e
     if len(set(index)) != len(index):
         raise PathomixInputError(f"mIF channel sheet {path}: `index` values must be unique")
-    rows = [r for _, r in sorted(zip(index, rows, strict=True), key=lambda t: t[0])]
-    af = [r.get("autofluorescence", "0").lower() in ("1", "1.0", "true", "yes", "y") for r in rows]
-    return [r["marker"] for r in rows], af
+    return [r for _, r in sorted(zip(index, rows, strict=True), key=lambda t: t[0])]
 
 
 def _cyx_axes(axes: str, what: str) -> tuple[int | None, int, int]:
@@ -95,25 +117,6 @@ def _cyx_axes(axes: str, what: str) -> tuple[int | None, int, int]:
 def _to_cyx(arr: np.ndarray, axes: str, what: str) -> np.ndarray:
     c, y, x = _cyx_axes(axes, what)
     return arr.transpose(y, x)[None] if c is None else arr.transpose(c, y, x)
-
-
-def _ome_pixels(tf: tifffile.TiffFile) -> ET.Element | None:
-    root = ET.fromstring(tf.ome_metadata or "<OME/>")
-    return next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-
-
-def _ome_names_mpp(tf: tifffile.TiffFile) -> tuple[list[str | None], float | None]:
-    pixels = _ome_pixels(tf)
-    if pixels is None:
-        return [], None
-    names = [ch.get("Name") for ch in pixels if ch.tag.rsplit("}", 1)[-1] == "Channel"]
-    unit = _OME_UNIT_UM.get(pixels.get("PhysicalSizeXUnit", "µm"))
-    try:
-        size = float(pixels.get("PhysicalSizeX", "nan"))
-    except ValueError:
-        size = float("nan")
-    mpp = size * unit if unit is not None and np.isfinite(size) and size > 0 else None
-    return names, mpp
 
 
 def _qpi_name(desc: str) -> str | None:
@@ -162,29 +165,69 @@ def _names(found: list[str | None], n: int, what: str) -> list[str]:
     return [str(f) for f in found]
 
 
+class _WholeLevels:
+    """Fallback for layouts without one page per channel (e.g. interleaved samples): a level is decoded whole,
+    once, and regions are cut from it."""
+
+    def __init__(self, path: Path, level_axes: list[str], what: str) -> None:
+        self.path, self.level_axes, self.what = path, level_axes, what
+        self.cache: dict[int, np.ndarray] = {}
+
+    def region(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
+        if level not in self.cache:
+            arr = tifffile.imread(self.path, series=0, level=level, maxworkers=1)
+            self.cache[level] = _to_cyx(arr, self.level_axes[level], self.what)
+        return _cut(self.cache[level], lx, ly, w, h)
+
+
+def _cut(arr: np.ndarray, lx: int, ly: int, w: int, h: int) -> np.ndarray:
+    """(C, h, w) of a (C, H, W) array at (lx, ly), 0 outside."""
+    out = np.zeros((arr.shape[0], h, w), arr.dtype)
+    x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, arr.shape[2]), min(ly + h, arr.shape[1])
+    if x1 > x0 and y1 > y0:
+        out[:, y0 - ly:y1 - ly, x0 - lx:x1 - lx] = arr[:, y0:y1, x0:x1]
+    return out
+
+
+def _planes_region(planes: list[Plane]) -> Callable[[int, int, int, int, int], np.ndarray]:
+    def region(level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
+        return np.stack([p.region(level, lx, ly, w, h) for p in planes])
+    return region
+
+
 def probe_tiff(path: Path, what: str) -> MIFSource:
-    """Probe an OME-TIFF or multi-page TIFF without decoding pixels."""
+    """Probe an OME-TIFF or multi-page TIFF without decoding pixels; regions are then decoded lazily, tile by
+    tile, where each channel is its own page (OME-TIFF, QPTIFF, MIBItiff), else a level at a time."""
     try:
         tf = tifffile.TiffFile(path)
     except _READ_ERRORS as e:
         raise PathomixInputError(f"{what} is not a readable TIFF ({e}); check the file or its `path`") from e
-    with tf:
+    try:
         if len(tf.series) > 1:
-            log.warning("%s holds %d image series; reading the first", what, len(tf.series))
+            log.info("%s holds %d image series; reading the first", what, len(tf.series))
         series = tf.series[0]
         shapes = [_cyx_shape(lvl.shape, lvl.axes, what) for lvl in series.levels]
         n = shapes[0][0]
-        found, mpp = _ome_names_mpp(tf) if tf.is_ome else ([], None)
+        found, mpp = ome_names_mpp(tf) if tf.is_ome else ([], None)
         if not found and len(tf.pages) >= n > 1:
             found = [_page_name(tf.pages[i]) for i in range(n)]
         mpp = mpp if mpp is not None else _tag_mpp(tf.pages[0])
-        level_axes = [lvl.axes for lvl in series.levels]
-
-    def load(level: int) -> np.ndarray:
-        return _to_cyx(tifffile.imread(path, series=0, level=level), level_axes[level], what)
-
+        planes = series_planes(tf, n)
+    except PathomixInputError:
+        tf.close()
+        raise
     names = _names(found, n, what)
-    return MIFSource(names, mpp, [(s[2], s[1]) for s in shapes], load, named=names == found)
+    level_shapes = [(s[2], s[1]) for s in shapes]
+    if planes is not None:
+        def close() -> None:
+            planes[0].cache.clear()
+            tf.close()
+
+        return MIFSource(names, mpp, level_shapes, _planes_region(planes), names == found, close)
+    log.info("%s: channels are not one page each; each level is decoded whole when first read", what)
+    whole = _WholeLevels(path, [lvl.axes for lvl in series.levels], what)
+    tf.close()
+    return MIFSource(names, mpp, level_shapes, whole.region, names == found, whole.cache.clear)
 
 
 def _cyx_shape(shape: tuple[int, ...], axes: str, what: str) -> tuple[int, int, int]:
@@ -192,36 +235,114 @@ def _cyx_shape(shape: tuple[int, ...], axes: str, what: str) -> tuple[int, int, 
     return (1 if c is None else shape[c]), shape[y], shape[x]
 
 
-def probe_folder(path: Path, what: str) -> MIFSource:
-    """Probe a folder of single-channel TIFFs (channel name = file stem, sorted by name)."""
-    files = sorted((p for p in path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES and
-                    not p.name.startswith(".")), key=lambda p: p.name)
-    if not files:
+def _channel_plane(f: Path, tf: tifffile.TiffFile, what: str) -> Plane:
+    """The one channel of a single-channel file: a grey plane, or the signal plane of an RGB-stored
+    fluorescence slide (from its metadata, else the plane with the most signal; logged)."""
+    series = tf.series[0]
+    pages = [lvl.keyframe for lvl in series.levels]
+    axes, shape = series.axes, series.shape
+    if axes.endswith("YXS") and shape[-1] in (3, 4) and int(np.prod(shape[:-3] or [1])) == 1:
+        plane, why = fluorophore_plane(tf)
+        if plane is None:
+            plane, why = signal_plane(tf, pages), "the plane with the most signal"
+        log.info("%s: channel file %s is stored as RGB; its signal is the %s plane (%s)", what, f.name, "RGB"[plane],
+                 why)
+        return Plane(tf, pages, plane)
+    c, _, _ = _cyx_axes(axes, f"{what}: {f.name}")
+    if c is not None and shape[c] != 1:
         raise PathomixInputError(
-            f"{what} is a folder without .tif/.tiff files; put one TIFF per channel in it"
+            f"{what}: channel file {f.name} has {shape[c]} channels (axes {axes!r}); every file of a folder must "
+            "hold one channel (one fluorophore)"
         )
-    shapes: dict[Path, tuple[int, int, int]] = {}
-    mpp: float | None = None
-    for f in files:
-        try:
-            with tifffile.TiffFile(f) as tf:
-                shapes[f] = _cyx_shape(tf.series[0].shape, tf.series[0].axes, f"{what}: {f.name}")
-                if f == files[0]:
-                    mpp = _tag_mpp(tf.pages[0])
-        except _READ_ERRORS as e:
-            raise PathomixInputError(f"{what}: channel file {f} is not a readable TIFF ({e})") from e
-    first = shapes[files[0]]
-    for f, shape in shapes.items():
-        if shape[0] != 1 or shape[1:] != first[1:]:
+    return Plane(tf, pages)
+
+
+def _file_mpp(tf: tifffile.TiffFile) -> float | None:
+    mpp = ome_names_mpp(tf)[1] if tf.is_ome else None
+    return mpp if mpp is not None else _tag_mpp(tf.pages[0])
+
+
+def channel_files(path: Path, patterns: list[str] | None, what: str) -> list[Path]:
+    """A folder's channel files: the sheet's ``file`` entries (a name or glob, one match each), else every
+    TIFF/NDPI file sorted by name."""
+    if patterns is None:
+        files = sorted((p for p in path.iterdir() if p.suffix.lower() in CHANNEL_SUFFIXES and
+                        not p.name.startswith(".")), key=lambda p: p.name)
+        if not files:
             raise PathomixInputError(
-                f"{what}: channel file {f.name} has shape {shape} (C, H, W) but {files[0].name} has "
-                f"{first}; every file must be one channel of the same size"
+                f"{what} is a folder without {'/'.join(CHANNEL_SUFFIXES)} files; put one file per channel in it"
             )
+        return files
+    files = []
+    for pattern in patterns:
+        hits = [path / pattern] if (path / pattern).is_file() else sorted(path.glob(pattern))
+        if len(hits) != 1:
+            raise PathomixInputError(
+                f"{what}: the channel sheet's file {pattern!r} matches {len(hits)} files in {path} "
+                f"({[h.name for h in hits][:5]}); it must match exactly one"
+            )
+        files.append(hits[0])
+    return files
 
-    def load(level: int) -> np.ndarray:
-        return np.concatenate([_to_cyx(tifffile.imread(f), "YX", what) for f in files])
 
-    return MIFSource([f.stem for f in files], mpp, [(first[2], first[1])], load)
+def _real_mpp(mpp: float | None) -> bool:
+    """A µm/px that a scanner wrote (not absent, not a desktop dpi default, not implausible)."""
+    try:
+        return mpp is not None and checked_mpp(mpp, None, "") == mpp
+    except PathomixInputError:
+        return False
+
+
+def probe_folder(path: Path, what: str, patterns: list[str] | None = None) -> MIFSource:
+    """Probe a folder of single-channel files (TIFF, or fluorescence NDPI stored as RGB): channel name = file
+    stem, sorted by name, unless the channel sheet's ``file`` column picks and orders them. Every file must have
+    the same size and µm/px (else the odd file is named)."""
+    files = channel_files(path, patterns, what)
+    planes: list[Plane] = []
+    mpps: list[float | None] = []
+    cache = SegmentCache()
+    try:
+        for f in files:
+            try:
+                tf = tifffile.TiffFile(f)
+            except _READ_ERRORS as e:
+                raise PathomixInputError(f"{what}: channel file {f} is not a readable TIFF ({e})") from e
+            planes.append(_channel_plane(f, tf, what))
+            planes[-1].cache = cache
+            mpps.append(_file_mpp(tf))
+        first, size0 = files[0], planes[0].level_size(0)
+        for f, plane in zip(files, planes, strict=True):
+            size = plane.level_size(0)
+            if size != size0:
+                raise PathomixInputError(
+                    f"{what}: channel file {f.name} is {size[0]}x{size[1]} px but {first.name} is "
+                    f"{size0[0]}x{size0[1]}; every file must be one channel of the same scan (same size)"
+                )
+        real = [(f, m) for f, m in zip(files, mpps, strict=True) if _real_mpp(m)]   # dpi defaults say nothing
+        mpp0 = real[0][1] if real else mpps[0]
+        for f, mpp in real:
+            if abs(mpp / mpp0 - 1) > MPP_TOLERANCE:
+                raise PathomixInputError(
+                    f"{what}: channel file {f.name} has {mpp:.4g} µm/px but {real[0][0].name} has {mpp0:.4g}; "
+                    "every file must come from the same scan (same µm/px)"
+                )
+    except PathomixInputError:
+        for p in planes:
+            p.tif.close()
+        raise
+    n_levels = min(len(p.pages) for p in planes)
+    common = [lvl for lvl in range(n_levels) if len({p.level_size(lvl) for p in planes}) == 1]
+    common = common[:next((i for i, lvl in enumerate(common) if lvl != i), len(common))]   # a prefix: 0, 1, ...
+    for p in planes:
+        p.pages = p.pages[:len(common)]
+
+    def close() -> None:
+        cache.clear()
+        for p in planes:
+            p.tif.close()
+
+    return MIFSource([f.stem for f in files], mpp0, [planes[0].level_size(lvl) for lvl in range(len(common))],
+                     _planes_region(planes), False, close)
 
 
 class MIFSlide(Slide):
@@ -232,57 +353,73 @@ class MIFSlide(Slide):
     def __init__(self, path: Path, slide_id: str, mpp: float | None = None,
                  channels_sheet: str | Path | None = None) -> None:
         what = f"mIF image {path} (slide {slide_id})"
-        src = probe_folder(path, what) if path.is_dir() else probe_tiff(path, what)
-        mpp0 = checked_mpp(src.mpp, mpp, f"slide {slide_id} ({path})")
-        names, af = src.names, [is_autofluorescence(n) for n in src.names]
-        if channels_sheet is not None:
-            names, af = read_channel_sheet(channels_sheet)
-            if len(names) != len(src.names):
-                raise PathomixInputError(
-                    f"{what} has {len(src.names)} channels but channel sheet {channels_sheet} lists "
-                    f"{len(names)}; give the sheet one row per image channel, in the image's order, or "
-                    "point `mif_channels` at the sheet of this panel"
-                )
-            if src.named and [n.strip().lower() for n in names] != [n.strip().lower() for n in src.names]:
-                raise PathomixInputError(
-                    f"{what} names its channels {src.names} in its metadata, but channel sheet {channels_sheet} "
-                    f"lists {names}; fix the sheet's `marker` column (same order and spelling), or leave "
-                    "`mif_channels` out to use the file's names"
-                )
+        files = channel_sheet_files(channels_sheet) if channels_sheet is not None else None
+        if files is not None and not path.is_dir():
+            raise PathomixInputError(
+                f"{what}: channel sheet {channels_sheet} names a file per channel, so the slide's `path` must be "
+                "the folder that holds them"
+            )
+        src = probe_folder(path, what, files) if path.is_dir() else probe_tiff(path, what)
+        try:
+            names, af = self._channels(src, what, channels_sheet, files is not None)
+            mpp0 = checked_mpp(src.mpp, mpp, f"slide {slide_id} ({path})")
+        except PathomixInputError:
+            src.close()
+            raise
         w0, h0 = src.level_shapes[0]
         downsamples = tuple((w0 / w + h0 / h) / 2 for w, h in src.level_shapes)
         super().__init__(slide_id, path, "mif", mpp0, tuple(src.level_shapes), downsamples, names, af, None)
-        self._load = src.load
-        self._levels: dict[int, np.ndarray] = {}
+        self._src = src
+
+    @staticmethod
+    def _channels(src: MIFSource, what: str, sheet: str | Path | None, by_file: bool) -> tuple[list[str], list[bool]]:
+        """(names, autofluorescence flags): the file's names (checked against the sheet, if any; the sheet's flags
+        win), the sheet's when the file has none, else file names with autofluorescence recognised by name."""
+        if sheet is None:
+            return src.names, [is_autofluorescence(n) for n in src.names]
+        names, af = read_channel_sheet(sheet)
+        if len(names) != len(src.names):
+            raise PathomixInputError(
+                f"{what} has {len(src.names)} channels but channel sheet {sheet} lists "
+                f"{len(names)}; give the sheet one row per image channel, in the image's order, or "
+                "point `mif_channels` at the sheet of this panel"
+            )
+        if src.named and not by_file:
+            if [n.strip().lower() for n in names] != [n.strip().lower() for n in src.names]:
+                raise PathomixInputError(
+                    f"{what} names its channels {src.names} in its metadata, but channel sheet {sheet} "
+                    f"lists {names}; fix the sheet's `marker` column (same order and spelling), or leave "
+                    "`mif_channels` out to use the file's names"
+                )
+            return src.names, af   # the file's spelling; the sheet's flags
+        return names, af
 
     def level_array(self, level: int = 0) -> np.ndarray:
-        """The whole (C, H, W) array of ``level`` in its stored dtype (cached)."""
-        if level not in self._levels:
-            try:
-                self._levels[level] = self._load(level)
-            except _READ_ERRORS as e:
-                raise PathomixInputError(
-                    f"{self.label}: decoding level {level} failed ({e}); the file is corrupt. "
-                    "Re-export it or drop it from slides.tsv"
-                ) from e
-        return self._levels[level]
+        """The whole (C, H, W) array of ``level`` in its stored dtype (decoded on each call; prefer regions)."""
+        w, h = self.level_dimensions[level]
+        return self._region(level, 0, 0, w, h)
+
+    def _region(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
+        try:
+            return self._src.region(level, lx, ly, w, h)
+        except _READ_ERRORS as e:
+            raise PathomixInputError(
+                f"{self.label}: decoding level {level} at ({lx}, {ly}) failed ({e}); the file is corrupt. "
+                "Re-export it or drop it from slides.tsv"
+            ) from e
 
     def read_region(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
         """(C, h, w) float32 raw values; pixels outside the image are 0."""
-        arr = self.level_array(level)
         ds = self.level_downsamples[level]
-        lx, ly = round(x / ds), round(y / ds)
-        out = np.zeros((arr.shape[0], int(h), int(w)), np.float32)
-        x0, y0 = max(lx, 0), max(ly, 0)
-        x1, y1 = min(lx + int(w), arr.shape[2]), min(ly + int(h), arr.shape[1])
-        if x1 > x0 and y1 > y0:
-            out[:, y0 - ly:y1 - ly, x0 - lx:x1 - lx] = arr[:, y0:y1, x0:x1]
-        return out
+        return self._region(level, round(x / ds), round(y / ds), int(w), int(h)).astype(np.float32, copy=False)
 
     def _resize(self, arr: np.ndarray, size: tuple[int, int], box: tuple[float, ...] | None,
                 resample: Image.Resampling) -> np.ndarray:
         return resize_chw(arr, size, box, resample)
 
+    def _planes(self) -> int:
+        return max(1, len(self.channels))
+
     def close(self) -> None:
-        """Drop the cached pixel arrays."""
-        self._levels.clear()
+        """Close the files (and drop any level decoded whole)."""
+        self._src.close()

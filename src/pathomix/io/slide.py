@@ -37,6 +37,10 @@ _TIFF_LEVEL_PIXELS = 64_000_000
 _TIFF_VENDORS = frozenset({"generic-tiff", "aperio"})
 _TIFF_CODECS = frozenset({1, 5, 7, 8, 32946})      # none, LZW, JPEG, Adobe deflate, deflate
 _TIFF_PHOTOMETRIC = frozenset({2, 6})             # RGB, YCbCr (the latter with JPEG only)
+# what every "cannot read this format" message proposes
+CONVERT = ("convert it to a pyramidal OME-TIFF with Bio-Formats: `bfconvert -noflat -tilex 512 -tiley 512 "
+           "-pyramid-resolutions 5 -pyramid-scale 2 -compression JPEG IN OUT.ome.tiff`, or `bioformats2raw IN "
+           "OUT.zarr` then `raw2ometiff OUT.zarr OUT.ome.tiff` (pathomix reads OME-TIFF with tifffile)")
 _RESOLUTION_UNIT_UM = {"centimeter": 1e4, "inch": 25_400.0, "3": 1e4, "2": 25_400.0}
 
 
@@ -150,7 +154,7 @@ class Slide(ABC):
         level = self.best_level(factor)
         lw, lh = self.level_dimensions[level]
         fy = lh / th
-        rows = max(1, int(_STRIP_PIXELS / max(lw * fy, 1)))
+        rows = max(1, int(_STRIP_PIXELS / max(lw * fy * self._planes(), 1)))
         ds = self.level_downsamples[level]
         starts = [int(math.floor(r0 * fy)) for r0 in range(0, th, rows)]
         # A strip whose level-0 start maps back to a whole level row is read by openslide without
@@ -158,7 +162,7 @@ class Slide(ABC):
         # (non-integer downsample) is interpolated by openslide, so such slides keep read_region.
         exact = all(round(i * ds) / ds == i for i in starts) and lw * lh <= _TIFF_LEVEL_PIXELS
         whole = self._level_pixels(level) if exact else None
-        strips = []
+        out: np.ndarray | None = None   # filled strip by strip (no list + concatenate: one copy of the result)
         for r0 in range(0, th, rows):
             r1 = min(th, r0 + rows)
             y0, y1 = r0 * fy, r1 * fy
@@ -168,13 +172,23 @@ class Slide(ABC):
             else:
                 region = self.read_region(0, round(iy0 * ds), level, lw, iy1 - iy0)
             box = (0.0, y0 - iy0, float(lw), min(y1, lh) - iy0)
-            strips.append(self._resize(region, (tw, r1 - r0), box, Image.Resampling.BOX))
-        return np.concatenate(strips, axis=self._row_axis)
+            strip = self._resize(region, (tw, r1 - r0), box, Image.Resampling.BOX)
+            del region
+            if out is None:
+                shape = list(strip.shape)
+                shape[self._row_axis] = th
+                out = np.empty(shape, strip.dtype)
+            out[(slice(None),) * self._row_axis + (slice(r0, r1),)] = strip
+        return out
 
     def _level_pixels(self, level: int) -> np.ndarray | None:
         """The whole ``level`` exactly as :meth:`read_region` returns it, when a faster reader can
         give it; None otherwise (the default)."""
         return None
+
+    def _planes(self) -> int:
+        """Planes decoded per pixel that count against the thumbnail's strip budget (mIF: its channels)."""
+        return 1
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the file handle."""
@@ -344,12 +358,13 @@ def _open_openslide(path: Path, what: str) -> openslide.OpenSlide:
     except openslide.OpenSlideUnsupportedFormatError as e:
         raise PathomixInputError(
             f"{what} is not a whole-slide image that openslide recognises (truncated, not a slide, or "
-            "an unsupported format); check the file is complete, or convert it to a pyramidal TIFF/SVS"
+            f"an unsupported format); check the file is complete, or {CONVERT}"
         ) from e
     except openslide.OpenSlideError as e:
         raise PathomixInputError(
-            f"{what} could not be opened by openslide: {e}; the file is corrupt or uses an unsupported "
-            "encoding. Re-export it (e.g. as a JPEG-compressed pyramidal TIFF) or drop it from slides.tsv"
+            f"{what} could not be opened by openslide (detected format: "
+            f"{openslide.OpenSlide.detect_format(str(path)) or 'unknown'}): {e}; the file is corrupt or uses an "
+            f"unsupported encoding. Check the file is complete, or {CONVERT}, or drop it from slides.tsv"
         ) from e
 
 
@@ -372,7 +387,8 @@ def _wsi_file_mpp(props: Mapping[str, str]) -> float | None:
 
 def open_slide(path: str | Path, modality: str = "he", mpp: float | None = None,
                slide_id: str | None = None, channels_sheet: str | Path | None = None) -> Slide:
-    """Open an H&E WSI (``modality="he"``) or an mIF image (``"mif"``: OME-TIFF, multi-page TIFF
+    """Open an H&E WSI (``modality="he"``: the reader of its detected format, see
+    :mod:`pathomix.io.formats`) or an mIF image (``"mif"``: OME-TIFF, multi-page TIFF
     or a folder of one TIFF per channel).
 
     ``mpp`` overrides the file's µm/px; ``channels_sheet`` (mIF only) gives marker names and
@@ -394,11 +410,16 @@ def open_slide(path: str | Path, modality: str = "he", mpp: float | None = None,
         from pathomix.io.mif import MIFSlide
 
         return MIFSlide(path, slide_id, mpp=mpp, channels_sheet=channels_sheet)
+    from pathomix.io.formats import dicom_in_folder, open_he
+
     if path.is_dir():
-        raise PathomixInputError(
-            f"slide {slide_id}: {path} is a folder, but H&E slides must be one file; "
-            "set modality `mif` for a folder of channel TIFFs"
-        )
+        first = dicom_in_folder(path)   # a DICOM WSI series is a folder of instances: open it from any one
+        if first is None:
+            raise PathomixInputError(
+                f"slide {slide_id}: {path} is a folder, but H&E slides must be one file (or a folder holding a DICOM "
+                "WSI series); set modality `mif` for a folder of channel TIFFs"
+            )
+        path = first
     if channels_sheet is not None:
         log.debug("slide %s: channel sheet ignored for H&E", slide_id)
-    return WSISlide(path, slide_id, mpp=mpp)
+    return open_he(path, slide_id, mpp)
