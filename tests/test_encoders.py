@@ -345,3 +345,13 @@ def test_list_encoders_shows_source_and_local_state(hf_cache, capsys):
     assert rows["phikon"][1:3] == ["768", "224"] and rows["phikon"][5] == "owkin/phikon pytorch_model.bin"
     assert rows["phikon"][6] == "yes" and rows["uni_v1"][6] == "no" and rows["vit_tiny"][6] == "-"
     assert rows["virchow2"][3] == "cls+mean"
+
+
+def test_readme_table_is_the_registry():
+    from pathlib import Path
+
+    from pathomix.features.encoders import markdown_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert markdown_table() in readme, "README's encoder table is stale: paste encoders.markdown_table()"
+    assert all(f"`{name}`" in readme for name in UNSUPPORTED)

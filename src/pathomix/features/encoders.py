@@ -184,3 +184,14 @@ def format_table(rows: list[dict[str, str]]) -> str:
 def weights_file_of(name: str) -> Path | None:
     """The local cache path of ``name``'s hub weights, or None."""
     return cached_weights(ENTRIES[name])
+
+
+def markdown_table() -> str:
+    """The README's encoder table, from the registry (tests/test_encoders.py checks the README has it)."""
+    lines = ["| name | architecture (timm) | dim | input | embedding | mean/std | hub id | file |",
+             "|---|---|---|---|---|---|---|---|"]
+    for e in ENTRIES.values():
+        crop = f" (crop {e.crop_pct:.3f})" if e.crop_pct < 1 else ""
+        lines.append(f"| `{e.name}` | {e.arch} | {e.dim} | {e.input_px}{crop} | {e.embedding} | {e.norm} | "
+                     f"{e.hub_id or '—'} | {e.weights_file or 'config path'} |")
+    return "\n".join(lines) + "\n"
