@@ -270,6 +270,13 @@ def test_no_weights_without_random_init_is_an_error(hf_cache):
         build_encoder("kaiko-vits16", {"uni_v1": "/nowhere/pytorch_model.bin"})  # another encoder's path
 
 
+def test_a_cache_under_a_former_repository_name_is_found(hf_cache):
+    entry = ENCODERS["kaiko-vitl14"]
+    assert W.cached_weights(entry) is None
+    _fake_cache(hf_cache, entry.hub_aliases[0], entry.weights_file, {"x": torch.zeros(1)})
+    assert W.cached_weights(entry).name == "model.safetensors"
+
+
 def test_random_init_only_when_asked(hf_cache, caplog):
     assert W.resolve_weights("uni_v1", None, allow_random_init=True) is None
     _, _, digest = build_encoder("vit_tiny", {"uni_v1": None}, allow_random_init=True)

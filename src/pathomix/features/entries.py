@@ -69,6 +69,7 @@ class EncoderEntry:
     crop_pct: float = 1.0
     gated: bool = False
     source: str = ""
+    hub_aliases: tuple[str, ...] = ()  # former names of the hub repository (a cache made under them is found too)
 
     @property
     def mean(self) -> tuple[float, float, float]:
@@ -185,21 +186,25 @@ ENCODERS: dict[str, EncoderEntry] = {
                      hub_id="owkin/phikon-v2", weights_file="model.safetensors", checkpoint_format="hf_dinov2",
                      source="owkin/phikon-v2 model card; TRIDENT Phikonv2InferenceEncoder",
                      description="Phikon-v2 ViT-L/16 (DINOv2, PANCAN-XL), CLS 1024-d"),
-        # kaiko.ai: TRIDENT KaikoInferenceEncoder, timm hub 1aurent/<arch>.kaiko_ai_towards_large_pathology_fms
-        # (model.safetensors, timm layout), mean/std 0.5; the L/14 backbone is built at 518 and run at 224
+        # kaiko.ai: TRIDENT KaikoInferenceEncoder and the model cards of 1aurent/<repo>.kaiko_ai_towards_large_
+        # pathology_fms (model.safetensors, timm layout; Resize + CenterCrop 224, mean/std 0.5). The L/14's
+        # config.json builds vit_large_patch14_reg4_dinov2 at 518 (37×37 position grid), run at 224 through
+        # dynamic_img_size; its repository is ..._reg4_224... (TRIDENT's ..._reg4_dinov2... name redirects).
         *(
             EncoderEntry(f"kaiko-{short}", "timm", arch, dim, 224, norm="kaiko",
                          kwargs=_kw(img_size=img, dynamic_img_size=True),
-                         hub_id=f"1aurent/{arch}.kaiko_ai_towards_large_pathology_fms",
+                         hub_id=f"1aurent/{repo}.kaiko_ai_towards_large_pathology_fms",
+                         hub_aliases=tuple(f"1aurent/{a}.kaiko_ai_towards_large_pathology_fms" for a in aliases),
                          weights_file="model.safetensors",
-                         source="kaiko-ai/towards_large_pathology_fms; TRIDENT KaikoInferenceEncoder",
+                         source="kaiko-ai/towards_large_pathology_fms; 1aurent cards; TRIDENT KaikoInferenceEncoder",
                          description=f"kaiko.ai {label} (DINO/DINOv2, TCGA), CLS {dim}-d")
-            for short, arch, dim, img, label in (
-                ("vits8", "vit_small_patch8_224", 384, 224, "ViT-S/8"),
-                ("vits16", "vit_small_patch16_224", 384, 224, "ViT-S/16"),
-                ("vitb8", "vit_base_patch8_224", 768, 224, "ViT-B/8"),
-                ("vitb16", "vit_base_patch16_224", 768, 224, "ViT-B/16"),
-                ("vitl14", "vit_large_patch14_reg4_dinov2", 1024, 518, "ViT-L/14 (4 registers)"),
+            for short, arch, repo, aliases, dim, img, label in (
+                ("vits8", "vit_small_patch8_224", "vit_small_patch8_224", (), 384, 224, "ViT-S/8"),
+                ("vits16", "vit_small_patch16_224", "vit_small_patch16_224", (), 384, 224, "ViT-S/16"),
+                ("vitb8", "vit_base_patch8_224", "vit_base_patch8_224", (), 768, 224, "ViT-B/8"),
+                ("vitb16", "vit_base_patch16_224", "vit_base_patch16_224", (), 768, 224, "ViT-B/16"),
+                ("vitl14", "vit_large_patch14_reg4_dinov2", "vit_large_patch14_reg4_224",
+                 ("vit_large_patch14_reg4_dinov2",), 1024, 518, "ViT-L/14 (4 registers)"),
             )
         ),
         # Lunit DINO ViT-S/8: TRIDENT LunitS8InferenceEncoder, timm hub 1aurent/vit_small_patch8_224.lunit_dino

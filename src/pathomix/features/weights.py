@@ -273,8 +273,11 @@ def cached_weights(entry: EncoderEntry) -> Path | None:
         return None
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(entry.hub_id, entry.weights_file, cache_dir=hf_cache_dir())
-    return Path(found) if isinstance(found, str | os.PathLike) else None
+    for repo in (entry.hub_id, *entry.hub_aliases):
+        found = try_to_load_from_cache(repo, entry.weights_file, cache_dir=hf_cache_dir())
+        if isinstance(found, str | os.PathLike):
+            return Path(found)
+    return None
 
 
 def configured_path(encoder: str, weights: WeightsConfig) -> Path | None:
