@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import pytest
 import torch
@@ -26,16 +27,17 @@ from pathomix.features.extract import DeviceTransform, ExtractParams
 
 # built for real on CPU (small); every other encoder is checked on the meta device only
 REAL = ("resnet18_trunc", "vit_tiny", "vit_small", "resnet50", "kaiko-vits16", "kaiko-vits8", "kaiko-vitb16",
-        "lunit-vits8", "h0-mini", "phikon")
-TRIDENT_NAMES = ("uni_v1", "uni_v2", "virchow", "virchow2", "hoptimus0", "hoptimus1", "h0-mini", "gigapath", "gpfm",
-                 "phikon", "phikon_v2", "resnet50", "lunit-vits8", "kaiko-vits8", "kaiko-vits16", "kaiko-vitb8",
-                 "kaiko-vitb16", "kaiko-vitl14")
+        "lunit-vits8", "h0-mini", "phikon", "ctranspath")
+TRIDENT_NAMES = ("ctranspath", "uni_v1", "uni_v2", "virchow", "virchow2", "hoptimus0", "hoptimus1", "h0-mini",
+                 "gigapath", "gpfm", "phikon", "phikon_v2", "resnet50", "lunit-vits8", "kaiko-vits8", "kaiko-vits16",
+                 "kaiko-vitb8", "kaiko-vitb16", "kaiko-vitl14")
 
 
-def _fake_cache(root, hub_id: str, filename: str, checkpoint, rev: str = "0123abcd") -> None:
-    """huggingface_hub's cache layout: models--org--name/{refs/main, blobs/<hash>, snapshots/<rev>/<file> → blob}.
-    ``checkpoint``: a file already written (hard-linked as the blob) or a state dict to write."""
-    repo = root / f"models--{hub_id.replace('/', '--')}"
+def _fake_cache(root, hub_id: str, filename: str, checkpoint, rev: str = "0123abcd", repo_type: str = "model"):
+    """huggingface_hub's cache layout: {repo_type}s--org--name/{refs/main, blobs/<hash>, snapshots/<rev>/<file>}
+    with the snapshot file a relative link to the blob. ``checkpoint``: a file already written (hard-linked as
+    the blob) or a state dict to write."""
+    repo = root / f"{repo_type}s--{hub_id.replace('/', '--')}"
     for sub in ("refs", "blobs", f"snapshots/{rev}"):
         (repo / sub).mkdir(parents=True)
     (repo / "refs" / "main").write_text(rev)
@@ -44,11 +46,16 @@ def _fake_cache(root, hub_id: str, filename: str, checkpoint, rev: str = "0123ab
         _save(checkpoint, blob)
     else:
         blob.hardlink_to(checkpoint)
-    (repo / "snapshots" / rev / filename).symlink_to(f"../../blobs/{blob.name}")
+    link = repo / "snapshots" / rev / filename
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(os.path.relpath(blob, link.parent))
 
 
 def _save(state: dict[str, torch.Tensor], path) -> None:
     """A checkpoint as the hub ships it: safetensors by the file name, else a torch pickle."""
+    if "model" in state:  # a training checkpoint: {"model": state dict, ...}
+        torch.save(state, path)
+        return
     state = {k: v.detach().contiguous().clone() for k, v in state.items()}
     if str(path).endswith(".safetensors"):
         from safetensors.torch import save_file
@@ -96,6 +103,8 @@ KNOWN_SHAPES = {
     "gigapath": {"patch_embed.proj.weight": (1536, 3, 16, 16), "pos_embed": (1, 197, 1536)},
     "gpfm": {"pos_embed": (1, 257, 1024)},
     "kaiko-vitl14": {"pos_embed": (1, 1369, 1024), "reg_token": (1, 4, 1024)},
+    "ctranspath": {"patch_embed.proj.0.weight": (12, 3, 3, 3), "patch_embed.proj.6.weight": (96, 24, 1, 1),
+                   "layers.0.downsample.reduction.weight": (192, 384), "layers.2.downsample.norm.weight": (1536,)},
     "phikon": {"embeddings.position_embeddings": (1, 197, 768),
                "encoder.layer.11.attention.attention.query.weight": (768, 768)},
     "phikon_v2": {"embeddings.position_embeddings": (1, 197, 1024),
@@ -128,16 +137,20 @@ def _reference(name: str) -> torch.nn.Module:
     """The backbone built directly by timm (torchvision for the ResNets) with seeded random values: built on
     meta and filled, which is seconds faster than timm's own initialisation on 2 cores."""
     entry = ENCODERS[name]
-    with torch.device("meta"):
+
+    def build() -> torch.nn.Module:
         if entry.family == "timm":
             import timm
 
-            ref = timm.create_model(entry.arch, pretrained=False, **timm_kwargs(entry))
-        else:
-            import torchvision
+            return timm.create_model(entry.arch, pretrained=False, **timm_kwargs(entry))
+        import torchvision
 
-            ref = getattr(torchvision.models, entry.arch)()
-    ref = ref.to_empty(device="cpu")
+        return getattr(torchvision.models, entry.arch)()
+
+    with torch.device("meta"):
+        ref = build()
+    derived = set(dict(ref.named_buffers())) - set(ref.state_dict())  # e.g. Swin's relative_position_index
+    ref = build() if derived else ref.to_empty(device="cpu")
     gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for key, t in ref.state_dict().items():
@@ -155,6 +168,8 @@ def _reference_embedding(name: str, ref: torch.nn.Module, x: torch.Tensor) -> to
     if entry.family == "resnet_trunc":  # torchvision ResNet through layer3, average pooled
         h = ref.maxpool(ref.relu(ref.bn1(ref.conv1(x))))
         return ref.layer3(ref.layer2(ref.layer1(h))).mean((2, 3))
+    if entry.embedding == "pool":  # CTransPath: the Swin's average-pooled final tokens
+        return ref(x)
     return ref.forward_features(x)[:, 0]  # CLS after the final norm
 
 
@@ -162,7 +177,12 @@ def _shipped(name: str, ref: torch.nn.Module) -> dict[str, torch.Tensor]:
     entry = ENCODERS[name]
     if entry.family == "resnet_trunc":
         return ref.state_dict()  # the full torchvision/timm ResNet: layer4 and fc included
-    return W.shipped_state(entry, ref.state_dict())
+    state = W.shipped_state(entry, ref.state_dict())
+    if entry.checkpoint_format == "timm054_swin":  # CHIEF_CTransPath.pth: {"model": ...} with derived buffers
+        state["layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(49, 49, dtype=torch.long)
+        state["layers.0.blocks.1.attn_mask"] = torch.zeros(64, 49, 49)
+        state = {"model": state}
+    return state
 
 
 def _transformers_vit(directory, state: dict[str, torch.Tensor]) -> torch.nn.Module | None:
@@ -188,7 +208,7 @@ def test_real_checkpoint_from_path_and_offline_cache(name, tmp_path, hf_cache, c
     if entry.checkpoint_format == "hf_vit":  # the shipped file may carry the (unused) pooler: dropped, explicitly
         state["pooler.dense.weight"], state["pooler.dense.bias"] = torch.randn(768, 768), torch.randn(768)
     path = tmp_path / "ckpt" / (entry.weights_file or "weights.pt")
-    path.parent.mkdir()
+    path.parent.mkdir(parents=True)
     _save(state, path)
     x = torch.rand(2, 3, entry.input_px, entry.input_px)
     with torch.inference_mode():
@@ -205,7 +225,7 @@ def test_real_checkpoint_from_path_and_offline_cache(name, tmp_path, hf_cache, c
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     if not entry.hub_id:
         return
-    _fake_cache(hf_cache, entry.hub_id, entry.weights_file, path)
+    _fake_cache(hf_cache, entry.hub_id, entry.weights_file, path, repo_type=entry.hub_repo_type)
     with caplog.at_level(logging.INFO), torch.inference_mode():
         cached, _, cached_digest = build_encoder(name, None)
         torch.testing.assert_close(cached(x), got)

@@ -74,18 +74,21 @@ class Encoder(nn.Module):
         return self._head(self.backbone, x)
 
 
-# kwargs stated by name in the torch-free entries → the objects timm takes
+# kwargs stated by name in the torch-free entries → the classes timm takes
 def _layer(name: str) -> type[nn.Module]:
     import timm.layers
 
-    return getattr(nn, name) if hasattr(nn, name) else getattr(timm.layers, name)
+    from pathomix.features.ctranspath import ConvStem
+
+    own = {"ConvStem": ConvStem}
+    return own[name] if name in own else getattr(nn, name) if hasattr(nn, name) else getattr(timm.layers, name)
 
 
 def timm_kwargs(entry: EncoderEntry) -> dict[str, object]:
     """The entry's architecture kwargs as timm takes them (layer names → classes, ``norm_eps`` → norm_layer)."""
     kwargs: dict[str, object] = {"num_classes": 0}
     for key, value in entry.kwargs:
-        if key in ("mlp_layer", "act_layer"):
+        if key in ("mlp_layer", "act_layer", "embed_layer"):
             kwargs[key] = _layer(str(value))
         elif key == "norm_eps":
             kwargs["norm_layer"] = partial(nn.LayerNorm, eps=float(value))

@@ -36,10 +36,11 @@ EMBEDDINGS = ("pool", "cls", "cls+mean")
 """``pool``: the ResNet trunk's global average pool; ``cls``: the class token after the final norm;
 ``cls+mean``: the class token concatenated with the mean of the patch tokens (register tokens excluded)."""
 
-CHECKPOINT_FORMATS = ("timm", "resnet_trunc", "hf_vit", "hf_dinov2")
+CHECKPOINT_FORMATS = ("timm", "resnet_trunc", "hf_vit", "hf_dinov2", "timm054_swin")
 """Key layouts of the shipped checkpoints, mapped by :mod:`pathomix.features.weights`: ``timm`` (the timm
 model's own state dict), ``resnet_trunc`` (a full torchvision/timm ResNet: ``layer4.*`` and ``fc.*`` are
-dropped, explicitly), ``hf_vit`` (transformers ``ViTModel``), ``hf_dinov2`` (transformers ``Dinov2Model``)."""
+dropped, explicitly), ``hf_vit`` (transformers ``ViTModel``), ``hf_dinov2`` (transformers ``Dinov2Model``),
+``timm054_swin`` (a Swin saved by timm 0.5.4: CTransPath, :mod:`pathomix.features.ctranspath`)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class EncoderEntry:
     gated: bool = False
     source: str = ""
     hub_aliases: tuple[str, ...] = ()  # former names of the hub repository (a cache made under them is found too)
+    hub_repo_type: str = "model"  # "dataset" for weights kept in a dataset repository (CTransPath in hest-bench)
 
     @property
     def mean(self) -> tuple[float, float, float]:
@@ -207,6 +209,15 @@ ENCODERS: dict[str, EncoderEntry] = {
                  ("vit_large_patch14_reg4_dinov2",), 1024, 518, "ViT-L/14 (4 registers)"),
             )
         ),
+        # CTransPath as CHIEF released it: TRIDENT CTransPathInferenceEncoder loads state["model"] of
+        # CHIEF_CTransPath.pth (hest-bench dataset repo) into timm-0.5.4 swin_tiny_patch4_window7_224 with
+        # embed_layer=ConvStem, head=Identity; STAMP chief_ctranspath.py likewise; ImageNet mean/std, 224
+        EncoderEntry("ctranspath", "timm", "swin_tiny_patch4_window7_224", 768, 224, embedding="pool",
+                     kwargs=_kw(embed_layer="ConvStem"), checkpoint_format="timm054_swin",
+                     hub_id="MahmoodLab/hest-bench", hub_repo_type="dataset",
+                     weights_file="fm_v1/ctranspath/CHIEF_CTransPath.pth", gated=True,
+                     source="Xiyue-Wang/TransPath, hms-dbmi/CHIEF; TRIDENT CTransPathInferenceEncoder",
+                     description="CTransPath Swin-T/4 with a convolutional stem (CHIEF weights), avg pool 768-d"),
         # Lunit DINO ViT-S/8: TRIDENT LunitS8InferenceEncoder, timm hub 1aurent/vit_small_patch8_224.lunit_dino
         EncoderEntry("lunit-vits8", "timm", "vit_small_patch8_224", 384, 224, norm="lunit",
                      kwargs=_kw(img_size=224, dynamic_img_size=True),
@@ -222,7 +233,6 @@ UNSUPPORTED: dict[str, str] = {
                  "code); not built here",
     "musk": "needs the MUSK package (lilab-stanford/MUSK, BEiT-3 via torchscale), GitHub only: `musk` on the "
             "package index is an unrelated empty 2020 project",
-    "ctranspath": "Swin-T with a custom ConvStem in timm-0.5.4 key layout (`timm_ctp`); not yet mapped to timm 1.x",
     "hibou_l": "transformers remote code (trust_remote_code) for DINOv2 with registers; not yet mapped to timm",
     "midnight12k / openmidnight": "DINOv2 ViT-g/14 in transformers / facebookresearch layout with a retrained "
                                   "position grid; not yet mapped to timm",

@@ -163,6 +163,18 @@ def _resnet_trunc_from(state: State) -> State:
     return out
 
 
+def _timm054_swin(state: State) -> State:
+    from pathomix.features.ctranspath import from_timm054
+
+    return from_timm054(state)
+
+
+def _timm054_swin_back(state: State) -> State:
+    from pathomix.features.ctranspath import to_timm054
+
+    return to_timm054(state)
+
+
 FORMATS: dict[str, CheckpointFormat] = {f.name: f for f in (
     CheckpointFormat("timm", _identity, _identity, note="the timm model's own state dict"),
     CheckpointFormat("resnet_trunc", _identity, _resnet_trunc_from, dropped=(r"layer4\..*", r"fc\..*"),
@@ -174,6 +186,10 @@ FORMATS: dict[str, CheckpointFormat] = {f.name: f for f in (
                      dropped=(r"embeddings\.mask_token",),
                      note="transformers Dinov2Model: query/key/value fused into qkv, layer_scale → ls; the "
                           "training-only mask token is dropped"),
+    CheckpointFormat("timm054_swin", _timm054_swin, _timm054_swin_back,
+                     dropped=(r".*\.attn_mask", r".*\.relative_position_index"),
+                     note="a Swin saved by timm 0.5.4 (CTransPath): patch merging moves from the end of stage i to "
+                          "the start of stage i+1; the derived buffers attn_mask/relative_position_index are dropped"),
 )}
 
 
@@ -274,7 +290,8 @@ def cached_weights(entry: EncoderEntry) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
     for repo in (entry.hub_id, *entry.hub_aliases):
-        found = try_to_load_from_cache(repo, entry.weights_file, cache_dir=hf_cache_dir())
+        found = try_to_load_from_cache(repo, entry.weights_file, cache_dir=hf_cache_dir(),
+                                       repo_type=entry.hub_repo_type)
         if isinstance(found, str | os.PathLike):
             return Path(found)
     return None
@@ -291,6 +308,12 @@ def configured_path(encoder: str, weights: WeightsConfig) -> Path | None:
     return Path(weights).expanduser() if weights else None
 
 
+def download_command(entry: EncoderEntry) -> str:
+    """The command that fetches the entry's weights into a Hugging Face cache (on a machine with network)."""
+    kind = "" if entry.hub_repo_type == "model" else f" --repo-type {entry.hub_repo_type}"
+    return f"huggingface-cli download {entry.hub_id} {entry.weights_file}{kind}"
+
+
 def _not_found(entry: EncoderEntry) -> PathomixInputError:
     if not entry.hub_id:
         return PathomixInputError(
@@ -302,8 +325,8 @@ def _not_found(entry: EncoderEntry) -> PathomixInputError:
         f"encoder {entry.name}: no weights found. Expected {entry.weights_file} of the Hugging Face repository "
         f"{entry.hub_id} in the local cache {hf_cache_dir()} (HF_HUB_CACHE / HF_HOME; looked up offline). "
         f"Provide it either (1) as a path in the config: `features.weights: {{{entry.name}: /path/to/"
-        f"{entry.weights_file}}}`, or (2) by running `huggingface-cli download {entry.hub_id} {entry.weights_file}` "
-        f"on a machine with network{gated} and copying its Hugging Face cache (models--"
+        f"{Path(entry.weights_file).name}}}`, or (2) by running `{download_command(entry)}` "
+        f"on a machine with network{gated} and copying its Hugging Face cache ({entry.hub_repo_type}s--"
         f"{entry.hub_id.replace('/', '--')}) into this machine's cache. `features.allow_random_init: true` runs "
         "the encoder randomly initialised instead (demo only)")
 
