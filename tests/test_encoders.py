@@ -2,11 +2,15 @@
 
 Every registered encoder is built on the ``meta`` device (no memory): a checkpoint in the layout its hub file
 ships (the inverse of pathomix's key mapping) must map onto the model key for key and shape for shape, and the
-meta forward must give the registered dimension. The giant ones (UNI, UNI2-h, Virchow/Virchow2, H-optimus-0/1,
-GigaPath, GPFM, Phikon-v2, kaiko ViT-L/14) are checked on the meta device only. The small ones (:data:`REAL`)
-get a checkpoint with random values written in the shipped file name and format, loaded through pathomix (by
-config path and from a fake offline Hugging Face cache) and compared, on a real CPU forward, with the reference
-model built directly by timm or transformers from the same values.
+meta forward must give the registered dimension. The small ones (:data:`REAL`) get a checkpoint with random
+values written in the shipped file name and format, loaded through pathomix (by config path and from a fake
+offline Hugging Face cache) and compared, on a real CPU forward, with the reference model built directly by
+timm, torchvision or transformers from the same values.
+
+In the fast tier the giant ones (UNI, UNI2-h, Virchow/Virchow2, H-optimus-0/1, GigaPath, GPFM, Phikon-v2, kaiko
+ViT-B/8 and ViT-L/14) are checked on the meta device only. The slow tier (:func:`test_giant_encoder_real_forward`,
+GBs of memory) runs the timm-layout ones for real; Phikon-v2 gets no real-size forward (its layout mapping is
+checked against transformers' Dinov2Model on a small model).
 """
 
 from __future__ import annotations
@@ -183,6 +187,31 @@ def _shipped(name: str, ref: torch.nn.Module) -> dict[str, torch.Tensor]:
         state["layers.0.blocks.1.attn_mask"] = torch.zeros(64, 49, 49)
         state = {"model": state}
     return state
+
+
+GIANT = tuple(n for n in ENCODERS if n not in REAL and ENCODERS[n].checkpoint_format == "timm")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", GIANT)
+def test_giant_encoder_real_forward(name, tmp_path):
+    """Slow tier (GBs of memory, minutes on 2 cores): a giant timm encoder with random values, written in its
+    shipped file and loaded through pathomix; the embedding as the reference loaders compute it (TRIDENT:
+    CLS, or CLS ‖ mean of ``output[:, 1 + registers:]``)."""
+    entry = ENCODERS[name]
+    ref = _reference(name)
+    x = torch.rand(2, 3, entry.input_px, entry.input_px)
+    with torch.inference_mode():
+        tokens = ref.forward_features(x)
+        registers = ref.num_prefix_tokens - 1
+        want = tokens[:, 0] if entry.embedding == "cls" else \
+            torch.cat([tokens[:, 0], tokens[:, 1 + registers:].mean(1)], dim=-1)
+    path = tmp_path / entry.weights_file
+    _save(W.shipped_state(entry, ref.state_dict()), path)
+    del ref, tokens
+    model, _, _ = build_encoder(name, str(path))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), want, rtol=1e-4, atol=1e-4)
 
 
 def _transformers_vit(directory, state: dict[str, torch.Tensor]) -> torch.nn.Module | None:
