@@ -399,8 +399,12 @@ def test_list_encoders_shows_source_and_local_state(hf_cache, capsys):
     assert lines[0].split("\t")[:7] == ["name", "dim", "input", "embedding", "norm", "weights", "local"]
     assert len(rows) >= 20 and set(rows) == set(ENCODERS)
     assert rows["phikon"][1:3] == ["768", "224"] and rows["phikon"][5] == "owkin/phikon pytorch_model.bin"
-    assert rows["phikon"][6] == "yes" and rows["uni_v1"][6] == "no" and rows["vit_tiny"][6] == "-"
+    assert rows["phikon"][6] == "cache" and rows["uni_v1"][6] == "no" and rows["vit_tiny"][6] == "-"
     assert rows["virchow2"][3] == "cls+mean"
+    (hf_cache / "v.pt").write_bytes(b"")
+    assert main(["--list-encoders", "--params", json.dumps({"weights": {"vit_tiny": str(hf_cache / "v.pt")}})]) == 0
+    rows = {line.split("\t")[0]: line.split("\t") for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["vit_tiny"][6] == "config" and rows["phikon"][6] == "cache"
 
 
 def test_readme_table_is_the_registry():

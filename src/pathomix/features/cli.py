@@ -42,7 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pathomix.features", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--list-encoders", action="store_true",
-                   help="print the encoder registry (dim, input, embedding, weights source, found locally) and exit")
+                   help="print the encoder registry (dim, input, embedding, weights source, found locally: "
+                        "in --params' `weights` or the Hugging Face cache) and exit")
     p.add_argument("--slide-id")
     p.add_argument("--path")
     p.add_argument("--modality", default="he", choices=MODALITIES)
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     """Encode one slide: 0 on success, 1 on an input problem (logged at ERROR, no traceback)."""
     args = parse_args(argv)
     if args.list_encoders:
-        sys.stdout.write(format_table(encoder_table()))
+        sys.stdout.write(format_table(encoder_table(load_extract_params(args.params).weights)))
         return 0
     params = load_extract_params(args.params, args.on_bad_tile)
     paths = ExtractPaths(args.slide_id, args.path, tuple(args.tiles), tuple(args.out), args.modality, args.mpp,

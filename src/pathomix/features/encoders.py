@@ -25,7 +25,13 @@ from pathomix.errors import PathomixInputError
 from pathomix.features.entries import ENCODERS as ENTRIES
 from pathomix.features.entries import IMAGENET, EncoderEntry
 from pathomix.features.resnet import ResNetTrunk
-from pathomix.features.weights import WeightsConfig, cached_weights, load_checkpoint, resolve_weights
+from pathomix.features.weights import (
+    WeightsConfig,
+    cached_weights,
+    configured_path,
+    load_checkpoint,
+    resolve_weights,
+)
 from pathomix.io.atomic import sha256_file
 
 log = logging.getLogger(__name__)
@@ -166,12 +172,23 @@ def build_encoder(name: str, weights: WeightsConfig = None,
     return model.eval(), spec, digest
 
 
-def encoder_table() -> list[dict[str, str]]:
-    """One row per registered encoder for ``--list-encoders`` and the README: name, dim, input, embedding,
-    normalisation, weights source and whether the hub file is in the local cache now."""
+def _found_locally(entry: EncoderEntry, weights: WeightsConfig) -> str:
+    """``config`` (the configured path exists), ``cache`` (the hub file is in the local cache), ``no``, or ``-``
+    (no path configured and no hub repository)."""
+    path = configured_path(entry.name, weights)
+    if path is not None:
+        return "config" if path.is_file() else "no"
+    if not entry.hub_id:
+        return "-"
+    return "cache" if cached_weights(entry) is not None else "no"
+
+
+def encoder_table(weights: WeightsConfig = None) -> list[dict[str, str]]:
+    """One row per registered encoder for ``--list-encoders``: name, dim, input, embedding, normalisation,
+    weights source and whether its weights are on this machine now (``features.weights``, else the cache)."""
     rows = []
     for entry in ENTRIES.values():
-        local = "-" if not entry.hub_id else ("yes" if cached_weights(entry) is not None else "no")
+        local = _found_locally(entry, weights)
         rows.append({"name": entry.name, "dim": str(entry.dim), "input": str(entry.input_px),
                      "embedding": entry.embedding, "norm": entry.norm, "arch": entry.arch,
                      "weights": entry.weights_source, "local": local, "description": entry.description})
@@ -182,11 +199,6 @@ def format_table(rows: list[dict[str, str]]) -> str:
     """Tab-separated lines with a header (``python -m pathomix.features --list-encoders``)."""
     cols = ("name", "dim", "input", "embedding", "norm", "weights", "local", "description")
     return "\n".join("\t".join(row[c] for c in cols) for row in [dict(zip(cols, cols, strict=True)), *rows]) + "\n"
-
-
-def weights_file_of(name: str) -> Path | None:
-    """The local cache path of ``name``'s hub weights, or None."""
-    return cached_weights(ENTRIES[name])
 
 
 def markdown_table() -> str:
