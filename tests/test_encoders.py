@@ -31,10 +31,10 @@ from pathomix.features.extract import DeviceTransform, ExtractParams
 
 # built for real on CPU (small); every other encoder is checked on the meta device only
 REAL = ("resnet18_trunc", "vit_tiny", "vit_small", "resnet50", "kaiko-vits16", "kaiko-vits8", "kaiko-vitb16",
-        "lunit-vits8", "h0-mini", "phikon", "ctranspath")
-TRIDENT_NAMES = ("ctranspath", "uni_v1", "uni_v2", "virchow", "virchow2", "hoptimus0", "hoptimus1", "h0-mini",
-                 "gigapath", "gpfm", "phikon", "phikon_v2", "resnet50", "lunit-vits8", "kaiko-vits8", "kaiko-vits16",
-                 "kaiko-vitb8", "kaiko-vitb16", "kaiko-vitl14")
+        "lunit-vits8", "h0-mini", "phikon", "ctranspath", "hibou_b")
+TRIDENT_NAMES = ("ctranspath", "hibou_l", "uni_v1", "uni_v2", "virchow", "virchow2", "hoptimus0", "hoptimus1",
+                 "h0-mini", "gigapath", "gpfm", "phikon", "phikon_v2", "resnet50", "lunit-vits8", "kaiko-vits8",
+                 "kaiko-vits16", "kaiko-vitb8", "kaiko-vitb16", "kaiko-vitl14")
 
 
 def _fake_cache(root, hub_id: str, filename: str, checkpoint, rev: str = "0123abcd", repo_type: str = "model"):
@@ -109,6 +109,11 @@ KNOWN_SHAPES = {
     "kaiko-vitl14": {"pos_embed": (1, 1369, 1024), "reg_token": (1, 4, 1024)},
     "ctranspath": {"patch_embed.proj.0.weight": (12, 3, 3, 3), "patch_embed.proj.6.weight": (96, 24, 1, 1),
                    "layers.0.downsample.reduction.weight": (192, 384), "layers.2.downsample.norm.weight": (1536,)},
+    "hibou_l": {"encoder.layer.23.mlp.weights_in.weight": (5472, 1024), "encoder.layer.23.mlp.weights_out.weight":
+                (1024, 2736), "embeddings.position_embeddings": (1, 257, 1024),
+                "embeddings.register_tokens": (1, 4, 1024)},
+    "hibou_b": {"encoder.layer.11.mlp.weights_in.weight": (4096, 768), "encoder.layer.11.mlp.weights_out.weight":
+                (768, 2048), "embeddings.position_embeddings": (1, 257, 768)},
     "phikon": {"embeddings.position_embeddings": (1, 197, 768),
                "encoder.layer.11.attention.attention.query.weight": (768, 768)},
     "phikon_v2": {"embeddings.position_embeddings": (1, 197, 1024),
@@ -182,6 +187,10 @@ def _shipped(name: str, ref: torch.nn.Module) -> dict[str, torch.Tensor]:
     if entry.family == "resnet_trunc":
         return ref.state_dict()  # the full torchvision/timm ResNet: layer4 and fc included
     state = W.shipped_state(entry, ref.state_dict())
+    if entry.checkpoint_format == "hf_dinov2_reg":  # a class position that is not zero: folded into the class token
+        shift = 0.05 * torch.randn(1, 1, state["embeddings.cls_token"].shape[-1])
+        state["embeddings.position_embeddings"][:, :1] += shift
+        state["embeddings.cls_token"] = state["embeddings.cls_token"] - shift
     if entry.checkpoint_format == "timm054_swin":  # CHIEF_CTransPath.pth: {"model": ...} with derived buffers
         state["layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(49, 49, dtype=torch.long)
         state["layers.0.blocks.1.attn_mask"] = torch.zeros(64, 49, 49)
@@ -214,7 +223,7 @@ def test_giant_encoder_real_forward(name, tmp_path):
         torch.testing.assert_close(model(x), want, rtol=1e-4, atol=1e-4)
 
 
-def _transformers_vit(directory, state: dict[str, torch.Tensor]) -> torch.nn.Module | None:
+def _transformers_vit(directory) -> torch.nn.Module | None:
     """Phikon as TRIDENT loads it: transformers ViTModel (owkin/phikon config.json) without the pooler."""
     try:
         import transformers
@@ -225,6 +234,21 @@ def _transformers_vit(directory, state: dict[str, torch.Tensor]) -> torch.nn.Mod
               "num_hidden_layers": 12, "patch_size": 16, "qkv_bias": True, "hidden_act": "gelu"}
     (directory / "config.json").write_text(json.dumps(config))
     return transformers.ViTModel.from_pretrained(str(directory), add_pooling_layer=False).eval()
+
+
+def _transformers_dinov2_reg(directory) -> torch.nn.Module | None:
+    """Hibou-B as its config.json states it, in transformers' own Dinov2WithRegistersModel (which reads the
+    remote-code layout's weights_in/weights_out and attention.attention.* names)."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    config = {"architectures": ["Dinov2WithRegistersModel"], "model_type": "dinov2_with_registers",
+              "hidden_size": 768, "image_size": 224, "patch_size": 14, "num_attention_heads": 12,
+              "num_hidden_layers": 12, "num_register_tokens": 4, "use_swiglu_ffn": True, "layerscale_value": 1.0,
+              "layer_norm_eps": 1e-6, "mlp_ratio": 4, "qkv_bias": True, "hidden_act": "gelu"}
+    (directory / "config.json").write_text(json.dumps(config))
+    return transformers.Dinov2WithRegistersModel.from_pretrained(str(directory)).eval()
 
 
 @pytest.mark.parametrize("name", REAL)
@@ -241,8 +265,8 @@ def test_real_checkpoint_from_path_and_offline_cache(name, tmp_path, hf_cache, c
     _save(state, path)
     x = torch.rand(2, 3, entry.input_px, entry.input_px)
     with torch.inference_mode():
-        if entry.checkpoint_format == "hf_vit":
-            hf = _transformers_vit(path.parent, state)
+        if entry.checkpoint_format in ("hf_vit", "hf_dinov2_reg"):
+            hf = (_transformers_vit if entry.checkpoint_format == "hf_vit" else _transformers_dinov2_reg)(path.parent)
             want = None if hf is None else hf(pixel_values=x).last_hidden_state[:, 0]
         else:
             want = _reference_embedding(name, ref, x)

@@ -30,17 +30,20 @@ HOPTIMUS = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
 KAIKO = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 # lunit-io/benchmark-ssl-pathology README (ViT-S DINO training statistics)
 LUNIT = ((0.70322989, 0.53606487, 0.66096631), (0.21716536, 0.26081574, 0.20723464))
-NORMS = {"imagenet": IMAGENET, "hoptimus": HOPTIMUS, "kaiko": KAIKO, "lunit": LUNIT}
+# histai/hibou-b preprocessor_config.json; TRIDENT utils/constants.py HIBOU_MEAN/STD
+HIBOU = ((0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816))
+NORMS = {"imagenet": IMAGENET, "hoptimus": HOPTIMUS, "kaiko": KAIKO, "lunit": LUNIT, "hibou": HIBOU}
 
 EMBEDDINGS = ("pool", "cls", "cls+mean")
 """``pool``: the ResNet trunk's global average pool; ``cls``: the class token after the final norm;
 ``cls+mean``: the class token concatenated with the mean of the patch tokens (register tokens excluded)."""
 
-CHECKPOINT_FORMATS = ("timm", "resnet_trunc", "hf_vit", "hf_dinov2", "timm054_swin")
+CHECKPOINT_FORMATS = ("timm", "resnet_trunc", "hf_vit", "hf_dinov2", "hf_dinov2_reg", "timm054_swin")
 """Key layouts of the shipped checkpoints, mapped by :mod:`pathomix.features.weights`: ``timm`` (the timm
 model's own state dict), ``resnet_trunc`` (a full torchvision/timm ResNet: ``layer4.*`` and ``fc.*`` are
 dropped, explicitly), ``hf_vit`` (transformers ``ViTModel``), ``hf_dinov2`` (transformers ``Dinov2Model``),
-``timm054_swin`` (a Swin saved by timm 0.5.4: CTransPath, :mod:`pathomix.features.ctranspath`)."""
+``hf_dinov2_reg`` (Hibou's remote-code ``Dinov2ModelWithRegisters``), ``timm054_swin`` (a Swin saved by timm
+0.5.4: CTransPath, :mod:`pathomix.features.ctranspath`)."""
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,20 @@ ENCODERS: dict[str, EncoderEntry] = {
                      weights_file="fm_v1/ctranspath/CHIEF_CTransPath.pth", gated=True,
                      source="Xiyue-Wang/TransPath, hms-dbmi/CHIEF; TRIDENT CTransPathInferenceEncoder",
                      description="CTransPath Swin-T/4 with a convolutional stem (CHIEF weights), avg pool 768-d"),
+        # Hibou: histai/hibou-b config.json (remote-code Dinov2ModelWithRegisters: patch 14, image 224, 4 registers,
+        # layer scale, use_swiglu_ffn, hidden = ceil8(2/3 · 4 · d), layer_norm_eps 1e-6), TRIDENT HibouLInferenceEncoder
+        # (pooler_output = CLS after the final norm; Resize + CenterCrop 224, Hibou mean/std). timm's packed SwiGLU
+        # takes mlp_ratio = 2 · hidden / d: 2 · 2736 / 1024 (L), 2 · 2048 / 768 (B, rounded up so int() gives 4096)
+        EncoderEntry("hibou_l", "timm", "vit_large_patch14_reg4_dinov2", 1024, 224, norm="hibou",
+                     kwargs=_kw(img_size=224, mlp_ratio=5.34375, dynamic_img_size=True, **_SWIGLU),
+                     hub_id="histai/hibou-L", weights_file="model.safetensors", checkpoint_format="hf_dinov2_reg",
+                     gated=True, source="histai/hibou-L model card; TRIDENT HibouLInferenceEncoder",
+                     description="Hibou-L ViT-L/14 (SwiGLU, 4 registers), CLS 1024-d"),
+        EncoderEntry("hibou_b", "timm", "vit_base_patch14_reg4_dinov2", 768, 224, norm="hibou",
+                     kwargs=_kw(img_size=224, mlp_ratio=5.3333334, dynamic_img_size=True, **_SWIGLU),
+                     hub_id="histai/hibou-b", weights_file="model.safetensors", checkpoint_format="hf_dinov2_reg",
+                     source="histai/hibou-b config.json and model card",
+                     description="Hibou-B ViT-B/14 (SwiGLU, 4 registers), CLS 768-d"),
         # Lunit DINO ViT-S/8: TRIDENT LunitS8InferenceEncoder, timm hub 1aurent/vit_small_patch8_224.lunit_dino
         EncoderEntry("lunit-vits8", "timm", "vit_small_patch8_224", 384, 224, norm="lunit",
                      kwargs=_kw(img_size=224, dynamic_img_size=True),
@@ -233,7 +250,6 @@ UNSUPPORTED: dict[str, str] = {
                  "code); not built here",
     "musk": "needs the MUSK package (lilab-stanford/MUSK, BEiT-3 via torchscale), GitHub only: `musk` on the "
             "package index is an unrelated empty 2020 project",
-    "hibou_l": "transformers remote code (trust_remote_code) for DINOv2 with registers; not yet mapped to timm",
     "midnight12k / openmidnight": "DINOv2 ViT-g/14 in transformers / facebookresearch layout with a retrained "
                                   "position grid; not yet mapped to timm",
     "keep / genbio-pathfm / gemma4-*": "vision-language or custom architectures outside timm",

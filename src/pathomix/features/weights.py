@@ -146,6 +146,37 @@ _HF_DINOV2: list[Rule] = [
 ]
 
 
+# Hibou (histai/hibou-b, hibou-L: remote-code Dinov2ModelWithRegisters saved by transformers 4.41): Dinov2Model's
+# names, 4 register tokens and a packed SwiGLU (weights_in = [gate; up], as timm's SwiGLUPacked fc1)
+_HF_DINOV2_REG: list[Rule] = [  # the SwiGLU rules first: the first matching rule renames (both ways)
+    ("encoder.layer.{i}.mlp.weights_in.", "blocks.{i}.mlp.fc1."),
+    ("encoder.layer.{i}.mlp.weights_out.", "blocks.{i}.mlp.fc2."),
+    *_HF_DINOV2,
+]
+
+
+def _fold_class_position(state: State) -> State:
+    """DINOv2 with registers adds the position embedding to the class token too; timm's ``no_embed_class`` model
+    has positions for the patches only: its class token is the file's class token plus the first position."""
+    out = dict(state)
+    pos = out.pop("embeddings.position_embeddings", None)
+    if pos is not None and "embeddings.cls_token" in out:
+        out["embeddings.cls_token"] = out["embeddings.cls_token"] + pos[:, :1]
+        out["embeddings.position_embeddings"] = pos[:, 1:]
+    elif pos is not None:
+        out["embeddings.position_embeddings"] = pos
+    return out
+
+
+def _unfold_class_position(state: State) -> State:
+    """An inverse of :func:`_fold_class_position` (the class position taken as zero)."""
+    out = dict(state)
+    if "embeddings.position_embeddings" in out:
+        pos = out["embeddings.position_embeddings"]
+        out["embeddings.position_embeddings"] = torch.cat([torch.zeros_like(pos[:, :1]), pos], dim=1)
+    return out
+
+
 def _hf_to_timm(rules: list[Rule]) -> Callable[[State], State]:
     return lambda state: _rename(_fuse_qkv(state), rules)
 
@@ -186,6 +217,11 @@ FORMATS: dict[str, CheckpointFormat] = {f.name: f for f in (
                      dropped=(r"embeddings\.mask_token",),
                      note="transformers Dinov2Model: query/key/value fused into qkv, layer_scale → ls; the "
                           "training-only mask token is dropped"),
+    CheckpointFormat("hf_dinov2_reg", lambda state: _hf_to_timm(_HF_DINOV2_REG)(_fold_class_position(state)),
+                     lambda state: _unfold_class_position(_timm_to_hf(_HF_DINOV2_REG)(state)),
+                     dropped=(r"embeddings\.mask_token",),
+                     note="Dinov2ModelWithRegisters (Hibou): as hf_dinov2, plus register tokens, the packed SwiGLU "
+                          "(weights_in/weights_out → fc1/fc2) and the class token's position folded into it"),
     CheckpointFormat("timm054_swin", _timm054_swin, _timm054_swin_back,
                      dropped=(r".*\.attn_mask", r".*\.relative_position_index"),
                      note="a Swin saved by timm 0.5.4 (CTransPath): patch merging moves from the end of stage i to "
