@@ -375,6 +375,14 @@ def test_mismatching_checkpoint_names_the_first_keys(tmp_path, hf_cache):
         build_encoder("vit_tiny", {"vit_tiny": str(tmp_path / "resnet.pt")})
 
 
+def test_unreadable_checkpoint_is_an_input_error(tmp_path):
+    (tmp_path / "junk.bin").write_bytes(b"not a checkpoint")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{oops")
+    for name in ("junk.bin", "junk.safetensors"):
+        with pytest.raises(PathomixInputError, match=f"{name} cannot be read"):
+            build_encoder("vit_tiny", str(tmp_path / name))
+
+
 def test_only_the_resnet_trunk_drops_keys():
     assert W.FORMATS["resnet_trunc"].drops("layer4.2.bn3.weight") and W.FORMATS["resnet_trunc"].drops("fc.bias")
     assert not W.FORMATS["timm"].drops("layer4.2.bn3.weight") and not W.FORMATS["timm"].drops("head.weight")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -242,15 +243,17 @@ def _is_safetensors(path: Path) -> bool:
 def read_state(path: Path) -> State:
     """A checkpoint file's tensors: safetensors, else a ``weights_only`` torch pickle; a ``state_dict`` or
     ``model`` container and a DataParallel ``module.`` prefix are unwrapped."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         if _is_safetensors(path):
-            from safetensors.torch import load_file
-
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is an input error naming the file
-        raise PathomixInputError(f"encoder weights {path} cannot be read ({type(err).__name__}: {err})") from None
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError, SafetensorError) as err:
+        raise PathomixInputError(f"encoder weights {path} cannot be read ({type(err).__name__}: {err}); give a "
+                                 "state dict saved with torch.save or safetensors") from None
     for container in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(container), dict):
             state = state[container]
