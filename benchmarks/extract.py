@@ -223,7 +223,7 @@ def main() -> None:
     params = ExtractParams(encoder=args.encoder, batch_size=batch, num_workers=args.workers,
                            precision=args.precision, compile=args.compile)
     device = params.resolve_device()
-    model, spec, _ = build_encoder(args.encoder, None)
+    model, spec, _ = build_encoder(args.encoder, None, allow_random_init=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         (work / "features").mkdir(parents=True, exist_ok=True)

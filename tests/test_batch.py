@@ -21,7 +21,7 @@ from pathomix.batch.cli import main
 from pathomix.io.stamps import STAMP_ATTR
 
 TILING = {"tile_px": 256, "mask_mpp": 8.0, "min_tissue_fraction": 0.5}
-FEATURES = {"encoder": "resnet18_trunc", "batch_size": 32, "num_workers": 0, "device": "cpu"}
+FEATURES = {"encoder": "resnet18_trunc", "batch_size": 32, "num_workers": 0, "device": "cpu", "allow_random_init": True}
 
 
 @pytest.fixture

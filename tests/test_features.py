@@ -58,7 +58,7 @@ def test_wrong_weights_are_refused(tmp_path):
 
 
 def test_random_init_is_loud(caplog):
-    _, _, digest = build_encoder("resnet18_trunc", None)
+    _, _, digest = build_encoder("resnet18_trunc", None, allow_random_init=True)
     assert digest == RANDOM_INIT and "RANDOMLY INITIALISED" in caplog.text
 
 
@@ -77,7 +77,7 @@ def test_extract_he_store(shared_data, tmp_path):
     slide = shared_data / "wsi" / "CMU-1-Small-Region.svs"
     tiles = _tile(tmp_path, slide, mag="5x", target=2.0)
     out = tmp_path / "feat.h5"
-    params = {"encoder": "resnet18_trunc", "batch_size": 16, "num_workers": 2}
+    params = {"encoder": "resnet18_trunc", "batch_size": 16, "num_workers": 2, "allow_random_init": True}
     assert main(["--slide-id", "S", "--path", str(slide), "--tiles", str(tiles), "--out", str(out),
                  "--params", json.dumps(params)]) == 0
     with h5py.File(out) as h, h5py.File(tiles) as t:
@@ -95,7 +95,7 @@ def test_extract_is_deterministic_across_workers(shared_data, tmp_path):
     feats = []
     for workers in (0, 2):
         out = tmp_path / f"f{workers}.h5"
-        params = {"encoder": "resnet18_trunc", "batch_size": 8, "num_workers": workers}
+        params = {"encoder": "resnet18_trunc", "batch_size": 8, "num_workers": workers, "allow_random_init": True}
         main(["--slide-id", "S", "--path", str(slide), "--tiles", str(tiles), "--out", str(out),
               "--params", json.dumps(params)])
         with h5py.File(out) as h:
@@ -108,7 +108,9 @@ def test_extract_mif_store(shared_data, tmp_path):
     tiles = _tile(tmp_path, slide, modality="mif", mag="5x", target=2.0)
     out = tmp_path / "mif.h5"
     assert main(["--slide-id", "S", "--path", str(slide), "--modality", "mif", "--tiles", str(tiles),
-                 "--out", str(out), "--params", json.dumps({"encoder": "resnet18_trunc", "num_workers": 0})]) == 0
+                 "--out", str(out),
+                 "--params", json.dumps({"encoder": "resnet18_trunc", "num_workers": 0,
+                                         "allow_random_init": True})]) == 0
     with h5py.File(out) as h:
         f = h["features"]
         channels = list(f.attrs["channels"])
@@ -121,7 +123,7 @@ def test_empty_store_for_tiny_slide(shared_data, tmp_path):
     tiles = _tile(tmp_path, slide)
     out = tmp_path / "empty.h5"
     assert main(["--slide-id", "S", "--path", str(slide), "--tiles", str(tiles), "--out", str(out),
-                 "--params", json.dumps({"encoder": "resnet18_trunc"})]) == 0
+                 "--params", json.dumps({"encoder": "resnet18_trunc", "allow_random_init": True})]) == 0
     with h5py.File(out) as h:
         assert h["features"].shape == (0, 256) and h["coords"].shape == (0, 2)
 
@@ -130,7 +132,7 @@ def test_partial_batches_are_padded_to_few_shapes():
     # a long-running process would otherwise cache backend kernels for every last-batch size
     assert [padded_size(n, 64) for n in (1, 3, 5, 9, 17, 33, 63, 64)] == [1, 4, 8, 16, 32, 64, 64, 64]
     assert padded_size(65, 100) == 100 and padded_size(7, 4) == 7
-    model, spec, _ = build_encoder("resnet18_trunc", None)
+    model, spec, _ = build_encoder("resnet18_trunc", None, allow_random_init=True)
     encode = BatchEncoder(model, spec, ExtractParams(batch_size=16, device="cpu", precision="fp32"))
     tiles = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     with torch.inference_mode():
@@ -146,7 +148,7 @@ def test_pipeline_keeps_tile_order_across_chunks_and_buffers(shared_data):
     slide = shared_data / "wsi" / "CMU-1-Small-Region.svs"
     coords = np.array([(x, y) for y in range(0, 2800, 200) for x in range(0, 2000, 250)])[:70]
     dataset = TileDataset(SlideRef("S", str(slide)), coords, 128, 32)
-    model, spec, _ = build_encoder("resnet18_trunc", None)
+    model, spec, _ = build_encoder("resnet18_trunc", None, allow_random_init=True)
     params = ExtractParams(encoder="resnet18_trunc", batch_size=4, num_workers=2, device="cpu")
     got = extract_tiles(dataset, model.eval(), spec, params).features
     assert len(coords) > 2 * READ_CHUNK and got.shape == (len(coords), spec.dim)
@@ -157,7 +159,7 @@ def test_pipeline_keeps_tile_order_across_chunks_and_buffers(shared_data):
 
 
 def test_auto_batch_size_on_cpu_is_the_cpu_default():
-    model, spec, _ = build_encoder("resnet18_trunc", None)
+    model, spec, _ = build_encoder("resnet18_trunc", None, allow_random_init=True)
     params = ExtractParams(encoder="resnet18_trunc", batch_size="auto", device="cpu")
     assert BatchEncoder(model, spec, params).batch_size == AUTO_BATCH[0]
 
@@ -169,7 +171,7 @@ def test_extract_slides_streams_several_slides_like_one_at_a_time(shared_data):
     grid = np.array([(x, y) for y in range(0, 2800, 200) for x in range(0, 2000, 250)])
     sets = [TileDataset(SlideRef("A", slide), grid[:40], 128, 32), TileDataset(SlideRef("E", slide), grid[:0], 128, 32),
             TileDataset(SlideRef("B", slide), grid[40:], 256, 32), TileDataset(SlideRef("Z", slide), grid[:0], 128, 32)]
-    model, spec, _ = build_encoder("resnet18_trunc", None)
+    model, spec, _ = build_encoder("resnet18_trunc", None, allow_random_init=True)
     params = ExtractParams(encoder="resnet18_trunc", batch_size=16, num_workers=2, device="cpu")
     together = list(extract_slides(sets, model.eval(), spec, params))
     alone = [extract_tiles(d, model, spec, params) for d in sets]

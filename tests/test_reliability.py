@@ -36,7 +36,7 @@ UNREADABLE = ("openslide-fixtures", "unreadable.svs")
 # tile_px 64 at 2 µm/px: 34 tiles on CMU-1-Small-Region (level-0 size 257 px, one pyramid level)
 TILING = {"tile_px": 64}
 TARGET_MPP = 2.0
-PARAMS = {"encoder": "resnet18_trunc", "batch_size": 4, "num_workers": 0}
+PARAMS = {"encoder": "resnet18_trunc", "batch_size": 4, "num_workers": 0, "allow_random_init": True}
 
 
 def _tile(slide: Path, out_dir: Path, target: float = TARGET_MPP, slide_id: str = "S", status: int = 0) -> Path:
@@ -231,7 +231,7 @@ class _NanAt(nn.Module):
 
 def test_nan_from_the_encoder_fails_naming_the_tile(cmu, cmu_tiles, tmp_path, caplog, monkeypatch):
     spec = ENCODERS["resnet18_trunc"]
-    monkeypatch.setattr(cli, "build_encoder", lambda name, weights: (_NanAt(10), spec, RANDOM_INIT))
+    monkeypatch.setattr(cli, "build_encoder", lambda name, weights, **_: (_NanAt(10), spec, RANDOM_INIT))
     out = tmp_path / "feat.h5"
     assert cli.main(_features_argv(cmu, cmu_tiles, out)) == 1
     _no_output(out)

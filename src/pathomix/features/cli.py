@@ -28,7 +28,7 @@ from torch import nn
 from pathomix.cli import stage_main
 from pathomix.constants import BAD_TILE_POLICIES, MODALITIES
 from pathomix.errors import PathomixInputError
-from pathomix.features.encoders import ENCODERS, EncoderSpec, build_encoder
+from pathomix.features.encoders import EncoderSpec, build_encoder, encoder_table, format_table
 from pathomix.features.extract import BatchEncoder, Extracted, ExtractParams, extract_tiles
 from pathomix.features.tiles import SlideRef, TileDataset
 from pathomix.io.h5store import read_coords, write_features
@@ -41,7 +41,9 @@ log = logging.getLogger("pathomix.features")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pathomix.features", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--list-encoders", action="store_true", help="print the encoder registry and exit")
+    p.add_argument("--list-encoders", action="store_true",
+                   help="print the encoder registry (dim, input, embedding, weights source, found locally: "
+                        "in --params' `weights` or the Hugging Face cache) and exit")
     p.add_argument("--slide-id")
     p.add_argument("--path")
     p.add_argument("--modality", default="he", choices=MODALITIES)
@@ -144,7 +146,7 @@ def main_threads(threads: int, workers: int) -> int:
 
 def load_encoder(params: ExtractParams) -> tuple[nn.Module, EncoderSpec, str]:
     """The encoder ``params`` names, with its weights (model, spec, weights sha256)."""
-    return build_encoder(params.encoder, params.weights)
+    return build_encoder(params.encoder, params.weights, allow_random_init=params.allow_random_init)
 
 
 def run(params: ExtractParams, paths: ExtractPaths, threads: int = 1,
@@ -168,8 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     """Encode one slide: 0 on success, 1 on an input problem (logged at ERROR, no traceback)."""
     args = parse_args(argv)
     if args.list_encoders:
-        for name, spec in ENCODERS.items():
-            sys.stdout.write(f"{name}\t{spec.dim}\t{spec.description}\n")
+        sys.stdout.write(format_table(encoder_table(load_extract_params(args.params).weights)))
         return 0
     params = load_extract_params(args.params, args.on_bad_tile)
     paths = ExtractPaths(args.slide_id, args.path, tuple(args.tiles), tuple(args.out), args.modality, args.mpp,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -46,7 +46,12 @@ class ExtractParams:
     """The config's ``features:`` subtree; defaults equal config.yaml (tests/test_params.py checks)."""
 
     encoder: str = "resnet18_trunc"
-    weights: str | None = None
+    # a checkpoint path (one encoder) or {encoder: path}; an encoder without one is looked up in the local
+    # Hugging Face cache, offline (pathomix.features.weights.resolve_weights)
+    weights: str | Mapping[str, str | None] | None = None
+    # no weights given or found: run randomly initialised (True; loud warning, "random-init" in the stores) or
+    # fail (False, the package default; the demo's config.yaml sets True)
+    allow_random_init: bool = False
     batch_size: int | str = 64      # or "auto": from free GPU memory (see auto_batch_size)
     num_workers: int = 2
     device: str = "auto"
@@ -74,6 +79,8 @@ class DeviceTransform(nn.Module):
     def __init__(self, spec: EncoderSpec):
         super().__init__()
         self.size = spec.input_px
+        # crop_pct < 1 (e.g. GigaPath: Resize(256) + CenterCrop(224)): resize to size / crop_pct, crop the centre
+        self.resize = round(spec.input_px / spec.crop_pct)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
 
@@ -81,9 +88,12 @@ class DeviceTransform(nn.Module):
         x = batch.float().div_(255.0)
         if grayscale:  # each marker becomes its own 3-channel grayscale image
             x = x.reshape(-1, 1, *x.shape[-2:]).expand(-1, 3, -1, -1)
-        if x.shape[-1] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
+        if x.shape[-1] != self.resize:
+            x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", antialias=True,
                               align_corners=False)
+        if self.resize != self.size:
+            top = (self.resize - self.size) // 2
+            x = x[..., top:top + self.size, top:top + self.size]
         return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
 
