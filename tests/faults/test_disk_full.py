@@ -4,6 +4,7 @@ no temporary file, and a rerun after space is freed gives the outputs of an undi
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,9 @@ from pathomix.io.h5store import COORD_ATTRS, write_features
 from pathomix.train.outputs import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+EXTRACT = {"encoder": "resnet18_trunc", "num_workers": 0, "allow_random_init": True}
 
 
 def _feature_store(path: Path) -> None:
@@ -63,7 +67,7 @@ def test_extraction_on_a_full_disk_exits_cleanly_not_with_a_segfault(tmpfs, shar
     fill(disk, leave=8 << 10)
     out = disk / "features" / "S1.h5"
     proc = subprocess.run([*py, "pathomix.features", "--slide-id", "S1", "--path", str(slide), "--tiles", str(tiles),
-                           "--out", str(out), "--params", '{"encoder": "resnet18_trunc", "num_workers": 0}'],
+                           "--out", str(out), "--params", json.dumps(EXTRACT)],
                           capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "disk full" in proc.stderr and str(out.parent) in proc.stderr

@@ -179,7 +179,7 @@ def demo_pending():
 
 @functools.lru_cache(maxsize=4)
 def _read_sheet(path, mtime):
-    df = read_slides(path, check_files=False)
+    df = read_slides(path, check_files=False, unique_files=True)
     try:
         validate_table(df, SLIDES_SCHEMA, f"slides sheet {path}")
     except ValueError as err:

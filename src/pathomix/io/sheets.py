@@ -83,8 +83,9 @@ def _refuse_shared_files(df: pd.DataFrame, sheet: Path) -> None:
         )
 
 
-def read_slides(path: str | Path, check_files: bool = True) -> pd.DataFrame:
-    """slides.tsv → DataFrame indexed by slide_id with absolute ``path`` and float ``mpp``."""
+def read_slides(path: str | Path, check_files: bool = True, unique_files: bool = False) -> pd.DataFrame:
+    """slides.tsv → DataFrame indexed by slide_id with absolute ``path`` and float ``mpp``. ``check_files``: every
+    path exists; ``unique_files`` (the workflow at planning): no file under two slide ids."""
     path = Path(path)
     df = _read_table(path, "slides")
     _require(df, ("slide_id", "patient_id", "path", "modality"), path, "slides sheet")
@@ -106,7 +107,8 @@ def read_slides(path: str | Path, check_files: bool = True) -> pd.DataFrame:
                     f"slides sheet {path}: slide {row.slide_id} (patient {row.patient_id}) points at "
                     f"{row.path}, which does not exist; fix the `path` column"
                 )
-    _refuse_shared_files(df, path)
+    if unique_files:
+        _refuse_shared_files(df, path)
     df["mpp"] = pd.to_numeric(df["mpp"], errors="raise") if "mpp" in df.columns else np.nan
     df["cohort"] = df["cohort"].fillna("main").astype(str) if "cohort" in df.columns else "main"
     return df.set_index("slide_id", drop=False)
