@@ -256,3 +256,25 @@ def test_a_run_on_imported_stores(tmp_path, demo):
     check = subprocess.run([snakemake_cmd()[0], str(ROOT.parent / "shared" / "tools" / "check_results.py"),
                             str(res)], capture_output=True, text=True, timeout=300)
     assert check.returncode == 0 or not (ROOT.parent / "shared").exists(), check.stdout[-3000:]
+
+
+def test_the_encoder_table_compares_encoders_per_model_and_task(tmp_path):
+    from pathomix.evaluate import encoders as E
+    from pathomix.evaluate.metrics import summary_table
+
+    rows = []
+    for model, enc, auc in (("abmil", "r18", 0.7), ("abmil@vit", "vit", 0.8), ("snn", "", 0.6)):
+        for fold, value in (("0", auc - 0.05), ("1", auc + 0.05)):
+            rows.append((model, enc, "diagnosis", fold, "auc", value, np.nan, np.nan))
+        rows.append((model, enc, "diagnosis", "all", "auc", auc, auc - 0.1, auc + 0.1))
+    metrics = pd.DataFrame(rows, columns=["model", "encoder", "task", "fold", "metric", "value", "ci_low", "ci_high"])
+    summary = summary_table(metrics)
+    assert list(summary.columns[:4]) == ["model", "encoder", "task", "metric"]
+    table = E.encoder_table(summary, ["auc"])
+    assert set(table.model_base) == {"abmil"}  # snn reads no features: not compared
+    assert table.set_index("encoder").best.to_dict() == {"r18": False, "vit": True}
+    E.write_html(table, tmp_path / "encoders.html", 20)
+    html = (tmp_path / "encoders.html").read_text()
+    assert "<th>r18</th><th>vit</th>" in html and "<b>0.800 [0.700, 0.900]</b>" in html
+    E.encoder_figure(table, tmp_path / "encoders.png")
+    assert (tmp_path / "encoders.png").stat().st_size > 5000

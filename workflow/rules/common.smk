@@ -67,13 +67,31 @@ for _name in config["train"]["models"]:  # fail at parse time, naming the model 
     except KeyError as err:
         raise WorkflowError(f"config train.models: {err.args[0]}") from None
 # trained names: a model that reads patch features once per encoder ({model}, {model}@{encoder}), others once
-MODEL_INSTANCES = model_instances(config["train"]["models"], VARIANTS, ENCODERS)
+# imported stores are H&E: a model that reads mIF stores trains on the extracted encoders only
+MODEL_INSTANCES = [
+    m
+    for m in model_instances(config["train"]["models"], VARIANTS, ENCODERS)
+    if not (split_instance(m)[1] in IMPORTS and model_inputs(m, VARIANTS)["mif"])
+]
+if ENCODER in IMPORTS and (_mif := [m for m in config["train"]["models"] if model_inputs(m, VARIANTS)["mif"]]):
+    raise WorkflowError(
+        f"train.models {_mif} read mIF feature stores, but the first encoder {ENCODER} is imported "
+        "(features.import: H&E stores); list an extracted encoder first in features.encoders or remove them"
+    )
 # (model, task) pairs that train: every model on train.tasks, a variant on its own `tasks` if it lists them
 MODEL_TASKS = [(m, t) for m in MODEL_INSTANCES for t in model_tasks(m, config["train"])]
 try:  # train.select: name → candidates (every encoder's instance); per task and fold the best on validation
     SELECTIONS = {s: selection_instances(c, VARIANTS, ENCODERS) for s, c in selections(config["train"]).items()}
 except KeyError as err:
     raise WorkflowError(f"config {err.args[0]}") from None
+for _name, _cands in SELECTIONS.items():
+    if _untrained := [c for c in _cands if c not in MODEL_INSTANCES and split_instance(c)[1] is not None]:
+        if any(split_instance(c)[1] not in ENCODERS for c in _untrained):
+            raise WorkflowError(
+                f"config train.select.{_name}: {_untrained} name no encoder of this run (features.encoders, "
+                f"features.import: {ENCODERS})"
+            )
+        SELECTIONS[_name] = tuple(c for c in _cands if c not in _untrained)  # mIF models on imported stores
 SELECT_TASKS = [(s, t) for s, cands in SELECTIONS.items() for t in selection_tasks(cands, config["train"])]
 EVAL_MODEL_TASKS = MODEL_TASKS + SELECT_TASKS  # what evaluation and the report show: models and selections
 FOLDS = range(config["splits"]["n_folds"])
