@@ -132,6 +132,30 @@ def test_adding_an_encoder_leaves_the_first_encoders_jobs_as_they_were(tmp_path,
     assert any("--name abmil@vit_tiny" in c for c in two) and not any("@" in c for c in stage(one, "train"))
 
 
+def test_batched_cohorts_extract_each_encoder_in_batches(tmp_path, demo):
+    work = work_dir(tmp_path, demo, {"encoders": ENCODERS})
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg["slide_batches"] = {"size": 4, "above": 0}
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cmds = planned(work)
+    batches = [c for c in cmds if c.startswith("python -m pathomix.batch extract ")]
+    n_batches = len([c for c in cmds if c.startswith("python -m pathomix.batch tile ")])
+    for enc in ENCODERS:
+        mine = [c for c in batches if f"--encoder {enc} " in c]
+        assert len(mine) == n_batches and all(f'"encoder": "{enc}"' in c for c in mine)
+    manifests = stage(cmds, "features.manifest")
+    assert len(manifests) == 2 and all("--batches" in c for c in manifests)
+
+
+def test_an_mif_model_needs_an_extracted_first_encoder(tmp_path, demo):
+    folders = write_imports(tmp_path / "stores", demo)
+    work = work_dir(tmp_path / "w", demo, import_config(folders), models=("abmil", "fluoroformer"))
+    proc = snakemake(work, "-n")
+    assert proc.returncode != 0
+    assert "['fluoroformer'] read mIF feature stores, but the first encoder tri is imported" in (proc.stderr
+                                                                                                   + proc.stdout)
+
+
 def write_imports(root: Path, demo: Path, dim: int = 12) -> dict[str, Path]:
     """Stores of the demo's H&E slides in the three layouts (synthetic features with a class signal, tiles on
     the slides at 20x)."""
