@@ -181,3 +181,20 @@ def test_the_manifest_names_the_source_of_an_imported_store(folders, tmp_path):
     row = manifest_row(out, slide, "20x", tmp_path / "results")
     assert row["path"] == "features/mine/20x/S1.h5" and row["encoder"] == "mine"
     assert row["source"] == str((folders["trident"] / "S1.h5").resolve()) and row["source_format"] == "trident"
+
+
+def test_a_fallback_encoder_takes_the_slides_without_a_store(folders):
+    from pathomix.features.entries import ENCODERS
+
+    folder = folders["trident"]
+    for s in SLIDES:
+        write_trident(folder, s, dim=ENCODERS["resnet18_trunc"].dim)
+    (folder / "S2.h5").unlink()
+    p = plan(ImportSpec("uni", folder, fallback="resnet18_trunc"), SLIDES, MAGS)
+    assert sorted(p.files) == ["S1", "S3"] and p.missing == ("S2",)
+    with pytest.raises(PathomixInputError, match="fallback vit_tiny gives 192-d features, the imported stores are 256"):
+        plan(ImportSpec("uni", folder, fallback="vit_tiny"), SLIDES, MAGS)
+    with pytest.raises(PathomixInputError, match="or name the registered encoder that made them"):
+        plan(ImportSpec("uni", folder), SLIDES, MAGS)
+    with pytest.raises(PathomixInputError, match="fallback 'uni_v2' is not a registered encoder"):
+        parse_imports({"uni": {"path": str(folder), "fallback": "uni_v2"}})

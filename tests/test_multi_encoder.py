@@ -228,6 +228,27 @@ def test_an_import_is_checked_before_any_job_runs(tmp_path, demo):
     assert proc.returncode != 0 and "do not record their magnification" in proc.stderr + proc.stdout
 
 
+def test_a_fallback_encoder_extracts_the_slides_an_import_lacks(tmp_path, demo):
+    from pathomix.features.entries import ENCODERS as REGISTERED
+
+    folders = write_imports(tmp_path / "stores", demo, dim=REGISTERED["resnet18_trunc"].dim)
+    lacking = sorted(folders["tri"].glob("*.h5"))[0]
+    lacking.unlink()
+    cfg = {"encoders": [], "import": {"tri": {"path": str(folders["tri"]), "fallback": "resnet18_trunc"}}}
+    cmds = planned(work_dir(tmp_path / "w", demo, cfg, models=("abmil",)))
+    (tile,) = stage(cmds, "tiling")
+    (extract,) = stage(cmds, "features")
+    assert f"--slide-id {lacking.stem} " in tile and f"/features/tri/20x/{lacking.stem}.h5" in extract
+    assert '"encoder": "resnet18_trunc"' in extract
+    imports = stage(cmds, "io.imported")
+    assert len(imports) == int((read_slides(demo / "slides.tsv", check_files=False).modality == "he").sum()) - 1
+    (manifest,) = stage(cmds, "features.manifest")
+    assert "--encoder tri --stores" in manifest and f"/features/tri/20x/{lacking.stem}.h5" in manifest
+    cfg["import"]["tri"]["fallback"] = "vit_tiny"  # 192-d: not the encoder that made these stores
+    proc = snakemake(work_dir(tmp_path / "w2", demo, cfg, models=("abmil",)), "-n")
+    assert proc.returncode != 0 and "fallback vit_tiny gives 192-d features" in proc.stderr + proc.stdout
+
+
 # ---- real runs (slow) ------------------------------------------------------------------------------------
 def run(work: Path) -> None:
     proc = snakemake(work, timeout=1800)
@@ -264,15 +285,25 @@ def test_a_run_with_two_encoders(tmp_path, demo):
 
 @pytest.mark.slow
 def test_a_run_on_imported_stores(tmp_path, demo):
-    folders = write_imports(tmp_path / "stores", demo)
-    work = work_dir(tmp_path / "w", demo, import_config(folders))
+    """Three imported layouts, one lacking a slide that its fallback encoder extracts (the only tiling)."""
+    from pathomix.features.entries import ENCODERS as REGISTERED
+
+    folders = write_imports(tmp_path / "stores", demo, dim=REGISTERED["resnet18_trunc"].dim)
+    lacking = sorted(folders["tri"].glob("*.h5"))[-1]
+    lacking.unlink()
+    cfg = import_config(folders)
+    cfg["import"]["tri"] = {"path": str(folders["tri"]), "fallback": "resnet18_trunc"}
+    work = work_dir(tmp_path / "w", demo, cfg)
     run(work)
     res = work / "results"
-    assert not (res / "tiles").exists()
+    assert [p.stem for p in (res / "tiles" / "20x").glob("*.h5")] == [lacking.stem]
     for name, fmt in (("tri", "trident"), ("clamx", "clam"), ("st", "stamp")):
-        man = pd.read_parquet(res / "features" / name / "manifest.parquet")
-        assert (man.source_format == fmt).all() and man.source.map(lambda p: Path(p).is_absolute()).all()
-        assert man.path.str.startswith(f"features/{name}/20x/").all()
+        man = pd.read_parquet(res / "features" / name / "manifest.parquet").set_index("slide_id")
+        imported = man.drop(index=lacking.stem) if name == "tri" else man
+        assert (imported.source_format == fmt).all() and imported.source.map(lambda p: Path(p).is_absolute()).all()
+        assert man.path.str.startswith(f"features/{name}/20x/").all() and (man.encoder == name).all()
+    tri = pd.read_parquet(res / "features" / "tri" / "manifest.parquet").set_index("slide_id")
+    assert tri.source[lacking.stem] == "" and tri.encoder_weights_sha256[lacking.stem] != "imported:trident"
     m = pd.read_parquet(res / "eval" / "metrics.parquet")
     assert set(m.model) == {"abmil", "abmil@clamx", "abmil@st", "snn"}
     assert set(m[m.model.str.startswith("abmil")].encoder) == {"tri", "clamx", "st"}

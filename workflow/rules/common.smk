@@ -388,6 +388,8 @@ def extract_cfg(encoder):
     where `weights` maps encoders to files, without the keys that choose encoders (so adding an encoder or
     an import reruns no other encoder's extraction)."""
     cfg = {k: v for k, v in config["features"].items() if k not in ("encoders", "import")}
+    if encoder in IMPORTS:  # the slides an import lacks, extracted with its fallback encoder
+        encoder = IMPORTS[encoder].fallback
     cfg["encoder"] = encoder
     if isinstance(cfg.get("weights"), dict):
         cfg["weights"] = {k: v for k, v in cfg["weights"].items() if k == encoder}
@@ -399,9 +401,17 @@ def _names_regex(names):
     return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
-EXTRACTED_NAMES = _names_regex(EXTRACT_ENCODERS)
+# extracted encoders, and imports with a fallback encoder (rule extract makes their missing slides' stores)
+EXTRACTED_NAMES = _names_regex(EXTRACT_ENCODERS + [n for n, spec in IMPORTS.items() if spec.fallback])
 IMPORTED_NAMES = _names_regex(IMPORTS)
 ENCODER_NAMES = _names_regex(ENCODERS)
+
+
+def import_source(wildcards):
+    """The original store of an imported slide; for a slide the import lacks, the path it would have (which no
+    rule makes, so the higher-ranked import_features gives way to extract with the fallback encoder)."""
+    p = import_plan(wildcards.encoder)
+    return str(p.files.get(wildcards.slide_id) or IMPORTS[wildcards.encoder].store(wildcards.slide_id, p.layout))
 
 
 def import_slide_flags(slide_id):
@@ -416,7 +426,7 @@ def heatmap_coords(slide_ids, inputs=False):
     see tile_dependencies), or the primary encoder's feature stores when it is imported (no tiling)."""
     if ENCODER in IMPORTS:
         p = import_plan(ENCODER)
-        return [str(P.features(RESULTS, ENCODER, p.mag, s)) for s in slide_ids if s in p.files]
+        return [str(P.features(RESULTS, ENCODER, p.mag, s)) for s in slide_ids if s in p.files or s in p.missing]
     return tile_dependencies(slide_ids) if inputs else tile_store_paths(slide_ids)
 
 
@@ -430,8 +440,9 @@ def needs_tiles():
 def feature_stores(wildcards):
     """The feature stores of {encoder}, or in batch mode the extraction batches' markers (which list them)."""
     enc = wildcards.encoder
-    if enc in IMPORTS:
-        return [str(P.features(RESULTS, enc, import_plan(enc).mag, s)) for s in import_plan(enc).files]
+    if enc in IMPORTS:  # the imported stores and those its fallback encoder extracts
+        p = import_plan(enc)
+        return [str(P.features(RESULTS, enc, p.mag, s)) for s in he_slide_ids() if s in p.files or s in p.missing]
     if batches := batch_map():
         return [str(P.feature_batch(RESULTS, enc, b)) for b in sorted(batches)]
     df = slides()

@@ -87,16 +87,21 @@ rule manifest:
     resources:
         **class_resources("light"),
     params:
-        source=lambda w: "--batches" if batch_map() and w.encoder not in IMPORTS else "--stores",
+        source=lambda w: (
+            f"--encoder {w.encoder} --stores" if w.encoder in IMPORTS else "--batches" if batch_map() else "--stores"
+        ),
         code=EXTRACT_CODE,
     shell:
         "python -m pathomix.features.manifest --slides {input.sheet:q} {params.source} {input.stores:q} "
         "--out {output:q} > {log:q} 2>&1"
 
 
+ruleorder: import_features > extract  # a slide an import lacks: extract with features.import.<name>.fallback
+
+
 rule import_features:
     input:
-        source=lambda w: str(import_plan(w.encoder).files[w.slide_id]),
+        source=import_source,
     output:
         f"{RESULTS}/features/{{encoder}}/{{mag}}/{{slide_id}}.h5",  # P.features with a {mag} wildcard
     log:

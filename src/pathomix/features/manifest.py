@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--stores", nargs="+", help="feature stores: .../{mag}/{slide_id}.h5")
     src.add_argument("--batches", nargs="+", help="markers of extraction batch jobs (pathomix.batch), listing stores")
     p.add_argument("--out", required=True)
+    p.add_argument("--encoder", help="the `encoder` column (imported stores: the features.import name, also for the "
+                                     "slides its fallback encoder extracted); default: each store's own")
     args = p.parse_args(argv)
     slides = read_slides(args.slides, check_files=False)
     stores = args.stores or [s for b in args.batches for s in pd.read_parquet(b, columns=["path"]).path]
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     for store in map(Path, stores):
         rows.append(manifest_row(store, slides.loc[store.name.removesuffix(".h5")], store.parent.name, results))
     df = pd.DataFrame(rows)
+    if args.encoder:
+        df["encoder"] = args.encoder
     write_parquet(df, args.out)
     log.info("manifest %s: %d stores, %d slides, %d tiles", args.out, len(df), df.slide_id.nunique(),
              int(df.n_tiles.sum()))

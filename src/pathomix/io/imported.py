@@ -4,6 +4,7 @@
       import:
         uni_trident: /data/trident_processed/20x_256px_0px_overlap/features_uni_v1   # a folder
         ctp_stamp: {path: /data/stamp/ctranspath-1a2b3c4d, mag: 10x}                   # or a mapping
+        r50_clam: {path: /data/clam_features, mag: 20x, fallback: resnet50_trunc}       # extract missing slides
 
 An imported encoder may have any name (it need not be registered). Layouts, as the projects write them:
 
@@ -25,7 +26,9 @@ an imported folder holds one magnification, so every configured magnification mu
 
 The workflow validates an import at planning time (:func:`plan`: every H&E slide has a readable store with the
 dataset, one feature dimension, coords; one error lists every problem) and plans no tiling or extraction for
-its slides: ``python -m pathomix.io.imported`` (rule ``import_features``) converts each store into
+its slides (``fallback``: a registered encoder of the same dimension, the one that made the stores, extracts the
+slides that have none, tiled as usual; their manifest rows have an empty ``source``):
+``python -m pathomix.io.imported`` (rule ``import_features``) converts each store into
 ``features/{encoder}/{mag}/{slide_id}.h5`` in pathomix's own format (DESIGN §5; the original is only read),
 so training, heatmaps and checks read it like an extracted store; the manifest's ``source`` column names the
 original file and its format.
@@ -61,6 +64,7 @@ class ImportSpec:
     folder: Path
     format: str = "auto"
     mag: str | None = None
+    fallback: str | None = None  # a registered encoder that extracts the slides without a store
 
     def layout(self) -> str:
         """The format, read off the folder when ``auto``."""
@@ -93,7 +97,14 @@ def parse_imports(entries: Mapping[str, Any] | None) -> dict[str, ImportSpec]:
         fmt = spec.get("format") or "auto"
         if fmt not in (*FORMATS, "auto"):
             raise PathomixInputError(f"features.import.{name}: format {fmt!r} is not one of auto, {', '.join(FORMATS)}")
-        out[name] = ImportSpec(name, Path(spec["path"]).expanduser(), fmt, spec.get("mag"))
+        fallback = spec.get("fallback")
+        if fallback is not None:
+            from pathomix.features.entries import ENCODERS
+
+            if fallback not in ENCODERS:
+                raise PathomixInputError(f"features.import.{name}: fallback {fallback!r} is not a registered encoder "
+                                         f"{sorted(ENCODERS)}")
+        out[name] = ImportSpec(name, Path(spec["path"]).expanduser(), fmt, spec.get("mag"), fallback)
     return out
 
 
@@ -176,6 +187,7 @@ class ImportPlan:
     mag: str
     dim: int
     files: dict[str, Path]
+    missing: tuple[str, ...] = ()  # slides without a store, extracted with the entry's fallback encoder
 
 
 def plan(spec: ImportSpec, slide_ids: Iterable[str], mags: Mapping[str, float]) -> ImportPlan:
@@ -187,12 +199,16 @@ def plan(spec: ImportSpec, slide_ids: Iterable[str], mags: Mapping[str, float]) 
     slide_ids = list(slide_ids)
     files = {s: spec.store(s, layout) for s in slide_ids}
     missing = [s for s, f in files.items() if not f.exists()]
-    if missing:
+    if missing and spec.fallback:
+        files = {s: f for s, f in files.items() if s not in missing}
+    elif missing:
         where = spec.folder / "h5_files" if layout == "clam" else spec.folder
         raise PathomixInputError(
             f"features.import.{spec.name}: {len(missing)} of {len(slide_ids)} slide(s) have no {layout} store in "
             f"{where} (expected {{slide_id}}.h5, e.g. {files[missing[0]].name}): {', '.join(missing[:20])}"
-            + (" ..." if len(missing) > 20 else "") + "; add the stores, or remove those slides from the slides sheet")
+            + (" ..." if len(missing) > 20 else "") + "; add the stores, remove those slides from the slides sheet, "
+            f"or name the registered encoder that made them to extract the missing ones: features.import.{spec.name}: "
+            f"{{path: {spec.folder}, fallback: <encoder>}}")
     problems, infos = [], {}
     for s, f in files.items():
         try:
@@ -207,14 +223,23 @@ def plan(spec: ImportSpec, slide_ids: Iterable[str], mags: Mapping[str, float]) 
     if problems:
         raise PathomixInputError(f"features.import.{spec.name} ({spec.folder}, {layout}):\n  " + "\n  ".join(problems))
     if not infos:
-        raise PathomixInputError(f"features.import.{spec.name}: the slides sheet has no H&E slide to import")
+        raise PathomixInputError(f"features.import.{spec.name}: no H&E slide of the slides sheet has a store in "
+                                 f"{spec.folder}")
+    dim = dims.pop()
+    if missing and spec.fallback:
+        from pathomix.features.entries import ENCODERS
+
+        if ENCODERS[spec.fallback].dim != dim:
+            raise PathomixInputError(
+                f"features.import.{spec.name}: fallback {spec.fallback} gives {ENCODERS[spec.fallback].dim}-d "
+                f"features, the imported stores are {dim}-d; name the encoder that made them")
     first = next(iter(infos))
     mag = match_mag(spec, infos[first], mags, files[first])
     if extra := [m for m in mags if m != mag]:
         raise PathomixInputError(
             f"features.import.{spec.name}: the imported stores are at {mag} only, but tiling.magnifications also "
             f"names {extra}; set tiling.magnifications to {{{mag}: {mags[mag]}}} for this run")
-    return ImportPlan(spec.name, layout, mag, dims.pop(), files)
+    return ImportPlan(spec.name, layout, mag, dim, files, tuple(missing) if spec.fallback else ())
 
 
 # ---- conversion (one slide): the rule import_features ------------------------------------------------
