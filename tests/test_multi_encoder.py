@@ -147,6 +147,12 @@ def test_batched_cohorts_extract_each_encoder_in_batches(tmp_path, demo):
     assert len(manifests) == 2 and all("--batches" in c for c in manifests)
 
 
+def test_no_encoder_at_all_is_refused_for_feature_models(tmp_path, demo):
+    proc = snakemake(work_dir(tmp_path, demo, {"encoders": []}), "-n")
+    assert proc.returncode != 0
+    assert "['abmil'] read patch features, but features.encoders is []" in proc.stdout + proc.stderr
+
+
 def test_an_mif_model_needs_an_extracted_first_encoder(tmp_path, demo):
     folders = write_imports(tmp_path / "stores", demo)
     work = work_dir(tmp_path / "w", demo, import_config(folders), models=("abmil", "fluoroformer"))

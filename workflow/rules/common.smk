@@ -23,6 +23,7 @@ from pathomix.evaluate import layout as L
 from pathomix.catalog import (
     is_joint,
     model_instances,
+    reads_features,
     selection_instances,
     split_instance,
     selection_tasks,
@@ -73,6 +74,11 @@ MODEL_INSTANCES = [
     for m in model_instances(config["train"]["models"], VARIANTS, ENCODERS)
     if not (split_instance(m)[1] in IMPORTS and model_inputs(m, VARIANTS)["mif"])
 ]
+if not ENCODERS and (_feat := [m for m in config["train"]["models"] if reads_features(m, VARIANTS)]):
+    raise WorkflowError(
+        f"train.models {_feat} read patch features, but features.encoders is [] and features.import is empty; "
+        "name an encoder in features.encoders (or features.encoder with encoders: null) or import stores"
+    )
 if ENCODER in IMPORTS and (_mif := [m for m in config["train"]["models"] if model_inputs(m, VARIANTS)["mif"]]):
     raise WorkflowError(
         f"train.models {_mif} read mIF feature stores, but the first encoder {ENCODER} is imported "
