@@ -22,6 +22,7 @@ MODEL_OUTPUTS = {"checkpoint": CHECKPOINT, "history": HISTORY, "predictions": PR
 METRICS = "metrics.parquet"
 SUMMARY = "summary.csv"
 SUMMARY_FIGURE = "summary.png"
+ENCODER_FIGURE = "encoders.png"  # in figures(): several encoders, pooled AUC / C-index per model × encoder
 HEATMAP_GRID = "{model}__{head}.png"  # in heatmaps(): one grid per WSI model × attention head
 
 
@@ -76,6 +77,8 @@ def folds(results: str | Path) -> Path:
 
 
 def model_dir(results: str | Path, model: str, task: str, fold: int | str) -> Path:
+    """``models/{model}/{task}/fold{k}``; ``model`` is a trained name: the model (a variant) with the first
+    encoder, ``{model}@{encoder}`` with a further one (pathomix.catalog.variants: model instances)."""
     return Path(results) / "models" / model / task / f"fold{fold}"
 
 
@@ -112,6 +115,11 @@ def comparison(results: str | Path, ext: str) -> Path:
 def selection(results: str | Path, ext: str) -> Path:
     """train.select: what each selection chose per task and fold, with the candidates' validation scores."""
     return eval_dir(results) / f"selection.{ext}"
+
+
+def encoders(results: str | Path, ext: str) -> Path:
+    """Several encoders: the encoder × model × task table (csv, html)."""
+    return eval_dir(results) / f"encoders.{ext}"
 
 
 def cohorts(results: str | Path, ext: str) -> Path:

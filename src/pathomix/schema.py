@@ -50,6 +50,7 @@ def _props(*keys: str) -> tuple[str, ...]:
 _VARIANT = (*_props("train", "variants"), "additionalProperties")
 TARGETS: tuple[Target, ...] = (
     Target(_props("features", "encoder"), "encoders"),
+    Target((*_props("features", "encoders"), "items"), "encoders"),
     Target((*_props("train", "models"), "description"), "models", "description"),
     Target((*_VARIANT, *_props("model")), "models"),
     Target((*_VARIANT, *_props("tasks"), "items"), "tasks"),

@@ -22,6 +22,10 @@ from pathomix.config import validate_table
 from pathomix.evaluate import layout as L
 from pathomix.catalog import (
     is_joint,
+    model_instances,
+    reads_features,
+    selection_instances,
+    split_instance,
     selection_tasks,
     selections,
     job_params,
@@ -31,6 +35,8 @@ from pathomix.catalog import (
     resolve,
     slide_modality,
 )
+from pathomix.errors import PathomixInputError
+from pathomix.io.imported import parse_imports, plan
 from pathomix.io.sheets import read_slides
 from pathomix.tasks import TASKS
 
@@ -38,7 +44,18 @@ RESULTS = config["results_dir"]
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 MAGS = list(config["tiling"]["magnifications"])
-ENCODER = config["features"]["encoder"]
+# Encoders of the run (README: Several encoders in one run): `features.encoders` (a list, [] = extract none)
+# wins over `features.encoder` (one name, used when `encoders` is absent or null); the names of
+# `features.import` follow (stores users already have; a name in both lists is imported, not extracted).
+# The first is the primary encoder: its models keep their plain names, the heatmaps draw them.
+try:
+    IMPORTS = parse_imports(config["features"].get("import"))
+except PathomixInputError as err:
+    raise WorkflowError(str(err)) from None
+_listed = config["features"].get("encoders")
+ENCODERS = list(dict.fromkeys([*(_listed if _listed is not None else [config["features"]["encoder"]]), *IMPORTS]))
+EXTRACT_ENCODERS = [e for e in ENCODERS if e not in IMPORTS]  # extracted by pathomix (rule extract)
+ENCODER = ENCODERS[0] if ENCODERS else config["features"]["encoder"]
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
 with open(SCHEMAS / "slides.schema.yaml") as _f:
     SLIDES_SCHEMA = yaml.safe_load(_f)
@@ -50,12 +67,37 @@ for _name in config["train"]["models"]:  # fail at parse time, naming the model 
         resolve(_name, VARIANTS)
     except KeyError as err:
         raise WorkflowError(f"config train.models: {err.args[0]}") from None
+# trained names: a model that reads patch features once per encoder ({model}, {model}@{encoder}), others once
+# imported stores are H&E: a model that reads mIF stores trains on the extracted encoders only
+MODEL_INSTANCES = [
+    m
+    for m in model_instances(config["train"]["models"], VARIANTS, ENCODERS)
+    if not (split_instance(m)[1] in IMPORTS and model_inputs(m, VARIANTS)["mif"])
+]
+if not ENCODERS and (_feat := [m for m in config["train"]["models"] if reads_features(m, VARIANTS)]):
+    raise WorkflowError(
+        f"train.models {_feat} read patch features, but features.encoders is [] and features.import is empty; "
+        "name an encoder in features.encoders (or features.encoder with encoders: null) or import stores"
+    )
+if ENCODER in IMPORTS and (_mif := [m for m in config["train"]["models"] if model_inputs(m, VARIANTS)["mif"]]):
+    raise WorkflowError(
+        f"train.models {_mif} read mIF feature stores, but the first encoder {ENCODER} is imported "
+        "(features.import: H&E stores); list an extracted encoder first in features.encoders or remove them"
+    )
 # (model, task) pairs that train: every model on train.tasks, a variant on its own `tasks` if it lists them
-MODEL_TASKS = [(m, t) for m in config["train"]["models"] for t in model_tasks(m, config["train"])]
-try:  # train.select: name → candidates; per task and fold the best candidate on validation patients
-    SELECTIONS = selections(config["train"])
+MODEL_TASKS = [(m, t) for m in MODEL_INSTANCES for t in model_tasks(m, config["train"])]
+try:  # train.select: name → candidates (every encoder's instance); per task and fold the best on validation
+    SELECTIONS = {s: selection_instances(c, VARIANTS, ENCODERS) for s, c in selections(config["train"]).items()}
 except KeyError as err:
     raise WorkflowError(f"config {err.args[0]}") from None
+for _name, _cands in SELECTIONS.items():
+    if _untrained := [c for c in _cands if c not in MODEL_INSTANCES and split_instance(c)[1] is not None]:
+        if any(split_instance(c)[1] not in ENCODERS for c in _untrained):
+            raise WorkflowError(
+                f"config train.select.{_name}: {_untrained} name no encoder of this run (features.encoders, "
+                f"features.import: {ENCODERS})"
+            )
+        SELECTIONS[_name] = tuple(c for c in _cands if c not in _untrained)  # mIF models on imported stores
 SELECT_TASKS = [(s, t) for s, cands in SELECTIONS.items() for t in selection_tasks(cands, config["train"])]
 EVAL_MODEL_TASKS = MODEL_TASKS + SELECT_TASKS  # what evaluation and the report show: models and selections
 FOLDS = range(config["splits"]["n_folds"])
@@ -318,12 +360,99 @@ def channels_flag(wildcards, input):
     return f"--channels-sheet {shlex.quote(input.channels[0])}" if input.channels else ""
 
 
-def feature_stores(wildcards=None):
-    """The feature stores, or in batch mode the extraction batches' markers (which list them)."""
-    if batches := batch_map():
-        return [str(P.feature_batch(RESULTS, ENCODER, b)) for b in sorted(batches)]
+def encoder_of(model):
+    """The encoder whose features a trained name reads: its @suffix, else the primary encoder."""
+    return split_instance(model)[1] or ENCODER
+
+
+def he_slide_ids():
     df = slides()
-    return [str(P.features(RESULTS, ENCODER, m, s)) for s in df.slide_id for m in MAGS]
+    return list(df[df.modality == "he"].slide_id)
+
+
+@functools.lru_cache(maxsize=16)
+def _import_plan(name, sheet_key):
+    try:
+        return plan(IMPORTS[name], he_slide_ids(), config["tiling"]["magnifications"])
+    except PathomixInputError as err:
+        raise WorkflowError(str(err)) from None
+
+
+def import_plan(name):
+    """The validated import of `name` (features.import): layout, magnification, dimension, slide → store."""
+    return _import_plan(name, (config.get("slides"), Path(config["slides"]).stat().st_mtime))
+
+
+# features.import is checked before any job runs (the demo's sheet: once the demo is generated)
+if IMPORTS and config.get("slides") and not demo_pending() and Path(config["slides"]).exists():
+    for _name in IMPORTS:
+        import_plan(_name)
+
+
+def extract_cfg(encoder):
+    """The `features:` subtree one extraction job of `encoder` runs with (JSON): its encoder, its own weights
+    where `weights` maps encoders to files, without the keys that choose encoders (so adding an encoder or
+    an import reruns no other encoder's extraction)."""
+    cfg = {k: v for k, v in config["features"].items() if k not in ("encoders", "import")}
+    if encoder in IMPORTS:  # the slides an import lacks, extracted with its fallback encoder
+        encoder = IMPORTS[encoder].fallback
+    cfg["encoder"] = encoder
+    if isinstance(cfg.get("weights"), dict):
+        cfg["weights"] = {k: v for k, v in cfg["weights"].items() if k == encoder}
+    return json.dumps(cfg, sort_keys=True)
+
+
+def _names_regex(names):
+    """A wildcard constraint matching exactly `names` (none: matches nothing)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+# extracted encoders, and imports with a fallback encoder (rule extract makes their missing slides' stores)
+EXTRACTED_NAMES = _names_regex(EXTRACT_ENCODERS + [n for n, spec in IMPORTS.items() if spec.fallback])
+IMPORTED_NAMES = _names_regex(IMPORTS)
+ENCODER_NAMES = _names_regex(ENCODERS)
+
+
+def import_source(wildcards):
+    """The original store of an imported slide; for a slide the import lacks, the path it would have (which no
+    rule makes, so the higher-ranked import_features gives way to extract with the fallback encoder)."""
+    p = import_plan(wildcards.encoder)
+    return str(p.files.get(wildcards.slide_id) or IMPORTS[wildcards.encoder].store(wildcards.slide_id, p.layout))
+
+
+def import_slide_flags(slide_id):
+    """The slide file (when it exists: its µm/px and size) and the sheet's mpp of an imported store's slide."""
+    row = _sheet()[1][slide_id]
+    flags = f"--slide {shlex.quote(str(row['path']))}" if Path(str(row["path"])).exists() else ""
+    return f"{flags} {row['mpp_flag']}".strip()
+
+
+def heatmap_coords(slide_ids, inputs=False):
+    """The coords stores the heatmaps place tiles with: the tile stores (`inputs`: what a job waits for,
+    see tile_dependencies), or the primary encoder's feature stores when it is imported (no tiling)."""
+    if ENCODER in IMPORTS:
+        p = import_plan(ENCODER)
+        return [str(P.features(RESULTS, ENCODER, p.mag, s)) for s in slide_ids if s in p.files or s in p.missing]
+    return tile_dependencies(slide_ids) if inputs else tile_store_paths(slide_ids)
+
+
+def needs_tiles():
+    """Whether the run tiles the slides: an extracted encoder, or a model that reads tile images."""
+    return bool(config.get("slides")) and (
+        bool(EXTRACT_ENCODERS) or any(model_inputs(m, VARIANTS)["images"] for m in config["train"]["models"])
+    )
+
+
+def feature_stores(wildcards):
+    """The feature stores of {encoder}, or in batch mode the extraction batches' markers (which list them)."""
+    enc = wildcards.encoder
+    if enc in IMPORTS:  # the imported stores and those its fallback encoder extracts
+        p = import_plan(enc)
+        return [str(P.features(RESULTS, enc, p.mag, s)) for s in he_slide_ids() if s in p.files or s in p.missing]
+    if batches := batch_map():
+        return [str(P.feature_batch(RESULTS, enc, b)) for b in sorted(batches)]
+    df = slides()
+    return [str(P.features(RESULTS, enc, m, s)) for s in df.slide_id for m in MAGS]
 
 
 # ---- target lists (rule all) and the outputs several rule files read ---------------------------------
@@ -372,13 +501,13 @@ def all_targets(wildcards):
     targets = [str(P.metrics(RESULTS)), str(P.summary(RESULTS)), *report_targets()]
     if batches := batch_map():  # the batch jobs write the QC images next to the stores
         targets += [str(P.tile_batch(RESULTS, b)) for b in sorted(batches)]
-    elif config.get("slides"):
+    elif needs_tiles():
         targets += [str(P.tile_qc(RESULTS, m, s)) for s in slides().slide_id for m in MAGS]
     return targets
 
 
 # ---- training (train.smk: rule train and one rule train_joint_<model> per joint model, written once) ----
-JOINT_MODELS = [m for m in config["train"]["models"] if is_joint(m, VARIANTS)]
+JOINT_MODELS = [m for m in MODEL_INSTANCES if is_joint(m, VARIANTS)]
 # model folders the train rule leaves to others (the joint models' train_joint_<model>, the selections' select)
 NOT_TRAIN = "|".join(re.escape(m) for m in JOINT_MODELS + list(SELECTIONS))
 
@@ -399,7 +528,7 @@ def train_inputs(w):
     need = model_inputs(w.model, VARIANTS)
     inputs = {"clinical": config["clinical"], "folds": str(P.folds(RESULTS))}
     if need["wsi"] or need["mif"]:  # H&E and mIF feature stores are listed in one manifest
-        inputs["manifest"] = str(P.manifest(RESULTS, ENCODER))
+        inputs["manifest"] = str(P.manifest(RESULTS, encoder_of(w.model)))
     if need["genes"]:
         inputs["hvg"], inputs["subspaces"] = str(P.hvg(RESULTS, w.fold)), str(P.subspaces(RESULTS, w.fold))
     if need["images"]:  # image models read the H&E tiles from the slides, through the coords stores
@@ -499,6 +628,20 @@ def figure_outputs():
                 caption=f"../report/{kind}.rst",
             )
     return out
+
+
+def encoder_outputs():
+    """Several encoders: the encoder × model × task table and figure (report category 1)."""
+    if len(ENCODERS) < 2:
+        return {}
+    cat = dict(category=CATEGORY["comparison"], caption="../report/encoders.rst")
+    return {
+        "encoders_html": report(str(P.encoders(RESULTS, "html")), **cat, labels={"table": "encoder × model × task"}),
+        "encoders_csv": report(str(P.encoders(RESULTS, "csv")), **cat, labels={"table": "encoders (CSV)"}),
+        "encoders_png": report(
+            str(P.figures(RESULTS) / P.ENCODER_FIGURE), **cat, labels={"table": "encoders: pooled AUC / C-index"}
+        ),
+    }
 
 
 def cohort_outputs():

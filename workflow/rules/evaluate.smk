@@ -11,6 +11,7 @@ rule evaluate:
     output:
         **cohort_outputs(),
         **selection_outputs(),
+        **encoder_outputs(),
         **figure_outputs(),
         metrics=str(P.metrics(RESULTS)),
         comparison_html=table(str(P.comparison(RESULTS, "html")), "comparison (mean ± sd, pooled [95 % CI])"),
@@ -36,6 +37,11 @@ rule evaluate:
             if EXTERNAL
             else ""
         ),
+        encoders=lambda w, output: (
+            f"--encoders-csv {shlex.quote(output.encoders_csv)} --encoders-html {shlex.quote(output.encoders_html)}"
+            if len(ENCODERS) > 1
+            else ""
+        ),
         cfg=json.dumps(
             {**{k: v for k, v in EVAL.items() if k != "heatmaps"}, "external_cohorts": EXTERNAL}, sort_keys=True
         ),
@@ -44,7 +50,7 @@ rule evaluate:
         "python -m pathomix.evaluate --predictions {input.predictions:q} --params {params.cfg:q} "
         "--out {output.metrics:q} --summary {output.summary:q} --figures {params.figures:q} "
         "--comparison-csv {output.comparison_csv:q} --comparison-html {output.comparison_html:q} "
-        "{params.cohorts} {params.selection} > {log:q} 2>&1"
+        "{params.cohorts} {params.selection} {params.encoders} > {log:q} 2>&1"
 
 
 rule gene_view:

@@ -1,6 +1,9 @@
-# Feature extraction: one job per slide, every magnification, one encoder load; large cohorts: one job per
-# batch of slides (see tiling.smk). What both rules share is written once: EXTRACT_*, resources.
-EXTRACT_CFG = subtree("features")
+# Feature extraction: one job per slide and encoder, every magnification, one encoder load; large cohorts: one
+# job per batch of slides (see tiling.smk). Every encoder of features.encoders has its own folder,
+# features/{encoder}/, and jobs (the {encoder} wildcard, constrained to the configured names); its job's params
+# name only its encoder (extract_cfg), so adding an encoder reruns nothing of another. Imported stores
+# (features.import) are converted by import_features, one light job per slide, with no tiling or extraction.
+# What the rules share is written once: EXTRACT_*, resources.
 EXTRACT_CODE = code_hash("features")
 # GPU: the DataLoader workers plus the main process (slides one after another); CPU: slides side by side
 EXTRACT_THREADS = class_threads("gpu_io", local=config["features"]["num_workers"] + 2 if GPU else 1)
@@ -12,11 +15,13 @@ rule extract:
         channels=channel_sheet,
         tiles=[str(P.tiles(RESULTS, m, "{slide_id}")) for m in MAGS],
     output:
-        [str(P.features(RESULTS, ENCODER, m, "{slide_id}")) for m in MAGS],
+        [str(P.features(RESULTS, "{encoder}", m, "{slide_id}")) for m in MAGS],
     log:
-        f"{LOGS}/extract/{{slide_id}}.log",
+        f"{LOGS}/extract/{{encoder}}/{{slide_id}}.log",
     benchmark:
-        f"{BENCH}/extract/{{slide_id}}.tsv"
+        f"{BENCH}/extract/{{encoder}}/{{slide_id}}.tsv"
+    wildcard_constraints:
+        encoder=EXTRACTED_NAMES,
     threads: EXTRACT_THREADS
     resources:
         **class_resources("gpu_io"),
@@ -24,7 +29,7 @@ rule extract:
         modality=lambda w: slide_row(w)["modality"],
         mpp=lambda w: slide_row(w)["mpp_flag"],
         channels=channels_flag,
-        cfg=EXTRACT_CFG,
+        cfg=lambda w: extract_cfg(w.encoder),
         on_bad_tile=config["features"]["on_bad_tile"],
         code=EXTRACT_CODE,
     shell:
@@ -39,13 +44,14 @@ rule extract_batch:
         tiles=str(P.tile_batch(RESULTS, "{batch}")),
         channels=batch_channel_sheet,
     output:
-        str(P.feature_batch(RESULTS, ENCODER, "{batch}")),
+        str(P.feature_batch(RESULTS, "{encoder}", "{batch}")),
     log:
-        f"{LOGS}/extract/batch{{batch}}.log",
+        f"{LOGS}/extract/{{encoder}}/batch{{batch}}.log",
     benchmark:
-        f"{BENCH}/extract/batch{{batch}}.tsv"
+        f"{BENCH}/extract/{{encoder}}/batch{{batch}}.tsv"
     wildcard_constraints:
         batch=r"\d+",
+        encoder=EXTRACTED_NAMES,
     threads: EXTRACT_THREADS
     resources:
         **class_resources("gpu_io", runtime=120),
@@ -56,7 +62,7 @@ rule extract_batch:
         encoder=lambda w, output: Path(output[0]).parents[1].name,
         channels=channels_flag,
         mags=" ".join(MAGS),
-        cfg=EXTRACT_CFG,
+        cfg=lambda w: extract_cfg(w.encoder),
         on_bad_tile=config["features"]["on_bad_tile"],
         code=EXTRACT_CODE,
     shell:
@@ -70,17 +76,50 @@ rule manifest:
         sheet=config["slides"] or [],
         stores=feature_stores,
     output:
-        str(P.manifest(RESULTS, ENCODER)),
+        str(P.manifest(RESULTS, "{encoder}")),
     log:
-        f"{LOGS}/manifest.log",
+        f"{LOGS}/manifest/{{encoder}}.log",
     benchmark:
-        f"{BENCH}/manifest.tsv"
+        f"{BENCH}/manifest/{{encoder}}.tsv"
+    wildcard_constraints:
+        encoder=ENCODER_NAMES,
     threads: 1
     resources:
         **class_resources("light"),
     params:
-        source=lambda w: "--batches" if batch_map() else "--stores",
+        source=lambda w: (
+            f"--encoder {w.encoder} --stores" if w.encoder in IMPORTS else "--batches" if batch_map() else "--stores"
+        ),
         code=EXTRACT_CODE,
     shell:
         "python -m pathomix.features.manifest --slides {input.sheet:q} {params.source} {input.stores:q} "
         "--out {output:q} > {log:q} 2>&1"
+
+
+ruleorder: import_features > extract  # a slide an import lacks: extract with features.import.<name>.fallback
+
+
+rule import_features:
+    input:
+        source=import_source,
+    output:
+        f"{RESULTS}/features/{{encoder}}/{{mag}}/{{slide_id}}.h5",  # P.features with a {mag} wildcard
+    log:
+        f"{LOGS}/import/{{encoder}}/{{mag}}/{{slide_id}}.log",
+    benchmark:
+        f"{BENCH}/import/{{encoder}}/{{mag}}/{{slide_id}}.tsv"
+    wildcard_constraints:
+        encoder=IMPORTED_NAMES,
+        mag=r"[^/]+",
+    threads: 1
+    resources:
+        **class_resources("light"),
+    params:
+        fmt=lambda w: import_plan(w.encoder).layout,
+        target_mpp=lambda w: config["tiling"]["magnifications"][w.mag],
+        slide=lambda w: import_slide_flags(w.slide_id),
+        code=hashlib.sha256((SRC / "io" / "imported.py").read_bytes()).hexdigest()[:16],
+    shell:
+        "python -m pathomix.io.imported --slide-id {wildcards.slide_id:q} --source {input.source:q} "
+        "--format {params.fmt} --encoder {wildcards.encoder:q} --mag {wildcards.mag} "
+        "--target-mpp {params.target_mpp} {params.slide} --out {output:q} > {log:q} 2>&1"

@@ -1,7 +1,8 @@
 # Slide heatmaps: attention of the tile models on chosen slides, one grid figure per model × attention head
 # (H&E models on H&E slides, mIF models such as fluoroformer on mIF images). The heads are whatever the
 # models wrote (attention.parquet next to each predictions.parquet), so the figures live in a directory
-# output and the report picks them up by pattern.
+# output and the report picks them up by pattern. With several encoders the heatmaps draw the primary (first)
+# encoder's models, which keep their plain names (an imported primary encoder: tiles placed by its stores' coords).
 
 
 rule heatmaps:
@@ -9,7 +10,7 @@ rule heatmaps:
         predictions=model_outputs(P.PREDICTIONS, models=tile_models()),
         sheet=config["slides"] or [],
         slides=lambda w: list(drawn_slides().path),
-        tiles=lambda w: tile_dependencies(drawn_slides().slide_id),
+        tiles=lambda w: heatmap_coords(drawn_slides().slide_id, inputs=True),
     output:
         grids=report(
             directory(str(P.heatmaps(RESULTS))),
@@ -28,7 +29,7 @@ rule heatmaps:
     resources:
         **class_resources("cpu"),
     params:
-        tiles=lambda w: " ".join(shlex.quote(t) for t in tile_store_paths(drawn_slides().slide_id)),
+        tiles=lambda w: " ".join(shlex.quote(t) for t in heatmap_coords(drawn_slides().slide_id)),
         cfg=json.dumps(config["evaluate"].get("heatmaps") or {}, sort_keys=True),
         code=code_hash("evaluate"),
     shell:

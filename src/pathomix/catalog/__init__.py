@@ -33,6 +33,7 @@ from pathomix.catalog.entries import (
 )
 from pathomix.catalog.variants import (
     COHORT_KEYS,
+    INSTANCE_SEP,
     JOINT,
     MODALITY_OF,
     MODEL_INPUTS,
@@ -44,13 +45,17 @@ from pathomix.catalog.variants import (
     job_params,
     missing_cohort_inputs,
     model_inputs,
+    model_instances,
     model_tasks,
+    reads_features,
     resolve,
     resources_class,
     resources_of,
+    selection_instances,
     selection_tasks,
     selections,
     slide_modality,
+    split_instance,
 )
 from pathomix.features.entries import ENCODERS, EncoderEntry
 
@@ -59,5 +64,6 @@ __all__ = [
     "RESOURCES", "TASK_KINDS", "TASK_KINDS_ALL", "TASK_NAMES", "TEACHERS", "EncoderEntry", "ModelEntry", "Resources",
     "Variant", "import_object", "is_joint", "job_params", "metric_names", "missing_cohort_inputs", "model_entry",
     "model_inputs", "model_tasks", "resolve", "resources_class", "resources_of", "selection_tasks", "selections",
+    "selection_instances", "model_instances", "reads_features", "split_instance", "INSTANCE_SEP",
     "slide_modality",
 ]

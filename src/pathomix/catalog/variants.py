@@ -14,6 +14,13 @@ has one) names the model it is distilled from: the registered teacher by default
 variant, or null for training from scratch. A variant trains through the same rule on the same
 folds, with its registered model's resources class, and is reported under its own name.
 
+*Model instances* (several encoders, ``features.encoders``): a model that reads patch features (``wsi`` or
+``mif`` in ``ModelEntry.reads``) trains once per encoder. The first encoder's instance keeps the model's own
+name (and today's ``models/{model}/{task}/fold{k}/``), every further encoder's is ``{model}@{encoder}``
+(``models/abmil@vit_tiny/diagnosis/fold0/``), so adding an encoder never renames, nor reruns, what the first
+one trained. :func:`resolve` takes an instance name like a model name (a distilled student's teacher is the
+teacher of the same encoder); :func:`model_instances` lists them and :func:`split_instance` splits one.
+
 :func:`missing_cohort_inputs` checks a config's models against the cohort it names (a
 genes-only cohort has ``slides: null``; a cohort without mIF has no slides-sheet row with
 modality ``mif``, which the ``mif`` models need).
@@ -62,9 +69,45 @@ class Variant:
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
+INSTANCE_SEP = "@"  # {model}@{encoder}: the instance of a feature-reading model trained on a further encoder
+
+
+def split_instance(name: str) -> tuple[str, str | None]:
+    """``"abmil@vit_tiny"`` → ``("abmil", "vit_tiny")``; ``"abmil"`` → ``("abmil", None)`` (the first encoder's)."""
+    base, sep, encoder = name.partition(INSTANCE_SEP)
+    return (base, encoder) if sep else (name, None)
+
+
+def reads_features(name: str, variants: Mapping[str, Mapping[str, Any]] | None = None) -> bool:
+    """Whether a job of ``name`` reads patch-feature stores (H&E or mIF), so it trains once per encoder."""
+    need = model_inputs(name, variants)
+    return bool(need["wsi"] or need["mif"])
+
+
+def model_instances(models: Collection[str], variants: Mapping[str, Mapping[str, Any]] | None,
+                    encoders: Collection[str]) -> list[str]:
+    """The trained names of ``models`` (``train.models``) with ``encoders`` (``features.encoders``, first =
+    the plain names): a feature-reading model once per encoder, the others once, in ``models`` order."""
+    further = list(encoders)[1:]
+    out = []
+    for m in models:
+        out.append(m)
+        if reads_features(m, variants):
+            out += [f"{m}{INSTANCE_SEP}{e}" for e in further]
+    return out
+
+
 def resolve(name: str, variants: Mapping[str, Mapping[str, Any]] | None = None) -> Variant:
-    """``name`` as a registered model or a variant of one; a KeyError names the known ones."""
+    """``name`` as a registered model or a variant of one, or an instance ``{model}@{encoder}`` of either;
+    a KeyError names the known ones."""
     variants = variants or {}
+    base, encoder = split_instance(name)
+    if encoder is not None:
+        v = resolve(base, variants)
+        if not reads_features(base, variants):
+            raise KeyError(f"{name!r}: {base} reads no patch features, so it has no per-encoder instance")
+        teacher = None if v.teacher is None else f"{v.teacher}{INSTANCE_SEP}{encoder}"
+        return Variant(name, v.model, teacher, v.overrides)
     if name in MODELS:  # an entry under its own name overrides the registered model's train: keys
         own = dict(variants.get(name) or {})
         if own.pop("model", name) != name or "teacher" in own:
@@ -131,12 +174,23 @@ def selections(train: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
         candidates = tuple((spec or {}).get("candidates") or ())
         if name in models or name in MODELS or name in (variants or {}):
             raise KeyError(f"train.select.{name}: the name is already a model or variant; give the selection its own")
-        if missing := [c for c in candidates if c not in models]:
+        if missing := [c for c in candidates if split_instance(c)[0] not in models]:
             raise KeyError(f"train.select.{name}: candidate(s) {missing} are not in train.models; add them there")
         if len(candidates) < 2:
             raise KeyError(f"train.select.{name}: name at least two candidates")
         out[name] = candidates
     return out
+
+
+def selection_instances(candidates: Collection[str], variants: Mapping[str, Mapping[str, Any]] | None,
+                        encoders: Collection[str]) -> tuple[str, ...]:
+    """A selection's candidates as trained names: with several encoders a feature-reading candidate stands for
+    its instance on every encoder (the encoder is chosen on validation patients like any setting); a candidate
+    written ``{model}@{encoder}`` (or a model reading no features) stands for itself."""
+    out: list[str] = []
+    for c in candidates:
+        out += [c] if split_instance(c)[1] is not None else model_instances([c], variants, encoders)
+    return tuple(dict.fromkeys(out))
 
 
 def selection_tasks(candidates: tuple[str, ...], train: Mapping[str, Any]) -> list[str]:

@@ -16,6 +16,7 @@ import pandas as pd
 from pathomix import paths as P
 from pathomix.cli import stage_main
 from pathomix.evaluate import comparison as C
+from pathomix.evaluate import encoders as E
 from pathomix.evaluate.cohorts import internal_rows, write_cohorts
 from pathomix.evaluate.figures import FIGURES, marker_figure, summary_figure
 from pathomix.evaluate.layout import MARKER_ATTENTION, MARKER_FIGURE, figure_names
@@ -110,7 +111,8 @@ def write_selections(pred_paths: list[str], csv_path: str, html_path: str) -> pd
 def run(pred_paths: list[str], params: EvalParams, out: str, summary_csv: str, figures: str,
         comparison_csv: str, comparison_html: str, cohorts_csv: str | None = None,
         cohorts_html: str | None = None, selection_csv: str | None = None,
-        selection_html: str | None = None) -> pd.DataFrame:
+        selection_html: str | None = None, encoders_csv: str | None = None,
+        encoders_html: str | None = None) -> pd.DataFrame:
     preds, hist, markers = _read(pred_paths)
     main_preds = internal_rows(preds, params.external_cohorts)
     tables = []
@@ -137,6 +139,11 @@ def run(pred_paths: list[str], params: EvalParams, out: str, summary_csv: str, f
                  n_patients=tested.groupby("task").patient_id.nunique().to_dict())
     if selection_csv and selection_html:
         write_selections(pred_paths, selection_csv, selection_html)
+    if encoders_csv and encoders_html:  # several encoders: which serves which task best
+        by_encoder = E.encoder_table(summary, params.headline)
+        E.write_csv(by_encoder, encoders_csv)
+        E.write_html(by_encoder, encoders_html, params.bootstrap)
+        E.encoder_figure(by_encoder, Path(figures) / P.ENCODER_FIGURE)
     if cohorts_csv and cohorts_html:
         write_cohorts(preds, params.external_cohorts, params.headline, params.bootstrap, params.seed,
                       cohorts_csv, cohorts_html)
@@ -160,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cohorts-html")
     p.add_argument("--selection-csv", help="what train.select chose per task and fold")
     p.add_argument("--selection-html")
+    p.add_argument("--encoders-csv", help="several encoders: encoder × model × task (eval/encoders.csv)")
+    p.add_argument("--encoders-html")
     args = p.parse_args(argv)
     run(args.predictions, EvalParams.from_json(args.params), args.out, args.summary, args.figures,
         args.comparison_csv, args.comparison_html, args.cohorts_csv, args.cohorts_html, args.selection_csv,
-        args.selection_html)
+        args.selection_html, args.encoders_csv, args.encoders_html)
     return 0

@@ -51,13 +51,16 @@ def _columns(table: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def write_csv(table: pd.DataFrame, path: str) -> None:
-    """Wide CSV: ``model``, then one column per "task: metric" with "mean ± sd | pooled [CI]" (``*`` = best)."""
+    """Wide CSV: ``model``, ``encoder`` (of the patch features it read; empty for models that read none), then
+    one column per "task: metric" with "mean ± sd | pooled [CI]" (``*`` = best)."""
     cells = table.assign(
         column=[f"{t}: {metric_label(t, m)}" for t, m in zip(table.task, table.metric, strict=True)],
         text=[f"{a} | {b}{' *' if best else ''}" for a, b, best in
               zip(table.fold_text, table.pooled_text, table.best, strict=True)])
     order = [f"{t}: {metric_label(t, m)}" for t, m in _columns(table)]
-    wide = cells.pivot(index="model", columns="column", values="text").reindex(columns=order).fillna("")
+    index = ["model", "encoder"] if "encoder" in cells.columns else ["model"]
+    wide = cells.pivot_table(index=index, columns="column", values="text", aggfunc="first").reindex(
+        columns=order).fillna("")
     with atomic_path(path) as tmp:
         wide.reset_index().to_csv(tmp, index=False)
 
@@ -79,6 +82,8 @@ def to_html(table: pd.DataFrame, n_bootstrap: int, title: str = "Model compariso
                     + (f" (n = {n[task]})" if task in n else "") + "</th>" for task in tasks)
     head2 = "".join(f"<th>{html.escape(metric_label(t, m))}</th>" for t, m in cols)
     cells = table.set_index(["model", "task", "metric"])
+    encoders = (dict(zip(table.model, table.encoder.fillna(""), strict=True)) if "encoder" in table.columns
+                else None)
     body = []
     for model in sorted(table.model.unique()):
         tds = []
@@ -90,15 +95,18 @@ def to_html(table: pd.DataFrame, n_bootstrap: int, title: str = "Model compariso
             fold = f"<b>{html.escape(c.fold_text)}</b>" if c.best else html.escape(c.fold_text)
             tds.append(f'<td{" class=best" if c.best else ""}>{fold}<br>'
                        f'<span class="pooled">{html.escape(c.pooled_text)}</span></td>')
-        body.append(f'<tr><td class="model">{html.escape(model)}</td>{"".join(tds)}</tr>')
+        enc = f"<td>{html.escape(encoders[model])}</td>" if encoders is not None else ""
+        body.append(f'<tr><td class="model">{html.escape(model)}</td>{enc}{"".join(tds)}</tr>')
     caption = (f"Top line: mean ± sd over folds (test patients of each fold). Second line: pooled out-of-fold "
                f"value [95 % CI from {n_bootstrap} patient-level bootstrap resamples]. Bold on green: best model "
                "per column (highest fold mean; the pooled value where no fold could be scored). "
                "n/a: not computable on these patients (e.g. one class only, no event or too few events, no "
                "comparable pair; the evaluate log gives the reason); –: not run.")
+    enc_head = "<th rowspan='2'>encoder</th>" if encoders is not None else ""
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h3>{html.escape(title)}</h3><table>"
-            f"<caption>{caption}</caption><thead><tr><th rowspan='2'>model</th>{head1}</tr><tr>{head2}</tr></thead>"
+            f"<caption>{caption}</caption><thead><tr><th rowspan='2'>model</th>{enc_head}{head1}</tr>"
+            f"<tr>{head2}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table></body></html>")
 
 

@@ -237,7 +237,10 @@ def evaluate_predictions(pred: pd.DataFrame, n_bootstrap: int, seed: int = 0) ->
 
 
 def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    """model × (task, metric): fold mean ± sd and pooled value [CI], for the report."""
-    per_fold = metrics[metrics.fold != "all"].groupby(["model", "task", "metric"]).value.agg(["mean", "std"])
-    pooled = metrics[metrics.fold == "all"].set_index(["model", "task", "metric"])[["value", "ci_low", "ci_high"]]
+    """model × (task, metric): fold mean ± sd and pooled value [CI], for the report; with the metrics'
+    ``encoder`` column (empty for models that read no features) after ``model`` when they have one."""
+    keys = ["model", "encoder", "task", "metric"] if "encoder" in metrics.columns else ["model", "task", "metric"]
+    metrics = metrics.assign(encoder=metrics.encoder.fillna("")) if "encoder" in metrics.columns else metrics
+    per_fold = metrics[metrics.fold != "all"].groupby(keys).value.agg(["mean", "std"])
+    pooled = metrics[metrics.fold == "all"].set_index(keys)[["value", "ci_low", "ci_high"]]
     return per_fold.join(pooled).reset_index()

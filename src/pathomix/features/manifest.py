@@ -2,7 +2,9 @@
 
 Columns: slide_id, patient_id, modality, mag, n_tiles, dim, path (relative to the results folder, so a
 results folder can be moved or copied whole), sha256, encoder,
-encoder_weights_sha256, n_skipped (unreadable tiles left out under ``features.on_bad_tile: skip``).
+encoder_weights_sha256, n_skipped (unreadable tiles left out under ``features.on_bad_tile: skip``),
+source and source_format (imported stores, ``features.import``: the absolute path of the original file and
+its layout, trident | clam | stamp; empty for the stores pathomix extracted).
 (DESIGN §4 says "one row per slide"; with several magnifications a row is a slide at one
 magnification, told apart by ``mag``.)
 """
@@ -36,6 +38,8 @@ def manifest_row(store: Path, slide: pd.Series, mag: str, results: Path | None =
             "encoder": str(feats.attrs["encoder"]),
             "encoder_weights_sha256": str(feats.attrs["encoder_weights_sha256"]),
             "n_skipped": int(feats.attrs.get("n_skipped", 0)),  # unreadable tiles left out (on_bad_tile: skip)
+            "source": str(feats.attrs.get("source", "")),  # imported stores: the original file and its format
+            "source_format": str(feats.attrs.get("source_format", "")),
         }
     path = store.resolve() if results is None else Path(os.path.relpath(store.resolve(), results.resolve()))
     row.update(path=path.as_posix(), sha256=sha256_file(store))
@@ -50,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--stores", nargs="+", help="feature stores: .../{mag}/{slide_id}.h5")
     src.add_argument("--batches", nargs="+", help="markers of extraction batch jobs (pathomix.batch), listing stores")
     p.add_argument("--out", required=True)
+    p.add_argument("--encoder", help="the `encoder` column (imported stores: the features.import name, also for the "
+                                     "slides its fallback encoder extracted); default: each store's own")
     args = p.parse_args(argv)
     slides = read_slides(args.slides, check_files=False)
     stores = args.stores or [s for b in args.batches for s in read_parquet(b, columns=["path"]).path]
@@ -58,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     for store in map(Path, stores):
         rows.append(manifest_row(store, slides.loc[store.name.removesuffix(".h5")], store.parent.name, results))
     df = pd.DataFrame(rows)
+    if args.encoder:
+        df["encoder"] = args.encoder
     write_parquet(df, args.out)
     log.info("manifest %s: %d stores, %d slides, %d tiles", args.out, len(df), df.slide_id.nunique(),
              int(df.n_tiles.sum()))
