@@ -196,5 +196,5 @@ def test_a_fallback_encoder_takes_the_slides_without_a_store(folders):
         plan(ImportSpec("uni", folder, fallback="vit_tiny"), SLIDES, MAGS)
     with pytest.raises(PathomixInputError, match="or name the registered encoder that made them"):
         plan(ImportSpec("uni", folder), SLIDES, MAGS)
-    with pytest.raises(PathomixInputError, match="fallback 'uni_v2' is not a registered encoder"):
-        parse_imports({"uni": {"path": str(folder), "fallback": "uni_v2"}})
+    with pytest.raises(PathomixInputError, match="fallback 'conch_v1' is not a registered encoder"):
+        parse_imports({"uni": {"path": str(folder), "fallback": "conch_v1"}})

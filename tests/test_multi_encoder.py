@@ -244,7 +244,7 @@ def test_a_fallback_encoder_extracts_the_slides_an_import_lacks(tmp_path, demo):
     cmds = planned(work_dir(tmp_path / "w", demo, cfg, models=("abmil",)))
     (tile,) = stage(cmds, "tiling")
     (extract,) = stage(cmds, "features")
-    assert f"--slide-id {lacking.stem} " in tile and f"/features/tri/20x/{lacking.stem}.h5" in extract
+    assert f"--slide-id={lacking.stem} " in tile and f"/features/tri/20x/{lacking.stem}.h5" in extract
     assert '"encoder": "resnet18_trunc"' in extract
     imports = stage(cmds, "io.imported")
     assert len(imports) == int((read_slides(demo / "slides.tsv", check_files=False).modality == "he").sum()) - 1

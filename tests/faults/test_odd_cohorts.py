@@ -119,5 +119,5 @@ def test_a_magnification_no_tiling_makes_fails_at_planning(tmp_path):
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     proc = _dry_run(work)
     assert proc.returncode != 0
-    assert "model abmil reads tiles at ['20x'], but tiling.magnifications has ['10x']" in proc.stdout, \
-        proc.stdout[-2000:]
+    want = "model abmil reads tiles at 20x (its first magnification), but tiling.magnifications has ['10x']"
+    assert want in proc.stdout, proc.stdout[-2000:]

@@ -225,9 +225,10 @@ def missing_cohort_inputs(models: list[str], config: Mapping[str, Any],
         configured = list((config.get("tiling") or {}).get("magnifications") or [])
         if any(need[k] for k in ("wsi", "mif", "images")) and configured:
             mags = params.get("mags") or MODELS[resolve(m, variants).model].mags
-            if absent := [g for g in mags if g not in configured]:
-                out.append(f"model {m} reads tiles at {list(mags)}, but tiling.magnifications has {configured}; add "
-                           f"{absent} there (e.g. `20x: 0.5`) or give it a variant with `mags: {configured[:1]}`")
+            if mags and mags[0] not in configured:  # the first is required, the others are used when tiled
+                out.append(f"model {m} reads tiles at {mags[0]} (its first magnification), but tiling.magnifications "
+                           f"has {configured}; add {mags[0]} there (e.g. `20x: 0.5`) or give it a variant with "
+                           f"`mags: {configured[:1]}`")
         covariates = params.get("covariates") or []
         if need.get("covariates") and not covariates:
             out.append(f"model {m} learns from clinical covariates but train.covariates is empty; list clinical "
