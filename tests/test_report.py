@@ -224,8 +224,9 @@ def test_provenance_lists_skipped_tiles(tmp_path):
     manifest = tmp_path / "manifest.parquet"
     pd.DataFrame({"slide_id": ["S0", "S1"], "mag": "20x", "n_tiles": [10, 12], "n_skipped": [0, 3],
                   "encoder": "resnet50_trunc", "encoder_weights_sha256": "random-init"}).to_parquet(manifest)
-    rec = provenance.record({}, tmp_path, manifest)
-    assert rec["skipped_tiles"] == [{"slide_id": "S1", "mag": "20x", "n_skipped": 3, "n_tiles": 12}]
+    rec = provenance.record({}, tmp_path, [manifest])
+    assert [{k: v for k, v in r.items() if k != "encoder"} for r in rec["skipped_tiles"]] == \
+        [{"slide_id": "S1", "mag": "20x", "n_skipped": 3, "n_tiles": 12}]
     page = provenance.to_html(rec)
     assert "Tiles left out as unreadable" in page and "<td>S1</td>" in page
 

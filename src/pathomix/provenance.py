@@ -16,10 +16,12 @@ import json
 import logging
 import platform
 import subprocess
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from pathomix.cli import exit_process, stage_main
@@ -57,36 +59,40 @@ def git_state(path: str | Path) -> dict[str, Any]:
     return {"commit": commit, "dirty": dirty}
 
 
-def encoder_weights(manifest: str | Path | None) -> list[dict[str, Any]]:
-    """One entry per (encoder, weights hash) of the feature manifest, with the number of slides."""
-    if not manifest:
+def _manifests(manifests: Sequence[str | Path]) -> pd.DataFrame | None:
+    """The feature manifests of the run (one per encoder, extracted or imported) as one table."""
+    tables = [read_parquet(m) for m in manifests]
+    return pd.concat(tables, ignore_index=True) if tables else None
+
+
+def encoder_weights(manifests: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """One entry per (encoder, weights hash) of the feature manifests, with the number of slides."""
+    m = _manifests(manifests)
+    if m is None:
         return []
-    m = read_parquet(manifest)
     rows = m.groupby(["encoder", "encoder_weights_sha256"]).slide_id.nunique().reset_index()
     return [{"encoder": r.encoder, "weights_sha256": r.encoder_weights_sha256, "n_slides": int(r.slide_id),
              "random_init": r.encoder_weights_sha256 == RANDOM_INIT} for r in rows.itertuples()]
 
 
-def skipped_tiles(manifest: str | Path | None) -> list[dict[str, Any]]:
+def skipped_tiles(manifests: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Feature stores that left out unreadable tiles (``features.on_bad_tile: skip``)."""
-    if not manifest:
-        return []
-    m = read_parquet(manifest)
-    if "n_skipped" not in m.columns:
+    m = _manifests(manifests)
+    if m is None or "n_skipped" not in m.columns:
         return []
     m = m[m.n_skipped > 0]
-    return [{"slide_id": r.slide_id, "mag": r.mag, "n_skipped": int(r.n_skipped), "n_tiles": int(r.n_tiles)}
-            for r in m.itertuples()]
+    return [{"encoder": r.encoder, "slide_id": r.slide_id, "mag": r.mag, "n_skipped": int(r.n_skipped),
+             "n_tiles": int(r.n_tiles)} for r in m.itertuples()]
 
 
-def record(config: dict[str, Any], workflow_dir: str | Path, manifest: str | Path | None = None) -> dict[str, Any]:
+def record(config: dict[str, Any], workflow_dir: str | Path, manifests: Sequence[str | Path] = ()) -> dict[str, Any]:
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "git": git_state(workflow_dir),
         "workflow_dir": str(Path(workflow_dir).resolve()),
         "packages": package_versions(),
-        "encoders": encoder_weights(manifest),
-        "skipped_tiles": skipped_tiles(manifest),
+        "encoders": encoder_weights(manifests),
+        "skipped_tiles": skipped_tiles(manifests),
         "config": config,
     }
 
@@ -136,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pathomix.provenance", description=__doc__)
     p.add_argument("--config-json", required=True, help="the run's config as JSON")
     p.add_argument("--workflow-dir", required=True)
-    p.add_argument("--manifest", help="features/{encoder}/manifest.parquet (absent for a genes-only cohort)")
+    p.add_argument("--manifest", nargs="*", default=[],
+                   help="features/{encoder}/manifest.parquet, one per encoder (none for a genes-only cohort)")
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-html", required=True)
     args = p.parse_args(argv)

@@ -85,7 +85,7 @@ rule gene_view:
 rule provenance:
     input:
         metrics=str(P.metrics(RESULTS)),  # recorded after each evaluation: its date is the results' date
-        manifest=str(P.manifest(RESULTS, ENCODER)) if config.get("slides") else [],
+        manifest=[str(P.manifest(RESULTS, e)) for e in ENCODERS] if config.get("slides") else [],
     output:
         json=report(
             str(P.provenance(RESULTS, "json")),
@@ -108,7 +108,7 @@ rule provenance:
         **class_resources("light"),
     params:
         cfg=json.dumps(config, sort_keys=True, default=str),
-        manifest=lambda w, input: f"--manifest {shlex.quote(input.manifest)}" if input.manifest else "",
+        manifest=lambda w, input: f"--manifest {' '.join(map(shlex.quote, input.manifest))}" if input.manifest else "",
         workflow=workflow.basedir,
         code=hashlib.sha256((SRC / "provenance.py").read_bytes()).hexdigest()[:16],
     shell:
