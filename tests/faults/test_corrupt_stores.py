@@ -4,6 +4,7 @@ removes them so that the same snakemake command recomputes them."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 from faultlib import assert_same_outputs, genes_only_config, snakemake
 
+from pathomix.errors import PathomixInputError
 from pathomix.io.atomic import write_parquet
 from pathomix.io.corrupt import CorruptStoreError, read_parquet, scan
 from pathomix.io.h5store import COORD_ATTRS, read_coords, read_features, write_features
@@ -84,3 +86,25 @@ def test_a_run_with_a_corrupt_table_fails_clearly_and_verify_then_rerun_restores
     proc = snakemake(work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_outputs(tmp_path / "ref" / "results", results)
+
+
+def test_a_store_changed_after_extraction_is_refused_before_training(stores, tmp_path):
+    """A copy of a results folder whose store was cut short (``cp -a`` keeps the times, so Snakemake sees nothing
+    to redo): training compares each store with the size the manifest recorded and names the changed one."""
+    from pathomix.features.manifest import manifest_row
+    from pathomix.train.bags import read_manifest
+
+    store, _ = stores  # tmp_path/features/S1.h5 → laid out as results/features/{encoder}/{mag}/
+    results = tmp_path / "results"
+    target = results / "features" / "enc" / "20x" / "S1.h5"
+    target.parent.mkdir(parents=True)
+    store.replace(target)
+    slide = pd.Series({"slide_id": "S1", "patient_id": "P1", "modality": "he", "cohort": "main"})
+    manifest = results / "features" / "enc" / "manifest.parquet"
+    write_parquet(pd.DataFrame([manifest_row(target, slide, "20x", results)]), manifest)
+    assert len(read_manifest(manifest, ["20x"])) == 1
+    stat = target.stat()
+    _truncate(target, keep=0.9)
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(PathomixInputError, match=r"changed after extraction.*S1\.h5"):
+        read_manifest(manifest, ["20x"])

@@ -1,7 +1,8 @@
 """``python -m pathomix.features.manifest``: one row per (slide, magnification) feature store.
 
 Columns: slide_id, patient_id, modality, mag, n_tiles, dim, path (relative to the results folder, so a
-results folder can be moved or copied whole), sha256, encoder,
+results folder can be moved or copied whole), sha256 and size_bytes of the store (training checks the size:
+a store changed after extraction is refused), encoder,
 encoder_weights_sha256, n_skipped (unreadable tiles left out under ``features.on_bad_tile: skip``),
 source and source_format (imported stores, ``features.import``: the absolute path of the original file and
 its layout, trident | clam | stamp; empty for the stores pathomix extracted).
@@ -42,7 +43,7 @@ def manifest_row(store: Path, slide: pd.Series, mag: str, results: Path | None =
             "source_format": str(feats.attrs.get("source_format", "")),
         }
     path = store.resolve() if results is None else Path(os.path.relpath(store.resolve(), results.resolve()))
-    row.update(path=path.as_posix(), sha256=sha256_file(store))
+    row.update(path=path.as_posix(), sha256=sha256_file(store), size_bytes=store.stat().st_size)
     return row
 
 

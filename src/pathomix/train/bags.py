@@ -65,6 +65,23 @@ def manifest_encoder(path: str | Path | None) -> str:
     return "+".join(sorted(names))
 
 
+def _check_sizes(df: pd.DataFrame, manifest: Path) -> None:
+    """Each store as the manifest recorded it (its size; a cheap check before hours of training): a store
+    truncated, replaced or copied partly after extraction is refused, naming it and the fix."""
+    if "size_bytes" not in df.columns:
+        return  # a manifest from before the column, or an imported one without it
+    changed = []
+    for p, size in zip(df.path, df.size_bytes, strict=True):
+        now = Path(p).stat().st_size if Path(p).exists() else None
+        if pd.notna(size) and now != int(size):
+            changed.append(f"{p} ({'missing' if now is None else f'{now} bytes'}, recorded {int(size)})")
+    if changed:
+        raise PathomixInputError(
+            f"feature manifest {manifest}: {len(changed)} store(s) changed after extraction, e.g. {changed[:3]}; "
+            "delete them (`python -m pathomix.verify RESULTS_DIR --remove` finds the unreadable ones) or the manifest, "
+            "and rerun the same command: the missing stores are recomputed")
+
+
 def read_manifest(path: str | Path, mags: Sequence[str], modality: str = "he") -> pd.DataFrame:
     """Rows of ``modality`` (``he`` | ``mif``) of the manifest at ``mags`` (mag taken from the
     store's folder when absent; a manifest without a ``modality`` column is all H&E). Relative store
@@ -80,6 +97,7 @@ def read_manifest(path: str | Path, mags: Sequence[str], modality: str = "he") -
     if not all(Path(p).is_absolute() for p in df.path):
         root = results_of_manifest(path.resolve())
         df["path"] = [p if Path(p).is_absolute() else str(root / p) for p in df.path]
+    _check_sizes(df, path)
     if "mag" not in df.columns:  # features/{encoder}/{mag}/{slide_id}.h5
         df["mag"] = [Path(p).parent.name for p in df.path]
     if "modality" in df.columns:
