@@ -30,7 +30,7 @@ from PIL import Image
 from pathomix.errors import PathomixInputError
 from pathomix.io.ome import ome_names_mpp
 from pathomix.io.planes import Plane, SegmentCache, fluorophore_plane, series_planes, signal_plane
-from pathomix.io.slide import Slide, checked_mpp, mpp_from_resolution, resize_chw
+from pathomix.io.slide import Slide, checked_mpp, resize_chw, tiff_tag_mpp
 
 log = logging.getLogger(__name__)
 
@@ -149,14 +149,6 @@ def _page_name(page: tifffile.TiffPage) -> str | None:
     return str(tag.value) if tag is not None and tag.value else None
 
 
-def _tag_mpp(page: tifffile.TiffPage) -> float | None:
-    res, unit = page.tags.get("XResolution"), page.tags.get("ResolutionUnit")
-    if res is None or unit is None:
-        return None
-    num, den = res.value if isinstance(res.value, tuple) else (res.value, 1)
-    return mpp_from_resolution(num / den if den else None, str(int(unit.value)))
-
-
 def _names(found: list[str | None], n: int, what: str) -> list[str]:
     if len(found) != n or not all(found):
         if any(found):
@@ -211,7 +203,7 @@ def probe_tiff(path: Path, what: str) -> MIFSource:
         found, mpp = ome_names_mpp(tf) if tf.is_ome else ([], None)
         if not found and len(tf.pages) >= n > 1:
             found = [_page_name(tf.pages[i]) for i in range(n)]
-        mpp = mpp if mpp is not None else _tag_mpp(tf.pages[0])
+        mpp = mpp if mpp is not None else tiff_tag_mpp(tf.pages[0])
         planes = series_planes(tf, n)
     except PathomixInputError:
         tf.close()
@@ -259,7 +251,7 @@ def _channel_plane(f: Path, tf: tifffile.TiffFile, what: str) -> Plane:
 
 def _file_mpp(tf: tifffile.TiffFile) -> float | None:
     mpp = ome_names_mpp(tf)[1] if tf.is_ome else None
-    return mpp if mpp is not None else _tag_mpp(tf.pages[0])
+    return mpp if mpp is not None else tiff_tag_mpp(tf.pages[0])
 
 
 def channel_files(path: Path, patterns: list[str] | None, what: str) -> list[Path]:

@@ -79,6 +79,15 @@ def mpp_from_resolution(resolution: float | None, unit: str | None) -> float | N
     return scale / float(resolution)
 
 
+def tiff_tag_mpp(page: tifffile.TiffPage) -> float | None:
+    """µm/px from a TIFF page's XResolution and ResolutionUnit tags (None when absent)."""
+    res, unit = page.tags.get("XResolution"), page.tags.get("ResolutionUnit")
+    if res is None or unit is None:
+        return None
+    num, den = res.value if isinstance(res.value, tuple) else (res.value, 1)
+    return mpp_from_resolution(num / den if den else None, str(int(unit.value)))
+
+
 def resize_rgb(arr: np.ndarray, size: tuple[int, int], box: tuple[float, ...] | None = None,
                resample: Image.Resampling = Image.Resampling.BILINEAR) -> np.ndarray:
     """Resize an (h, w, 3) uint8 image to ``size`` = (w, h); ``box`` is a source crop."""

@@ -20,7 +20,7 @@ from PIL import Image
 from pathomix.errors import PathomixInputError
 from pathomix.io.ome import ome_objective_power, ome_pixels, pixels_mpp
 from pathomix.io.planes import Plane, SegmentCache, series_planes
-from pathomix.io.slide import Slide, checked_mpp, mpp_from_resolution, resize_rgb
+from pathomix.io.slide import Slide, checked_mpp, resize_rgb, tiff_tag_mpp
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class TiffSlide(Slide):
             self._rgb, self._interleaved = rgb_planes(self._tif, what)
             file_mpp = pixels_mpp(ome_pixels(self._tif)) if self._tif.is_ome else None
             if file_mpp is None:
-                file_mpp = _tag_mpp(self._rgb[0].pages[0].keyframe)
+                file_mpp = tiff_tag_mpp(self._rgb[0].pages[0].keyframe)
             mpp0 = checked_mpp(file_mpp, mpp, what)
         except PathomixInputError:
             self._tif.close()
@@ -128,9 +128,3 @@ class TiffSlide(Slide):
         self._tif.close()
 
 
-def _tag_mpp(page: tifffile.TiffPage) -> float | None:
-    res, unit = page.tags.get("XResolution"), page.tags.get("ResolutionUnit")
-    if res is None or unit is None:
-        return None
-    num, den = res.value if isinstance(res.value, tuple) else (res.value, 1)
-    return mpp_from_resolution(num / den if den else None, str(int(unit.value)))
