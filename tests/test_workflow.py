@@ -194,7 +194,9 @@ def test_new_slide_is_the_only_one_tiled_and_extracted(demo_run):
     sheet = demo_run / "demo_data" / "slides.tsv"
     original = sheet.read_text()
     slides = pd.read_csv(sheet, sep="\t")
-    new = slides.iloc[[0]].assign(slide_id="DEMO-NEW")
+    copy = sheet.parent / "slides" / "DEMO-NEW.tiff"  # a new file: one file under two ids is refused at planning
+    shutil.copyfile(sheet.parent / slides.path.iloc[0], copy)
+    new = slides.iloc[[0]].assign(slide_id="DEMO-NEW", path="slides/DEMO-NEW.tiff")
     try:
         pd.concat([slides, new]).to_csv(sheet, sep="\t", index=False)
         out = snakemake(demo_run, "-n", "--quiet", "rules").stdout
@@ -203,3 +205,4 @@ def test_new_slide_is_the_only_one_tiled_and_extracted(demo_run):
         assert counts.get("manifest") == 1 and counts.get("train", 0) > 0
     finally:
         sheet.write_text(original)
+        copy.unlink()

@@ -16,7 +16,9 @@
 #   EPOCHS (train.epochs of both runs, default 10), NO_INSTALL=1 (do not apt-get install),
 #   CGROUP=0 (track and confine jobs without cgroups, for containers that have none),
 #   EXTRA_CONFIG (one more --config item for both runs, e.g. 'slide_batches={size: 10, above: 0}' to
-#   tile and extract the demo in batch jobs).
+#   tile and extract the demo in batch jobs), SHORT_LIMIT=1 (the SLURM run's training jobs get 1 minute on their
+#   first attempt and 5 on the retry: the longer ones are killed by SLURM for time, resubmitted with more time by
+#   the profile's `retries`, and the results must still equal the local run's).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -223,6 +225,20 @@ run_snakemake() {  # run_snakemake DIR LOGFILE ARGS...: time in seconds on stdou
 copy_project "$WORK/slurm"
 copy_project "$WORK/local"
 PROFILES=(--profile profiles/slurm --profile tests/cluster/profile)
+if [[ -n ${SHORT_LIMIT:-} ]]; then  # a copy of the site profile whose training jobs have a deliberately short limit
+    mkdir -p "$WORK/slurm/tests/cluster/profile-short"
+    python - "$WORK/slurm/tests/cluster/profile/config.yaml" "$WORK/slurm/tests/cluster/profile-short/config.yaml" <<'PY'
+import sys
+
+import yaml
+
+cfg = yaml.safe_load(open(sys.argv[1]))
+for rule in ("train", "train_joint_umeml"):
+    cfg["set-resources"][rule]["runtime"] = "4 * attempt - 3"  # minutes: 1 on the first attempt, 5 on the retry
+yaml.safe_dump(cfg, open(sys.argv[2], "w"))
+PY
+    PROFILES=(--profile profiles/slurm --profile tests/cluster/profile-short)
+fi
 log "without --workflow-profile none the workflow must stop before submitting anything"
 if (cd "$WORK/slurm" && PYTHONPATH="$WORK/slurm/src" snakemake "${PROFILES[@]}" > "$LOG/snakemake-guard.log" 2>&1); then
     die "snakemake ${PROFILES[*]} ran with profiles/default's run-wide gpu limit (log: $LOG/snakemake-guard.log)"
@@ -246,7 +262,7 @@ if [[ -f $CHECK ]]; then
     python "$CHECK" "$WORK/slurm/results" || die "check_results.py on the SLURM run's results"
 fi
 STATUS=0
-python - "$WORK/slurm" "$WORK/local" "$LOG/sacct.txt" <<'EOF' || STATUS=$?
+python - "$WORK/slurm" "$WORK/local" "$LOG/sacct.txt" "${SHORT_LIMIT:-}" <<'EOF' || STATUS=$?
 import sys
 from pathlib import Path
 
@@ -288,6 +304,11 @@ print(f"metric values: {'identical' if same else f'differ, max |difference| {dif
 
 jobs = pd.read_csv(sacct, sep="|")
 states = {k: int(v) for k, v in jobs.State.value_counts().items()}
+if len(sys.argv) > 4 and sys.argv[4]:  # SHORT_LIMIT: some training jobs ran out of time and were resubmitted
+    timeouts = jobs[jobs.State.str.startswith("TIMEOUT")].Comment.fillna("").tolist()
+    assert timeouts, f"SHORT_LIMIT: no job was killed for time; states {states}"
+    print(f"killed by SLURM at their 1-minute limit and resubmitted with 5 minutes: {len(timeouts)} job(s), e.g. "
+          f"{[t[:60] for t in timeouts[:3]]}")
 print(f"SLURM jobs: {len(jobs)}, {int((jobs.Partition == 'gpu').sum())} on partition gpu; {states}; by comment:")
 print(jobs.Comment.fillna("").str.replace(r"_wildcards_.*", "_wildcards_...", regex=True).value_counts().to_string())
 sys.exit(0 if same else 2)
