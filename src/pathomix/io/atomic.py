@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import logging
 import os
 import tempfile
 import threading
@@ -19,8 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pathomix.errors import DiskFullError
-
-log = logging.getLogger(__name__)
 
 _UMASK_LOCK = threading.Lock()
 
@@ -48,9 +45,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         tmp_path.replace(path)
     except Exception as exc:
-        full = is_disk_full(exc, path.parent)  # before the temporary file goes: it holds the space
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+        full = is_disk_full(exc, path.parent)  # before `finally` removes the temporary file: it holds the space
         if full and not isinstance(exc, DiskFullError):
             raise DiskFullError(disk_full_message(path)) from exc
         raise
@@ -61,6 +56,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 # below this, a failed write on the filesystem is taken as a full disk even when the writer lost the errno
 NEARLY_FULL_BYTES = 1 << 20
+
+
+def existing_folder(path: str | Path) -> Path:
+    """``path`` or its nearest ancestor that exists (a results folder may not be made yet)."""
+    where = Path(path)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    return where
 
 
 def free_bytes(where: str | Path) -> int:
@@ -103,9 +106,7 @@ def disk_full_message(path: str | Path) -> str:
 def low_space_warning(where: str | Path, min_free: int = 64 << 20) -> str | None:
     """A warning when the filesystem of ``where`` has less than ``min_free`` bytes left (None otherwise): what
     the workflow prints on the terminal when a run fails, since a job's own log may sit on the full disk."""
-    where = Path(where)
-    while not where.exists() and where != where.parent:
-        where = where.parent
+    where = existing_folder(where)
     try:
         free, st = free_bytes(where), os.statvfs(where)
     except OSError:

@@ -15,14 +15,14 @@ import importlib.metadata as md
 import logging
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from pathomix.cli import exit_process, stage_main
-from pathomix.io.atomic import free_bytes
+from pathomix.io.atomic import existing_folder, free_bytes
 
 log = logging.getLogger("pathomix.doctor")
 
@@ -135,9 +135,7 @@ def slurm_checks() -> Iterator[Check]:
 
 
 def space_check(results: Path) -> Check:
-    where = results
-    while not where.exists() and where != where.parent:
-        where = where.parent
+    where = existing_folder(results)
     free = free_bytes(where)
     detail = f"{free / 2**30:.1f} GiB free at {where} (results: {results})"
     if free < LOW_SPACE:
@@ -149,9 +147,9 @@ def space_check(results: Path) -> Check:
 def checks(config: dict, results: Path) -> Iterator[Check]:
     yield python_check()
     yield from package_checks()
-    sections: list[Callable[[], Iterator[Check]]] = [gpu_checks, lambda: encoder_checks(config), slurm_checks]
-    for section in sections:
-        yield from section()
+    yield from gpu_checks()
+    yield from encoder_checks(config)
+    yield from slurm_checks()
     yield space_check(results)
 
 
