@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from scipy import ndimage as ndi
 from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
@@ -244,11 +245,14 @@ def test_tissue_fractions_integral_image() -> None:
 # The fast paths below must give exactly what the straightforward code gives (same masks, same tiles).
 
 def _reference_he_foreground(rgb: np.ndarray) -> np.ndarray:
+    """skimage's HSV and Otsu; the threshold fitted on the image area-reduced 2x (unless under 8 px)."""
     hsv = rgb2hsv(rgb)
     valid = (rgb.min(axis=2) <= tissue.WHITE_LEVEL) & (hsv[..., 2] >= tissue.BLACK_VALUE)
-    if np.subtract(*np.percentile(hsv[..., 1], [99, 1])) < tissue.MIN_SPREAD:
+    small = min(rgb.shape[:2]) < 2 * tissue.MIN_MASK_PX
+    fit = rgb2hsv(rgb if small else np.asarray(Image.fromarray(rgb).reduce(2)))[..., 1]
+    if np.subtract(*np.percentile(fit, [99, 1])) < tissue.MIN_SPREAD:
         return np.zeros(rgb.shape[:2], bool)
-    return valid & (hsv[..., 1] > max(float(threshold_otsu(hsv[..., 1])), tissue.MIN_SATURATION))
+    return valid & (hsv[..., 1] > max(float(threshold_otsu(fit)), tissue.MIN_SATURATION))
 
 
 def _smooth_he(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
@@ -273,6 +277,10 @@ def test_he_foreground_equals_skimage_pipeline() -> None:
             images += [slide.thumbnail(8.0), slide.thumbnail(2.0)]
     for img in images:
         assert np.array_equal(tissue._he_foreground(img), _reference_he_foreground(img))
+        saturation, valid = tissue.he_signal(img)   # the float path (non-uint8 RGB) fits the same threshold
+        fit = tissue.he_signal(tissue._fit_image(img))[0]
+        float_path = tissue._otsu_foreground(saturation, valid, tissue.MIN_SATURATION, fit)
+        assert np.array_equal(float_path, tissue._he_foreground(img))
         saturation, valid = tissue.he_signal(img)
         hsv = rgb2hsv(img)
         assert np.array_equal(saturation, hsv[..., 1])
