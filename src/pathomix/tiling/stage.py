@@ -138,7 +138,7 @@ def detect_tissue(slide: Slide, params: TilingParams) -> Tissue:
     width, height = slide.dimensions
     thumb_mpp = slide.mpp * (width / w + height / h) / 2
     mask = tissue_mask(thumb, slide.modality, thumb_mpp, params.min_region_um2, slide.autofluorescence)
-    size = mask_size(slide, params.mask_mpp) if thumb_mpp > params.mask_mpp else (w, h)
+    size = mask_size(slide, params.mask_mpp)   # = (w, h) unless the level was coarser
     mask = upsample_mask(mask, size)
     scale = (size[0] / width, size[1] / height)
     return Tissue(thumb, mask, scale, slide.mpp * (width / size[0] + height / size[1]) / 2)
