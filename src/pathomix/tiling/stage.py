@@ -42,9 +42,9 @@ class TilingResult:
 
     coords: np.ndarray                 # int64 (N, 2) level-0 top-left (x, y), row-major
     attrs: dict[str, Any]              # every COORD_ATTRS name (+ channels for mIF)
-    thumbnail: np.ndarray              # (h, w, 3) uint8 for H&E, (C, h, w) float32 for mIF
-    mask: np.ndarray                   # bool (h, w) tissue mask of the thumbnail
-    scale: tuple[float, float]         # thumbnail px per level-0 px, (x, y)
+    thumbnail: np.ndarray              # Tissue.thumbnail: (h', w', 3) uint8 for H&E, (C, h', w') float32 for mIF
+    mask: np.ndarray                   # bool (h, w) tissue mask at about mask_mpp (h', w' may be coarser)
+    scale: tuple[float, float]         # mask px per level-0 px, (x, y)
     n_positions: int                   # grid positions before the tissue filter
 
     @property
