@@ -133,10 +133,10 @@ def test_dicom_colours_and_tissue_match_the_svs() -> None:
         ref = svs.read_region(0, 0, 0, *svs.dimensions).astype(float)
         assert np.abs(whole - ref).mean() < 5
         assert dcm._openslide_region(0, 0, 0, 100, 100).mean(axis=(0, 1))[1] < 160, "openslide's colours are wrong"
-        # at 20x with the default 8 µm/px mask the DICOM keeps 30 vs 34: its mask comes from the converter's own
-        # 16x level (sharper than a box filter); from its 8x level (mask_mpp 4) 32 vs 33 (docs/benchmarks.md)
-        assert 0.85 * 34 <= len(tile_slide(dcm, 0.5, TilingParams()).coords) <= 34
-        for target, params in ((1.0, TilingParams()), (0.5, TilingParams(mask_mpp=4.0))):
+        # tissue tiles within ±10 % of the SVS's (docs/benchmarks.md, issue 19): the DICOM's mask comes from the
+        # converter's own sharp 16x level, the SVS's from a box filter of level 0; Otsu is fitted at 2x the mask's
+        # pixel size so both get the same threshold (34 vs 32 at 20x, 6 vs 6 at 10x; before: 34 vs 30)
+        for target, params in ((0.5, TilingParams()), (1.0, TilingParams()), (0.5, TilingParams(mask_mpp=4.0))):
             a, b = tile_slide(svs, target, params), tile_slide(dcm, target, params)
             assert abs(len(b.coords) - len(a.coords)) <= 0.1 * len(a.coords), (target, len(a.coords), len(b.coords))
             assert len(b.coords) < b.n_positions

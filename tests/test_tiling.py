@@ -6,11 +6,13 @@ import json
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from scipy import ndimage as ndi
 from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
@@ -24,6 +26,7 @@ from pathomix.io.slide import open_slide
 from pathomix.tiling import TilingParams, grid, main, tile_slide, tissue
 from pathomix.tiling.grid import GridGeometry, tissue_fractions
 from pathomix.tiling.morph import binary_closing, binary_opening
+from pathomix.tiling.stage import detect_tissue, mask_level, mask_size, source_mpp, upsample_mask
 from pathomix.tiling.tissue import tissue_mask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,11 +247,14 @@ def test_tissue_fractions_integral_image() -> None:
 # The fast paths below must give exactly what the straightforward code gives (same masks, same tiles).
 
 def _reference_he_foreground(rgb: np.ndarray) -> np.ndarray:
+    """skimage's HSV and Otsu; the threshold fitted on the image area-reduced 2x (unless under 8 px)."""
     hsv = rgb2hsv(rgb)
     valid = (rgb.min(axis=2) <= tissue.WHITE_LEVEL) & (hsv[..., 2] >= tissue.BLACK_VALUE)
-    if np.subtract(*np.percentile(hsv[..., 1], [99, 1])) < tissue.MIN_SPREAD:
+    small = min(rgb.shape[:2]) < 2 * tissue.MIN_MASK_PX
+    fit = rgb2hsv(rgb if small else np.asarray(Image.fromarray(rgb).reduce(2)))[..., 1]
+    if np.subtract(*np.percentile(fit, [99, 1])) < tissue.MIN_SPREAD:
         return np.zeros(rgb.shape[:2], bool)
-    return valid & (hsv[..., 1] > max(float(threshold_otsu(hsv[..., 1])), tissue.MIN_SATURATION))
+    return valid & (hsv[..., 1] > max(float(threshold_otsu(fit)), tissue.MIN_SATURATION))
 
 
 def _smooth_he(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
@@ -273,6 +279,10 @@ def test_he_foreground_equals_skimage_pipeline() -> None:
             images += [slide.thumbnail(8.0), slide.thumbnail(2.0)]
     for img in images:
         assert np.array_equal(tissue._he_foreground(img), _reference_he_foreground(img))
+        saturation, valid = tissue.he_signal(img)   # the float path (non-uint8 RGB) fits the same threshold
+        fit = tissue.he_signal(tissue._fit_image(img))[0]
+        float_path = tissue._otsu_foreground(saturation, valid, tissue.MIN_SATURATION, fit)
+        assert np.array_equal(float_path, tissue._he_foreground(img))
         saturation, valid = tissue.he_signal(img)
         hsv = rgb2hsv(img)
         assert np.array_equal(saturation, hsv[..., 1])
@@ -324,3 +334,32 @@ def test_thumbnail_decoded_with_tifffile_equals_openslide(tmp_path: Path, monkey
                         m.setattr(slide_io.WSISlide, "_level_pixels", lambda self, level: None)
                         assert np.array_equal(fast, slide.thumbnail(target)), (path.name, strip_pixels, target)
     assert used, "the tifffile path was never taken"
+
+
+def test_mask_level_is_the_closest_and_the_coarser_of_a_tie() -> None:
+    aperio = SimpleNamespace(mpp=0.25, level_downsamples=(1.0, 4.0, 16.0, 63.98))   # 8 µm/px = 32x: a tie
+    assert mask_level(aperio, 8.0) == 3 and source_mpp(aperio, 8.0) == pytest.approx(16.0, rel=1e-3)
+    assert mask_level(aperio, 4.0) == 2 and source_mpp(aperio, 4.0) == 4.0        # 16x exists
+    assert mask_level(aperio, 6.0) == 2                                            # 24x: 16x is closer
+    dicom = SimpleNamespace(mpp=0.499, level_downsamples=(1.0, 2.0003, 4.002, 8.017, 16.06, 32.21))
+    assert mask_level(dicom, 8.0) == 4                                             # its own 16x level
+    single = SimpleNamespace(mpp=0.499, level_downsamples=(1.0,))
+    assert mask_level(single, 8.0) == 0 and source_mpp(single, 8.0) == 8.0         # box-reduced level 0
+    assert source_mpp(single, 0.1) == pytest.approx(0.499)                         # never finer than level 0
+
+
+def test_mask_from_a_coarser_level_is_upsampled_to_the_mask_grid(tmp_path: Path) -> None:
+    small = np.zeros((3, 4), bool)
+    small[1, 1:3] = True
+    up = upsample_mask(small, (8, 6))
+    assert up.shape == (6, 8) and up[2:4, 3:5].all() and not up[0].any() and not up[:, 0].any()
+    rng = np.random.default_rng(1)
+    path = tmp_path / "pyramid.tif"
+    write_pyramidal_tiff(path, _smooth_he(rng, (1024, 1536)), mpp=0.25)   # downsamples 1, 2, 4, 8
+    params = TilingParams(mask_mpp=0.25 * 4 * 2**0.5, min_region_um2=0.0)  # 5.66x: 4x and 8x tie
+    with open_slide(path) as slide:
+        tissue = detect_tissue(slide, params)
+        assert tissue.thumbnail.shape[:2] == slide.level_dimensions[3][::-1]   # the 8x level as it is
+        assert tissue.mask.shape[::-1] == mask_size(slide, params.mask_mpp)
+        fine = tissue_mask(slide.thumbnail(params.mask_mpp), "he", params.mask_mpp, 0.0)   # from 4x, box-reduced
+        assert (tissue.mask & fine).sum() / (tissue.mask | fine).sum() > 0.97

@@ -24,7 +24,9 @@ class TilingParams:
     """How one slide is tiled; defaults equal config.yaml's ``tiling:`` section.
 
     Sizes: ``tile_px`` and ``overlap_px`` are pixels at the target magnification,
-    ``mask_mpp`` is µm/px of the tissue mask, ``min_region_um2`` is µm².
+    ``mask_mpp`` is µm/px of the tissue mask, ``min_region_um2`` is µm². The mask is made from the
+    pyramid level closest to ``mask_mpp`` (of two equally close, the coarser: a 4x pyramid at
+    0.25 µm/px reads its 64x level for the 32x mask), box-reduced to it or upsampled to it.
     """
 
     tile_px: int = 256

@@ -80,9 +80,9 @@ def write_qc(path: str | Path, image: np.ndarray, mask: np.ndarray, coords: np.n
              size_level0: int, scale: tuple[float, float], title: str) -> None:
     """Write the QC PNG atomically.
 
-    ``image`` is the thumbnail ((h, w, 3) uint8 RGB, or an (h, w) signal in 0..1), ``mask``
-    the bool tissue mask of the same (h, w), ``coords`` level-0 tile corners, ``scale`` the
-    thumbnail px per level-0 px in (x, y).
+    ``image`` is the thumbnail ((h', w', 3) uint8 RGB, or an (h', w') signal in 0..1; resized to the
+    picture, so it may be coarser than the mask), ``mask`` the bool (h, w) tissue mask, ``coords``
+    level-0 tile corners, ``scale`` the mask px per level-0 px in (x, y).
     """
     picture = render_qc(image, mask, coords, size_level0, scale, title)
     with atomic_path(path) as tmp:

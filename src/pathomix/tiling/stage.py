@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from pathomix.cli import stage_main
 from pathomix.constants import MODALITIES
@@ -41,9 +42,9 @@ class TilingResult:
 
     coords: np.ndarray                 # int64 (N, 2) level-0 top-left (x, y), row-major
     attrs: dict[str, Any]              # every COORD_ATTRS name (+ channels for mIF)
-    thumbnail: np.ndarray              # (h, w, 3) uint8 for H&E, (C, h, w) float32 for mIF
-    mask: np.ndarray                   # bool (h, w) tissue mask of the thumbnail
-    scale: tuple[float, float]         # thumbnail px per level-0 px, (x, y)
+    thumbnail: np.ndarray              # Tissue.thumbnail: (h', w', 3) uint8 for H&E, (C, h', w') float32 for mIF
+    mask: np.ndarray                   # bool (h, w) tissue mask at about mask_mpp (h', w' may be coarser)
+    scale: tuple[float, float]         # mask px per level-0 px, (x, y)
     n_positions: int                   # grid positions before the tissue filter
 
     @property
@@ -84,20 +85,63 @@ def coord_attrs(slide: Slide, geometry: GridGeometry, target_mpp: float, params:
 class Tissue:
     """A slide's thumbnail and tissue mask."""
 
-    thumbnail: np.ndarray              # (h, w, 3) uint8 for H&E, (C, h, w) float32 for mIF
-    mask: np.ndarray                   # bool (h, w)
-    scale: tuple[float, float]         # thumbnail px per level-0 px, (x, y)
-    mpp: float                         # µm/px of the thumbnail
+    thumbnail: np.ndarray              # the image the mask was made from (its level, or mask_mpp if finer):
+                                       # (h', w', 3) uint8 for H&E, (C, h', w') float32 for mIF
+    mask: np.ndarray                   # bool (h, w) at about mask_mpp
+    scale: tuple[float, float]         # mask px per level-0 px, (x, y)
+    mpp: float                         # µm/px of the mask
+
+
+LEVEL_TIE = 0.01   # levels whose downsamples are within 1 % equally close to the mask's count as a tie
+
+
+def mask_level(slide: Slide, mask_mpp: float) -> int:
+    """The pyramid level the tissue mask is made from: the one whose pixel size is closest to
+    ``mask_mpp`` (by ratio); of two about equally close, the coarser.
+
+    A 4x pyramid (downsamples 1, 4, 16, 64, as Aperio writes) at 0.25 µm/px and an 8 µm/px mask
+    (32x) ties 16x and 64x; the 64x level (what CLAM segments) decodes 16x fewer pixels, and the
+    mask made from it is upsampled to ``mask_mpp`` (IoU with the 16x mask in docs/benchmarks.md).
+    """
+    factor = max(mask_mpp / slide.mpp, 1.0)
+    distance = [abs(math.log(d / factor)) for d in slide.level_downsamples]
+    near = [i for i, d in enumerate(distance) if d <= min(distance) + math.log1p(LEVEL_TIE)]
+    return max(near, key=lambda i: slide.level_downsamples[i])
+
+
+def source_mpp(slide: Slide, mask_mpp: float) -> float:
+    """µm/px of the image the mask is made from: ``mask_mpp`` when the :func:`mask_level` is finer
+    (``Slide.thumbnail`` box-reduces it), else the level's own (its pixels as they are)."""
+    return max(mask_mpp, slide.mpp * slide.level_downsamples[mask_level(slide, mask_mpp)])
+
+
+def mask_size(slide: Slide, mask_mpp: float) -> tuple[int, int]:
+    """(w, h) of the mask grid at ``mask_mpp``, computed as ``Slide.thumbnail(mask_mpp)`` sizes its image."""
+    factor = max(mask_mpp / slide.mpp, 1.0)
+    width, height = slide.dimensions
+    return max(1, round(width / factor)), max(1, round(height / factor))
+
+
+def upsample_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``mask`` resized to ``size`` = (w, h): bilinear, then >= 0.5, so outlines stay smooth."""
+    if (mask.shape[1], mask.shape[0]) == tuple(size):
+        return mask
+    image = Image.fromarray(mask.view(np.uint8) * np.uint8(255)).resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(image) >= 128
 
 
 def detect_tissue(slide: Slide, params: TilingParams) -> Tissue:
-    """Thumbnail at ``params.mask_mpp`` and its tissue mask."""
-    thumb = slide.thumbnail(params.mask_mpp)
+    """Tissue mask on the mask grid (``params.mask_mpp``), made from the slide's :func:`mask_level`
+    at :func:`source_mpp` and upsampled when that level is coarser than the grid."""
+    thumb = slide.thumbnail(source_mpp(slide, params.mask_mpp))
     h, w = thumb.shape[:2] if slide.modality == "he" else thumb.shape[1:]
     width, height = slide.dimensions
-    mask_mpp = slide.mpp * (width / w + height / h) / 2
-    mask = tissue_mask(thumb, slide.modality, mask_mpp, params.min_region_um2, slide.autofluorescence)
-    return Tissue(thumb, mask, (w / width, h / height), mask_mpp)
+    thumb_mpp = slide.mpp * (width / w + height / h) / 2
+    mask = tissue_mask(thumb, slide.modality, thumb_mpp, params.min_region_um2, slide.autofluorescence)
+    size = mask_size(slide, params.mask_mpp)   # = (w, h) unless the level was coarser
+    mask = upsample_mask(mask, size)
+    scale = (size[0] / width, size[1] / height)
+    return Tissue(thumb, mask, scale, slide.mpp * (width / size[0] + height / size[1]) / 2)
 
 
 def tile_slide(slide: Slide, target_mpp: float, params: TilingParams, mag: str | None = None,
