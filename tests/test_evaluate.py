@@ -319,3 +319,55 @@ def test_training_figure_of_a_closed_form_fit(tmp_path):
                          "val_metric": [0.61, 0.58], "lr": np.nan, "seconds": np.nan})
     training_figure(test, hist, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 1000
+
+
+def _resampled_rows(df: pd.DataFrame, n: int, seed: int) -> list[np.ndarray]:
+    """The rows of each resample as bootstrap_ci's contract draws them (patients, in draw order)."""
+    rng = np.random.default_rng(seed)
+    codes, uniques = pd.factorize(df.patient_id)
+    groups = [np.flatnonzero(codes == i) for i in range(len(uniques))]
+    return [np.concatenate([groups[i] for i in rng.integers(0, len(uniques), len(uniques))]) for _ in range(n)]
+
+
+def _small_cohorts():
+    """Cases where resamples differ in what they hold: ties, few patients (classes missing from some
+    resamples), two rows per patient, a 3-class grading task (quadratic kappa), survival with tied times."""
+    clf = _classification(n=12, seed=4, signal=0.5)
+    tied = clf.assign(**{f"prob_{c}": clf[f"prob_{c}"].round(1) for c in CLASSES})
+    two_rows = pd.concat([_binary_toy(n=10, seed=2), _binary_toy(n=10, seed=9)]).reset_index(drop=True)
+    grading = _classification(n=9, seed=6, signal=0.3).assign(task="grading")
+    surv = _survival(n=14, seed=3).assign(time=lambda d: d.time.round(0), risk=lambda d: d.risk.round(1))
+    return {"3-class": clf, "ties": tied, "few": _classification(n=6, seed=1, signal=0.5), "two rows": two_rows,
+            "binary": _binary_toy(n=8, seed=1),
+            "grading": grading, "survival": surv}
+
+
+@pytest.mark.parametrize("case", ["3-class", "ties", "few", "two rows", "binary", "grading", "survival"])
+def test_vectorised_bootstrap_equals_the_libraries_on_every_resample(case):
+    """Each all-resamples metric gives, per resample, the library's value on that resample's rows
+    (NaN exactly where the library's is undefined), and bootstrap_ci's interval is unchanged by it."""
+    import warnings
+
+    from pathomix.evaluate import metrics as M
+    from pathomix.evaluate import resample as R
+
+    df = _small_cohorts()[case]
+    codes, uniques = pd.factorize(df.patient_id)
+    W = R.resample_weights(codes, len(uniques), 40, np.random.default_rng(11))
+    rows = _resampled_rows(df, 40, 11)
+    checked = 0
+    for name, metric in M.metrics_for(df).items():
+        if (fast := R.vectorised(name, len(df))) is None:
+            continue
+        got = fast(df, W)
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            want = np.array([metric(df.iloc[r]) for r in rows])
+        want[~np.isfinite(want)] = np.nan
+        got[~np.isfinite(got)] = np.nan
+        assert np.allclose(got, want, atol=1e-12, equal_nan=True), (name, got, want)
+        assert np.isfinite(want).sum() > 5, name  # the case exercises the metric, not only its NaNs
+        lo_hi = [bootstrap_ci(df, metric, 60, 3, name), bootstrap_ci(df, metric, 60, 3)]
+        assert np.allclose(*lo_hi, equal_nan=True), name
+        checked += 1
+    assert checked == (1 if case == "survival" else 6)

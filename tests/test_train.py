@@ -602,3 +602,29 @@ def test_cohort_check_asks_for_covariates() -> None:
     assert missing_cohort_inputs(["cox_clinical"], cfg, clinical_columns={"patient_id", "age"}) == []
     msg = missing_cohort_inputs(["cox_clinical"], cfg, clinical_columns={"patient_id"})
     assert len(msg) == 1 and "['age']" in msg[0] and "c.tsv" in msg[0]
+
+
+def test_several_folds_in_one_process_equal_one_process_per_fold(cohort: dict[str, Path], tmp_path: Path) -> None:
+    """`--fold 0 1` (rule train_folds) trains each fold as its own job would: the same predictions and weights;
+    per-fold inputs and --out folders are matched by position, and a count mismatch is a clear error."""
+    params = {**PARAMS, "epochs": 4, "patience": 4}
+    teacher = {}
+    for k in (0, 1):  # the students' teachers, one per fold
+        teacher[k] = tmp_path / "teacher" / f"fold{k}"
+        assert main(_argv(cohort, "dmsf_teacher", "diagnosis", teacher[k], fold=k, params=params)) == 0
+    for k in (0, 1):
+        assert main(_argv(cohort, "dmsf_student", "diagnosis", tmp_path / "one" / f"fold{k}", fold=k, params=params,
+                          teacher=teacher[k] / "checkpoint.pt")) == 0
+    argv = _argv(cohort, "dmsf_student", "diagnosis", tmp_path / "both" / "fold0", params=params)
+    both = [tmp_path / "both" / f"fold{k}" for k in (0, 1)]
+    argv[argv.index("--fold") + 1:argv.index("--fold") + 2] = ["0", "1"]
+    argv[argv.index("--hvg") + 1:argv.index("--hvg") + 2] = [str(cohort["hvg"])] * 2
+    argv[argv.index("--subspaces") + 1:argv.index("--subspaces") + 2] = [str(cohort["subspaces"])] * 2
+    argv[argv.index("--out") + 1:] = [str(p) for p in both]
+    assert main([*argv, "--teacher-checkpoint", *(str(teacher[k] / "checkpoint.pt") for k in (0, 1))]) == 0
+    for k in (0, 1):
+        runs = (tmp_path / "one" / f"fold{k}", tmp_path / "both" / f"fold{k}")
+        pd.testing.assert_frame_equal(*(pd.read_parquet(d / "predictions.parquet") for d in runs))
+        a, b = (torch.load(d / "checkpoint.pt", weights_only=True)["model_state"] for d in runs)
+        assert all(torch.equal(a[key], b[key]) for key in a)
+    assert main([*argv, "--teacher-checkpoint", str(teacher[0] / "checkpoint.pt")]) == 1  # one checkpoint, two folds

@@ -508,8 +508,22 @@ def all_targets(wildcards):
 
 # ---- training (train.smk: rule train and one rule train_joint_<model> per joint model, written once) ----
 JOINT_MODELS = [m for m in MODEL_INSTANCES if is_joint(m, VARIANTS)]
-# model folders the train rule leaves to others (the joint models' train_joint_<model>, the selections' select)
-NOT_TRAIN = "|".join(re.escape(m) for m in JOINT_MODELS + list(SELECTIONS))
+FOLDS_PER_JOB = config["train"].get("folds_per_job", "auto")
+
+
+def folds_together(name):
+    """Whether one job trains every fold of `name` (train_folds jobs; train.folds_per_job) — `all` always,
+    `1` never, `auto` on one machine (start-up, 2-3 s a job, costs more than one job per fold gains there)
+    except for image models, whose folds are minutes each; on a cluster, one job per fold spreads them."""
+    if FOLDS_PER_JOB == "all":
+        return True
+    return FOLDS_PER_JOB == "auto" and not CLUSTER and not model_inputs(name, VARIANTS)["images"]
+
+
+FOLD_GROUPED = [m for m in MODEL_INSTANCES if not is_joint(m, VARIANTS) and folds_together(m)]
+# model folders the train rule leaves to others (the joint models' train_joint_<model>, the selections' select,
+# the models whose folds train in one job: train_folds)
+NOT_TRAIN = "|".join(re.escape(m) for m in JOINT_MODELS + list(SELECTIONS) + FOLD_GROUPED)
 
 
 def model_resources(name):
@@ -540,6 +554,15 @@ def train_inputs(w):
     return inputs
 
 
+PER_FOLD_INPUTS = ("hvg", "subspaces", "teacher")  # the train_inputs that differ between folds
+
+
+def train_folds_inputs(w):
+    """train_inputs of every fold of one train_folds job: the per-fold files as lists in fold order."""
+    per = [train_inputs(SimpleNamespace(model=w.model, task=w.task, fold=k)) for k in FOLDS]
+    return {k: [p[k] for p in per] if k in PER_FOLD_INPUTS else v for k, v in per[0].items()}
+
+
 def optional_flags(w, input):
     names = {
         "manifest": "--manifest",
@@ -548,7 +571,8 @@ def optional_flags(w, input):
         "teacher": "--teacher-checkpoint",
         "slides": "--slides",
     }
-    flags = [f"{flag} {shlex.quote(input[k])}" for k, flag in names.items() if k in input.keys()]
+    quoted = lambda v: shlex.quote(v) if isinstance(v, str) else " ".join(shlex.quote(f) for f in v)
+    flags = [f"{flag} {quoted(input[k])}" for k, flag in names.items() if k in input.keys()]
     if "tiles" in input.keys():  # the folder of the stores (the input may be their batches' markers)
         flags.append(f"--tiles {shlex.quote(str(Path(RESULTS) / 'tiles'))}")
     v = resolve(w.model, VARIANTS)
@@ -560,15 +584,24 @@ def optional_flags(w, input):
     return " ".join(flags)
 
 
-def train_outputs(model, task):
-    """checkpoint, history, predictions of one job: `task` a task (rule train) or the list of a joint model's."""
+def train_outputs(model, task, folds=("{fold}",)):
+    """checkpoint, history, predictions of one job: `task` a task (rule train) or the list of a joint model's;
+    `folds` the folds it trains (train_folds jobs every fold, fold-major as --out takes them)."""
 
     def files(name):
-        if isinstance(task, str):
-            return str(P.model_file(RESULTS, model, task, "{fold}", name))
-        return [str(P.model_file(RESULTS, model, t, "{fold}", name)) for t in task]
+        if isinstance(task, str) and len(folds) == 1:
+            return str(P.model_file(RESULTS, model, task, folds[0], name))
+        tasks = [task] if isinstance(task, str) else task
+        return [str(P.model_file(RESULTS, model, t, k, name)) for k in folds for t in tasks]
 
     return {key: files(name) for key, name in P.MODEL_OUTPUTS.items()}
+
+
+def train_folds_resources(w_model):
+    """resources of a train_folds job: its model's class, with the runtime of every fold."""
+    res = class_resources(w_model)
+    per_fold = lambda w: resource_class(w_model, w)["runtime"]
+    return {**res, "runtime": lambda w, attempt: per_fold(w) * len(FOLDS) * attempt}
 
 
 def train_params(model):
@@ -581,10 +614,10 @@ def train_params(model):
     }
 
 
-def train_shell(task, out):
-    """The command of both rules; `task` and `out` are the parts in which they differ."""
+def train_shell(task, out, fold="{wildcards.fold}"):
+    """The command of the train rules; `task`, `out` and `fold` are the parts in which they differ."""
     return (
-        f"python -m pathomix.train --task {task} --fold {{wildcards.fold}} "
+        f"python -m pathomix.train --task {task} --fold {fold} "
         "--clinical {input.clinical:q} --folds {input.folds:q} {params.flags} --params {params.cfg:q} "
         f"--threads {{threads}} --out {out} > {{log:q}} 2>&1"
     )

@@ -1,4 +1,5 @@
-# Training: one job per model × task × fold (a student waits for its teacher of the same fold).
+# Training: one job per model × task × fold (a student waits for its teacher of the same fold), or one per
+# model × task for every fold (rule train_folds, train.folds_per_job: on one machine, start-up is paid once).
 # `model` is a registered model or a variant (train.variants: ablations as config); each job gets
 # only its own merged train: keys, so editing one variant reruns that variant alone.
 # A joint model (umeml) trains on all its tasks in one job per fold: rule train_joint_<model>.
@@ -27,6 +28,28 @@ rule train:
         out=lambda w, output: str(Path(output.checkpoint).parent),
     shell:
         train_shell("{wildcards.task}", "{params.out:q}")
+
+
+rule train_folds:  # every fold of a model × task in one process (train.folds_per_job; common.smk folds_together)
+    input:
+        unpack(train_folds_inputs),
+    output:
+        **train_outputs("{model}", "{task}", folds=list(FOLDS)),
+    log:
+        f"{LOGS}/train/{{model}}/{{task}}/folds.log",
+    benchmark:
+        f"{BENCH}/train/{{model}}/{{task}}/folds.tsv"
+    wildcard_constraints:
+        model="|".join(re.escape(m) for m in FOLD_GROUPED) or "(?!)",
+    threads: class_threads(lambda w: model_resources(w.model), local=1)
+    resources:
+        **train_folds_resources(lambda w: model_resources(w.model)),
+    params:
+        **train_params(None),
+        folds=" ".join(str(k) for k in FOLDS),
+        out=lambda w, output: " ".join(shlex.quote(str(Path(c).parent)) for c in output.checkpoint),
+    shell:
+        train_shell("{wildcards.task}", "{params.out}", fold="{params.folds}")
 
 
 for _model in JOINT_MODELS:

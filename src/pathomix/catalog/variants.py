@@ -143,7 +143,7 @@ def model_inputs(name: str, variants: Mapping[str, Mapping[str, Any]] | None = N
     return {**{k: k in reads for k in INPUT_KINDS}, "teacher": v.teacher}
 
 
-SNAKEFILE_KEYS = ("models", "tasks", "variants", "select")  # train: keys only the Snakefile reads
+SNAKEFILE_KEYS = ("models", "tasks", "variants", "select", "folds_per_job")  # train: keys only the Snakefile reads
 
 
 def job_params(name: str, train: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""Metrics by registry: scikit-learn, lifelines and scikit-survival do the maths, none is written by hand.
+"""Metrics by registry: scikit-learn, lifelines and scikit-survival do the maths.
 
 Per fold on the test patients, and pooled out-of-fold ("all") with a patient-level
-bootstrap 95 % confidence interval (:func:`bootstrap_ci` states the seed contract).
+bootstrap 95 % confidence interval (:func:`bootstrap_ci` states the seed contract; its resamples are
+scored by :mod:`pathomix.evaluate.resample`'s weighted forms of the same metrics, tested equal to the
+libraries' on the resampled rows).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 from sklearn.preprocessing import label_binarize
+
+from pathomix.evaluate import resample
 
 log = logging.getLogger(__name__)
 Metric = Callable[[pd.DataFrame], float]
@@ -166,7 +170,8 @@ def metrics_for(df: pd.DataFrame) -> dict[str, Metric]:
     return {**SURVIVAL, "td_auc": functools.partial(_td_auc, times=td_auc_times(df))}
 
 
-def bootstrap_ci(df: pd.DataFrame, metric: Metric, n: int, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(df: pd.DataFrame, metric: Metric, n: int, seed: int = 0,
+                 name: str | None = None) -> tuple[float, float]:
     """95 % percentile interval of ``metric`` over ``n`` patient-level resamples.
 
     Seed contract (tests re-implement it): ``rng = np.random.default_rng(seed)``; the patients
@@ -175,13 +180,20 @@ def bootstrap_ci(df: pd.DataFrame, metric: Metric, n: int, seed: int = 0) -> tup
     and keeps every row of the drawn patients, in draw order; resamples where the metric is
     not finite (e.g. one class only) are dropped; the bounds are ``np.percentile(values, [2.5,
     97.5])``. NaN bounds when fewer than max(10, n / 10) resamples give a finite value.
+
+    With the registry ``name`` of a metric that has an all-resamples form (:mod:`pathomix.evaluate.resample`:
+    the same numbers, every resample in a few array operations), that form scores the same draws.
     """
     rng = np.random.default_rng(seed)
     ids = df.patient_id if "patient_id" in df.columns else pd.Series(np.arange(len(df)))
     codes, uniques = pd.factorize(ids)
     with warnings.catch_warnings():  # undefined resamples are dropped below: scikit-learn's warnings are noise
         warnings.simplefilter("ignore")
-        values = _resampled(df, metric, n, rng, codes, uniques)
+        if (fast := resample.vectorised(name, len(df))) is not None:
+            scored = fast(df, resample.resample_weights(codes, len(uniques), n, rng))
+            values = scored[np.isfinite(scored)].tolist()
+        else:
+            values = _resampled(df, metric, n, rng, codes, uniques)
     if len(values) < max(10, n // 10):
         return float("nan"), float("nan")
     lo, hi = np.percentile(values, [2.5, 97.5])
@@ -231,7 +243,7 @@ def evaluate_predictions(pred: pd.DataFrame, n_bootstrap: int, seed: int = 0) ->
             rows.append((model, task, str(fold), name, _logged(metric, name, d, f"{model}/{task}/fold{fold}"),
                          np.nan, np.nan))
         value = _logged(metric, name, test, f"{model}/{task}/pooled")
-        lo, hi = bootstrap_ci(test, metric, n_bootstrap, seed) if np.isfinite(value) else (np.nan, np.nan)
+        lo, hi = bootstrap_ci(test, metric, n_bootstrap, seed, name) if np.isfinite(value) else (np.nan, np.nan)
         rows.append((model, task, "all", name, value, lo, hi))
     return pd.DataFrame(rows, columns=["model", "task", "fold", "metric", "value", "ci_low", "ci_high"])
 

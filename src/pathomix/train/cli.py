@@ -11,6 +11,12 @@ Example (what the Snakemake rule runs)::
 
 A variant (``train.variants``) runs as its registered model with ``--name`` and its merged
 params, e.g. ``--model dmsf_student --name dmsf_student-scratch --scratch``.
+
+Several folds in one process (``--fold 0 1 2``; the workflow's ``train.folds_per_job``): the per-fold
+inputs (``--hvg``, ``--subspaces``, ``--teacher-checkpoint``) then name one file per fold and ``--out`` one
+folder per fold and task (fold-major). The folds are trained one after another exactly as separate
+processes would (every fold seeds afresh), so the outputs are the same; the process start-up (Python,
+torch, the model code: 2-3 s on a CPU) is paid once.
 """
 
 from __future__ import annotations
@@ -64,22 +70,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--scratch", action="store_true", help="train a distilled model without its teacher")
     ap.add_argument("--task", required=True, nargs="+", choices=sorted(TASKS),
                     help="task; several train one joint model (models with a joint builder, e.g. umeml)")
-    ap.add_argument("--fold", required=True, type=int)
+    ap.add_argument("--fold", required=True, nargs="+", type=int, help="fold(s); several train one after another")
     ap.add_argument("--clinical", required=True, type=Path)
     ap.add_argument("--folds", required=True, type=Path, help="splits/folds.parquet")
     ap.add_argument("--manifest", type=Path, help="features/{encoder}/manifest.parquet (H&E and mIF models)")
-    ap.add_argument("--hvg", type=Path, help="genes/fold{k}/hvg.parquet (gene models, distilled students)")
-    ap.add_argument("--subspaces", type=Path, help="genes/fold{k}/subspaces.parquet of this fold")
+    ap.add_argument("--hvg", nargs="+", type=Path,
+                    help="genes/fold{k}/hvg.parquet (gene models, distilled students), one per --fold")
+    ap.add_argument("--subspaces", nargs="+", type=Path, help="genes/fold{k}/subspaces.parquet, one per --fold")
     ap.add_argument("--slides", type=Path, help="slides sheet (image models: where the slides are)")
     ap.add_argument("--tiles", nargs="+", default=[],
                     help="coords stores tiles/{mag}/{slide}.h5, or the tiles folder holding them (image models)")
-    ap.add_argument("--teacher-checkpoint", type=Path, help="checkpoint.pt of the teacher (same task, fold)")
+    ap.add_argument("--teacher-checkpoint", nargs="+", type=Path,
+                    help="checkpoint.pt of the teacher (same task and fold), one per --fold")
     ap.add_argument("--params", default="{}", help="JSON of the config's train: subtree, or @file.json")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--out", required=True, nargs="+", type=Path,
-                    help="output folder models/{model}/{task}/fold{k}, one per --task")
+                    help="output folder models/{model}/{task}/fold{k}, one per --task and --fold (fold-major)")
     ap.add_argument("--log-level", help="overrides PATHOMIX_LOGLEVEL (default INFO)")
     return ap.parse_args(argv)
+
+
+def per_fold(args: argparse.Namespace) -> list[argparse.Namespace]:
+    """The arguments of each ``--fold``: its fold, its per-fold inputs and its ``--out`` folders (one per task)."""
+    folds, n_tasks = args.fold, len(args.task)
+    if len(args.out) != n_tasks * len(folds):
+        raise PathomixInputError(f"--out names {len(args.out)} folder(s) for {n_tasks} task(s) and {len(folds)} "
+                                 f"fold(s); give one per task and fold, fold by fold")
+    per_fold_inputs = {"hvg": args.hvg, "subspaces": args.subspaces, "teacher_checkpoint": args.teacher_checkpoint}
+    for flag, files in per_fold_inputs.items():
+        if files is not None and len(files) != len(folds):
+            raise PathomixInputError(f"--{flag.replace('_', '-')} names {len(files)} file(s) for {len(folds)} "
+                                     "fold(s); give one per --fold")
+    return [argparse.Namespace(**{**vars(args), "fold": fold, "out": args.out[i * n_tasks:(i + 1) * n_tasks],
+                                  **{k: None if v is None else v[i] for k, v in per_fold_inputs.items()}})
+            for i, fold in enumerate(folds)]
 
 
 def read_params(raw: str) -> TrainParams:
@@ -304,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(max(1, args.threads))
-        run(args)
+        for fold_args in per_fold(args):
+            run(fold_args)
     finally:  # in-process callers (tests, notebooks) get their thread count back
         torch.set_num_threads(threads)
     return 0
