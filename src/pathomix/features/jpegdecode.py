@@ -24,8 +24,7 @@ from pathomix.io.jpegtiles import RegionStreams
 
 log = logging.getLogger(__name__)
 
-# torchvision 0.29 warns on every decode that its image IO moves to TorchCodec; once per process is enough
-warnings.filterwarnings("once", message="The image decoding and encoding capabilities of TorchVision")
+_DEPRECATION = "The image decoding and encoding capabilities of TorchVision"   # 0.29: "moving to TorchCodec"
 
 
 @dataclass(frozen=True)
@@ -79,17 +78,25 @@ def decode_streams(streams: list[torch.Tensor], device: torch.device) -> list[to
     if not streams:
         return []
     try:
-        return list(decode_jpeg(streams, mode=ImageReadMode.RGB, device=device))
+        return list(_decode(streams, device))
     except RuntimeError as e:
         log.debug("batched JPEG decode failed (%s); decoding %d tiles one by one", e, len(streams))
     out: list[torch.Tensor | None] = []
     for s in streams:
         try:
-            out.append(decode_jpeg(s, mode=ImageReadMode.RGB, device=device))
+            out.append(_decode(s, device))
         except RuntimeError as e:
             log.debug("a JPEG tile failed to decode: %s", e)
             out.append(None)
     return out
+
+
+def _decode(data: torch.Tensor | list[torch.Tensor], device: torch.device):
+    """``decode_jpeg`` to RGB, without torchvision 0.29's deprecation warning on every call (its image IO moves
+    to TorchCodec; see the report of issue 21)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_DEPRECATION, category=DeprecationWarning)
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
 
 def assemble(layout: Layout, decoded: list[torch.Tensor | None], out: torch.Tensor) -> bool:
