@@ -12,8 +12,8 @@ One process, one thread (the work of one DataLoader worker, or of the main proce
     crop on the device; CUDA synchronised per chunk);
 (s+d) both in one process, as extraction on the CPU runs it when ``gpu_decode: true`` (the sum of their times).
 
-Prints tiles/s of each (best of ``--repeats``) and the ratios against (w). On CUDA the work moves: workers only run (s) and the GPU
-runs (d), so the worker-side ratio s/w is what multiplies the decode bound of the DataLoader.
+Prints tiles/s of each (best of ``--repeats``) and the ratios against (w). On CUDA the work moves: workers only
+run (s) and the GPU runs (d), so the worker-side ratio s/w is what multiplies the decode bound of the DataLoader.
 """
 
 from __future__ import annotations

@@ -321,3 +321,17 @@ def test_nvjpeg_decodes_like_the_readers(synth: Path, ome: Path) -> None:
     cuda = torch.device("cuda")
     for path in (need(CMU), need(SMALL), synth, ome):
         assert check_slide(path, cuda) > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvjpeg)")
+def test_cuda_extraction_matches_the_worker_path(encoder, caplog) -> None:
+    model, spec = encoder
+    coords = np.array([(x, y) for y in range(0, 2600, 300) for x in range(0, 1900, 330)])
+    results = {}
+    for g in (True, False):
+        params = ExtractParams(batch_size=16, num_workers=2, device="cuda", precision="fp32", gpu_decode=g)
+        with caplog.at_level(logging.INFO, logger="pathomix.features.extract"):
+            results[g] = extract_tiles(TileDataset(SlideRef("S", str(need(CMU))), coords, 256, 224), model, spec,
+                                       params).features
+    assert "decoded in batches on cuda" in caplog.text
+    assert cosines(results[True], results[False]).min() > 0.999

@@ -382,7 +382,8 @@ class _Pipeline:
     """Readable tiles in, in order → their features out, in order.
 
     Two staging buffers of one batch each (pinned on CUDA, or on the device for tiles decoded there): one
-    fills from the loader while the device encodes the other. A buffer is refilled only after the batch that used it came back."""
+    fills from the loader while the device encodes the other. A buffer is refilled only after the batch that
+    used it came back."""
 
     def __init__(self, encoder: BatchEncoder, tile_shape: tuple[int, int, int], feature_shape: tuple[int, ...],
                  on_device: bool = False) -> None:

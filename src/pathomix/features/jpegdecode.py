@@ -127,9 +127,11 @@ def decode_regions(packed: PackedStreams, tile_px: int, device: torch.device) ->
     if len(sizes) != 1:
         raise ValueError(f"regions of one chunk must share a size, got {sorted(sizes)}")
     h, w = sizes.pop()
-    regions = torch.zeros((n, 3, h, w), dtype=torch.uint8, device=device)
+    regions = torch.empty((n, 3, h, w), dtype=torch.uint8, device=device)
     ok = torch.tensor([assemble(layout, decoded, regions[i]) for i, layout in enumerate(packed.layouts)],
                       dtype=torch.bool)
+    if not ok.all():
+        regions[~ok.to(device)] = 0
     return resize_uint8(regions, tile_px), ok
 
 
