@@ -30,6 +30,9 @@ import numpy as np
 import openslide
 import tifffile
 
+from pathomix.io.slide import Slide, WSISlide
+from pathomix.io.tiffwsi import TiffSlide
+
 log = logging.getLogger(__name__)
 
 JPEG = 7
@@ -150,16 +153,13 @@ class JpegTiles:
         self._tif.close()
 
 
-def open_jpeg_tiles(slide) -> tuple[JpegTiles | None, str]:
+def open_jpeg_tiles(slide: Slide) -> tuple[JpegTiles | None, str]:
     """(reader, '') for a slide with at least one eligible level, else (None, why not).
 
     Readers: :class:`~pathomix.io.slide.WSISlide` for openslide's ``aperio`` and ``generic-tiff`` vendors
     (the levels it decodes directly with tifffile: one tiled page of the level's size) and
     :class:`~pathomix.io.tiffwsi.TiffSlide` with interleaved RGB (OME-TIFF, plain TIFF). Everything else
     (DICOM, other openslide vendors, mIF) returns None."""
-    from pathomix.io.slide import WSISlide
-    from pathomix.io.tiffwsi import TiffSlide
-
     if isinstance(slide, WSISlide):
         vendor = openslide.OpenSlide.detect_format(str(slide.path))
         if vendor not in _OPENSLIDE_TIFF_VENDORS:
