@@ -283,7 +283,7 @@ class _SlideRun:
     def finish(self) -> Extracted:
         features = self.pipeline.finish()
         if self.dataset.streams:
-            log.info("slide %s: %d tiles decoded on %s, %d read in the workers", self.dataset.ref.slide_id,
+            log.info("slide %s: %d tiles decoded on %s, %d read the CPU way", self.dataset.ref.slide_id,
                      self.on_device, self.pipeline.encoder.device, len(self.ok) - self.on_device)
         _log_speed(self.dataset.ref.slide_id, int(self.ok.sum()), time.perf_counter() - self.start, self.precision,
                    self.pipeline.encoder.device)
