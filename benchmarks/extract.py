@@ -149,8 +149,8 @@ def read_only(sets: list[TileDataset], params: ExtractParams) -> float:
     loader = DataLoader(SlideChunks(sets, READ_CHUNK), batch_size=None, num_workers=params.num_workers,
                         prefetch_factor=4 if params.num_workers else None)
     start, n = time.perf_counter(), 0
-    for _, tiles, _, _ in loader:
-        n += len(tiles)
+    for chunk in loader:
+        n += len(chunk)
     for d in sets:
         d.close()
     return n / (time.perf_counter() - start)

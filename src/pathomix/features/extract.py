@@ -10,7 +10,12 @@ compiling takes tens of seconds).
 
 A tile whose image data cannot be read (``features.on_bad_tile``) fails the slide with the reader's
 message (``error``, the default) or is left out and reported (``skip``); a blank stand-in tile is
-never encoded."""
+never encoded.
+
+``gpu_decode`` (``auto``: on CUDA): for slides whose JPEG tiles can be handed out compressed
+(:mod:`pathomix.io.jpegtiles`), workers only read the bytes and the main process decodes each chunk in one
+batched call on the device (:mod:`pathomix.features.jpegdecode`); a tile that fails to decode is read again
+the CPU way, so it fails or is skipped with the reader's message as before."""
 
 from __future__ import annotations
 
@@ -32,13 +37,18 @@ from pathomix.constants import BAD_TILE_POLICIES
 from pathomix.devices import resolve_device
 from pathomix.errors import PathomixInputError
 from pathomix.features.encoders import EncoderSpec
-from pathomix.features.tiles import SlideChunks, TileDataset
+from pathomix.features.jpegdecode import PackedStreams, decode_regions
+from pathomix.features.tiles import CheckedTiles, Chunk, SlideChunks, TileDataset
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 READ_CHUNK = 32          # tiles per DataLoader item
 AUTO_BATCH = (64, 1024)  # ``batch_size: auto``: on CPU the first, on CUDA at most the second
+# the device decoder must give the CPU reader's pixels on a slide's first streamable tile, within this
+# mean |difference| (JPEG decoders differ by about 1; a wrong colour transform by about 45)
+DECODE_CHECK_MEAN = 4.0
+DECODE_CHECK_TILES = 8   # tiles tried for that check before giving up on streams for the slide
 
 
 @dataclass(frozen=True)
@@ -58,11 +68,20 @@ class ExtractParams:
     precision: str = "auto"
     compile: bool = False
     on_bad_tile: str = "error"      # error | skip: a tile whose image data cannot be read (BAD_TILE_POLICIES)
+    # decode JPEG tiles in batches on the device: auto (on CUDA, for eligible slides) | true | false (workers decode)
+    gpu_decode: bool | str = "auto"
 
     def __post_init__(self) -> None:
         if self.on_bad_tile not in BAD_TILE_POLICIES:
             raise PathomixInputError(f"config `features.on_bad_tile`={self.on_bad_tile!r} must be one of "
                                      f"{list(BAD_TILE_POLICIES)}")
+        if not (isinstance(self.gpu_decode, bool) or self.gpu_decode == "auto"):
+            raise PathomixInputError(f"config `features.gpu_decode`={self.gpu_decode!r} must be one of "
+                                     "auto, true, false")
+
+    def decode_on_device(self, device: torch.device) -> bool:
+        """Whether eligible slides' JPEG tiles are decoded on ``device`` (``gpu_decode``; auto: on CUDA)."""
+        return device.type == "cuda" if self.gpu_decode == "auto" else bool(self.gpu_decode)
 
     def resolve_device(self) -> torch.device:
         return resolve_device(self.device)
@@ -154,6 +173,9 @@ def extract_slides(datasets: list[TileDataset], model: nn.Module, spec: EncoderS
         d.prepare()  # an unusable slide fails here, with its own message
     if busy and encoder is None:
         encoder = BatchEncoder(model, spec, params, n_markers, busy[0].tile_px)
+    if busy and params.decode_on_device(encoder.device):
+        for d in busy:
+            choose_decoder(d, encoder.device)
     precision = encoder.precision if encoder else params.resolve_precision(params.resolve_device())
     streamed = _stream(busy, encoder, feature_shape, params, on_bad_tile)
     for d in datasets:
@@ -168,13 +190,12 @@ def _stream(busy: list[TileDataset], encoder: BatchEncoder, feature_shape: tuple
     current = None
     try:
         desc = f"encode {busy[0].ref.slide_id}" if len(busy) == 1 else f"encode {len(busy)} slides"
-        for k, tiles, good, errors in tqdm(_loader(SlideChunks(busy, READ_CHUNK), params), unit="chunk", desc=desc,
-                                           leave=False):
-            if current is None or busy[k] is not current.dataset:   # the loader moved on to the next slide
+        for chunk in tqdm(_loader(SlideChunks(busy, READ_CHUNK), params), unit="chunk", desc=desc, leave=False):
+            if current is None or busy[chunk.slide] is not current.dataset:   # the loader moved on to the next slide
                 if current is not None:
                     yield current.finish()
                 current = next(runs)
-            current.add(tiles, good, errors, on_bad_tile)
+            current.add(chunk, on_bad_tile)
         if current is not None:
             yield current.finish()
     finally:
@@ -182,16 +203,55 @@ def _stream(busy: list[TileDataset], encoder: BatchEncoder, feature_shape: tuple
             d.close()
 
 
+def choose_decoder(dataset: TileDataset, device: torch.device) -> bool:
+    """Turn on JPEG streams for ``dataset`` when its slide is eligible and the device decoder gives the CPU
+    reader's pixels on its first streamable tile; log which path the slide takes. → whether streams are on."""
+    slide_id = dataset.ref.slide_id
+    why = dataset.enable_streams()
+    if not why:
+        why = _decoder_check(dataset, device)
+        dataset.close()          # no handle may be inherited by the DataLoader's workers
+        dataset.streams = not why
+    if why:
+        log.info("slide %s: JPEG tiles decoded in the workers (%s)", slide_id, why)
+        return False
+    log.info("slide %s: JPEG tiles decoded in batches on %s (gpu_decode)", slide_id, device)
+    return True
+
+
+def _decoder_check(dataset: TileDataset, device: torch.device) -> str:
+    """'' when the device decodes one of the slide's first tiles like the CPU reader, else why not."""
+    for i in range(min(len(dataset), DECODE_CHECK_TILES)):
+        region = dataset.region_streams(i)
+        if region is None:
+            continue
+        try:
+            reference = dataset.read(dataset.handle(), i)
+        except PathomixInputError:
+            continue          # a corrupt tile says nothing about the decoder
+        decoded, ok = decode_regions(PackedStreams.pack([region]), dataset.tile_px, device)
+        if not ok.all():
+            continue
+        diff = (decoded[0].cpu().float() - reference.float()).abs().mean().item()
+        if diff > DECODE_CHECK_MEAN:
+            return (f"the device decoder differs from the CPU reader by a mean {diff:.1f} per pixel on tile {i} "
+                    "(colour transform?)")
+        return ""
+    return f"none of its first {DECODE_CHECK_TILES} tiles lies on a JPEG level's pixel grid"
+
+
 class _SlideRun:
     """One slide's progress through the loader: which tiles were readable, and their features."""
 
     def __init__(self, dataset: TileDataset, encoder: BatchEncoder, feature_shape: tuple[int, ...]) -> None:
         self.dataset, self.precision = dataset, encoder.precision
-        self.pipeline = _Pipeline(encoder, dataset.tile_shape(), feature_shape)
+        self.pipeline = _Pipeline(encoder, dataset.tile_shape(), feature_shape, on_device=dataset.streams)
         self.ok = np.ones(len(dataset), bool)
         self.done, self.first_error, self.start = 0, "", time.perf_counter()
+        self.on_device = 0
 
-    def add(self, tiles: torch.Tensor, good: torch.Tensor, errors: list[str], on_bad_tile: str) -> None:
+    def add(self, chunk: Chunk, on_bad_tile: str) -> None:
+        tiles, good, errors = self._gather(chunk)
         if not good.all():
             self.first_error = self.first_error or _bad_tiles(self.dataset.ref.slide_id, good, errors, on_bad_tile)
             tiles = tiles[good]
@@ -199,8 +259,32 @@ class _SlideRun:
         self.done += len(good)
         self.pipeline.add(tiles)
 
+    def _gather(self, chunk: Chunk) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """All tiles of ``chunk`` in order (on the device when it holds streams), which are readable, and the
+        reader's messages. Regions whose streams fail to decode are read the CPU way here, so a corrupt tile
+        fails or is skipped with the same message as without streams."""
+        if chunk.streams is None:
+            return chunk.tiles, chunk.ok, chunk.messages
+        device = self.pipeline.encoder.device
+        decoded, decoded_ok = decode_regions(chunk.streams, self.dataset.tile_px, device)
+        tiles = torch.empty((len(chunk), *self.dataset.tile_shape()), dtype=torch.uint8, device=device)
+        on_cpu = chunk.on_cpu
+        tiles[on_cpu] = chunk.tiles.to(device)
+        tiles[~on_cpu] = decoded
+        ok, messages = chunk.ok.clone(), list(chunk.messages)
+        streamed = torch.nonzero(~on_cpu).flatten()
+        self.on_device += int(decoded_ok.sum())
+        checked = CheckedTiles(self.dataset)
+        for pos in streamed[~decoded_ok].tolist():
+            tile, ok[pos], messages[pos] = checked[chunk.start + pos]
+            tiles[pos] = tile.to(device)
+        return tiles, ok, messages
+
     def finish(self) -> Extracted:
         features = self.pipeline.finish()
+        if self.dataset.streams:
+            log.info("slide %s: %d tiles decoded on %s, %d read the CPU way", self.dataset.ref.slide_id,
+                     self.on_device, self.pipeline.encoder.device, len(self.ok) - self.on_device)
         _log_speed(self.dataset.ref.slide_id, int(self.ok.sum()), time.perf_counter() - self.start, self.precision,
                    self.pipeline.encoder.device)
         return Extracted(features, self.ok, self.precision, self.first_error)
@@ -297,15 +381,18 @@ class BatchEncoder:
 class _Pipeline:
     """Readable tiles in, in order → their features out, in order.
 
-    Two staging buffers of one batch each (pinned on CUDA): one fills from the loader while the
-    device encodes the other. A buffer is refilled only after the batch that used it came back."""
+    Two staging buffers of one batch each (pinned on CUDA, or on the device for tiles decoded there): one
+    fills from the loader while the device encodes the other. A buffer is refilled only after the batch that
+    used it came back."""
 
-    def __init__(self, encoder: BatchEncoder, tile_shape: tuple[int, int, int], feature_shape: tuple[int, ...]) -> None:
-        pinned = encoder.device.type == "cuda"
+    def __init__(self, encoder: BatchEncoder, tile_shape: tuple[int, int, int], feature_shape: tuple[int, ...],
+                 on_device: bool = False) -> None:
+        pinned = encoder.device.type == "cuda" and not on_device
         self.feature_shape = feature_shape
         self.encoder, self.size = encoder, encoder.batch_size
-        self.buffers = [torch.empty((self.size, *tile_shape), dtype=torch.uint8, pin_memory=pinned)
-                        for _ in range(2)]
+        # tiles decoded on the device are staged there (no round trip through the host)
+        where = {"device": encoder.device} if on_device else {"pin_memory": pinned}
+        self.buffers = [torch.empty((self.size, *tile_shape), dtype=torch.uint8, **where) for _ in range(2)]
         self.slot, self.fill = 0, 0
         self.pending: deque[_Pending] = deque()
         self.done: list[np.ndarray] = []

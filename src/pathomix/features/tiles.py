@@ -7,10 +7,16 @@ Normalisation to the encoder's mean/std happens on the device, so only bytes cro
 :class:`CheckedTiles` wraps a :class:`TileDataset` for the extraction loop: a tile whose image
 data cannot be read comes back as a blank tile with ``ok=False`` and the reader's message, so
 the main process (not a DataLoader worker) decides to fail or skip (``features.on_bad_tile``).
+
+With ``features.gpu_decode`` on, a dataset whose slide is eligible (:meth:`TileDataset.enable_streams`) hands
+out compressed JPEG tiles instead (:class:`~pathomix.features.jpegdecode.PackedStreams`): workers only read
+bytes, and the main process decodes them in batches on the device. Tiles the streams cannot give (a position
+off the level's pixel grid, a region leaving the level) are read the usual way in the same chunk.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +25,11 @@ import torch
 from torch.utils.data import Dataset
 
 from pathomix.errors import PathomixInputError
+from pathomix.features.jpegdecode import PackedStreams
+from pathomix.io.jpegtiles import JpegTiles, RegionStreams, open_jpeg_tiles
 from pathomix.io.slide import Slide, open_slide
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,8 @@ class TileDataset(Dataset):
         self.size_level0, self.tile_px = int(size_level0), int(tile_px)
         self._slide: Slide | None = None
         self._mif: tuple[np.ndarray, int, np.ndarray] | None = None
+        self.streams = False                       # hand out JPEG streams (enable_streams)
+        self._jpeg: JpegTiles | None = None
 
     def __len__(self) -> int:
         return len(self.coords)
@@ -80,9 +92,50 @@ class TileDataset(Dataset):
 
     def close(self) -> None:
         """Release this process's slide handle (workers release theirs when they exit)."""
+        if self._jpeg is not None:
+            self._jpeg.close()
+            self._jpeg = None
         if self._slide is not None:
             self._slide.close()
             self._slide = None
+
+    def level(self, slide: Slide) -> tuple[int, int]:
+        """(level, region side in level pixels) that :meth:`Slide.read_tile` reads every tile from."""
+        level = slide.best_level(self.size_level0 / self.tile_px)
+        return level, max(1, round(self.size_level0 / slide.level_downsamples[level]))
+
+    def enable_streams(self) -> str:
+        """Hand out JPEG streams (:meth:`region_streams`) if this slide's read level is eligible
+        (:mod:`pathomix.io.jpegtiles`); '' when enabled, else why not."""
+        if self.ref.modality != "he":
+            return "mIF images are read channel by channel"
+        with self.ref.open() as slide:
+            jpeg, why = open_jpeg_tiles(slide)
+            if jpeg is None:
+                return why
+            level, _ = self.level(slide)
+            jpeg.close()
+        if level not in jpeg.levels:
+            return f"its read level {level} is not JPEG-tiled (eligible levels: {list(jpeg.levels)})"
+        self.streams = True
+        return ""
+
+    def region_streams(self, i: int) -> RegionStreams | None:
+        """Tile ``i``'s region as JPEG streams, or None when it must be read the usual way."""
+        slide = self.handle()
+        if self._jpeg is None:
+            self._jpeg, why = open_jpeg_tiles(slide)
+            if self._jpeg is None:   # eligible when enabled, so the file changed: read the usual way
+                log.debug("slide %s: no JPEG streams (%s)", self.ref.slide_id, why)
+                self.streams = False
+                return None
+        x, y = self.coords[i]
+        level, n = self.level(slide)
+        try:
+            return self._jpeg.region(level, int(x), int(y), n, n)
+        except (OSError, ValueError, IndexError) as e:
+            log.debug("slide %s: tile %d not read as JPEG streams (%s)", self.ref.slide_id, i, e)
+            return None
 
     def handle(self) -> Slide:
         if self._slide is None:  # opened lazily, so each DataLoader worker has its own handle
@@ -132,12 +185,31 @@ class CheckedTiles(Dataset):
             return torch.zeros(self.tiles.tile_shape(), dtype=torch.uint8), False, str(err)
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """One DataLoader item: tiles ``start``..``start + n`` of slide ``slide``.
+
+    ``on_cpu`` (n,) says which were read (decoded) in the worker: they are ``tiles``, in order; the others are
+    JPEG streams in ``streams``, in order, for the main process to decode on the device. ``ok`` and
+    ``messages`` (n,) are :class:`CheckedTiles`' for the CPU-read tiles (streams are checked when decoded)."""
+
+    slide: int
+    start: int
+    tiles: torch.Tensor
+    ok: torch.Tensor
+    messages: list[str]
+    on_cpu: torch.Tensor
+    streams: PackedStreams | None = None
+
+    def __len__(self) -> int:
+        return len(self.ok)
+
+
 class SlideChunks(Dataset):
-    """Item ``i`` = chunk ``i`` of the tiles of several slides, in order: ``(slide index, tiles (n, K, S, S),
-    ok (n,), messages)`` as :class:`CheckedTiles` gives them. A chunk never spans two slides, so one
-    DataLoader (batch_size=None) streams slide after slide: its workers start once and read the next
-    slide while the last chunks of the current one are encoded. A worker closes a slide's handle when
-    it moves on to a later slide."""
+    """Item ``i`` = chunk ``i`` of the tiles of several slides, in order, as a :class:`Chunk`. A chunk never
+    spans two slides, so one DataLoader (batch_size=None) streams slide after slide: its workers start once and
+    read the next slide while the last chunks of the current one are encoded. A worker closes a slide's handle
+    when it moves on to a later slide."""
 
     def __init__(self, datasets: list[TileDataset], chunk: int) -> None:
         self.sets = [CheckedTiles(d) for d in datasets]
@@ -147,12 +219,26 @@ class SlideChunks(Dataset):
     def __len__(self) -> int:
         return len(self.chunks)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, list[str]]:
+    def __getitem__(self, i: int) -> Chunk:
         k, start, stop = self.chunks[i]
         for done in [o for o in self._open if o < k]:
             self.sets[done].tiles.close()
             self._open.discard(done)
         self._open.add(k)
-        items = [self.sets[k][j] for j in range(start, stop)]
-        return (k, torch.stack([t for t, _, _ in items]), torch.tensor([ok for _, ok, _ in items]),
-                [m for _, _, m in items])
+        checked = self.sets[k]
+        on_cpu, tiles, ok, messages, regions = [], [], [], [], []
+        for j in range(start, stop):
+            region = checked.tiles.region_streams(j) if checked.tiles.streams else None
+            on_cpu.append(region is None)
+            if region is None:
+                tile, good, message = checked[j]
+                tiles.append(tile)
+            else:
+                good, message = True, ""   # checked when decoded
+                regions.append(region)
+            ok.append(good)
+            messages.append(message)
+        stacked = (torch.stack(tiles) if tiles
+                   else torch.zeros((0, *checked.tiles.tile_shape()), dtype=torch.uint8))
+        return Chunk(k, start, stacked, torch.tensor(ok), messages, torch.tensor(on_cpu),
+                     PackedStreams.pack(regions) if regions else None)
