@@ -27,9 +27,12 @@ def save_rgb(rgb: np.ndarray, path: str | Path) -> None:
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 100, tight: bool = True) -> None:
-    """A matplotlib figure as a palette PNG, written atomically; the figure is closed."""
+    """A matplotlib figure as a palette PNG, written atomically; the figure is closed. A figure with a
+    constrained layout is saved as laid out (a second, tight bounding-box pass would only cost time)."""
     import matplotlib.pyplot as plt
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
 
+    tight = tight and not isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine)
     buf = io.BytesIO()
     fig.savefig(buf, dpi=dpi, bbox_inches="tight" if tight else None, format="png")
     plt.close(fig)
