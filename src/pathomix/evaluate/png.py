@@ -34,7 +34,8 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 100, tight: bool = Tru
 
     tight = tight and not isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine)
     buf = io.BytesIO()
-    fig.savefig(buf, dpi=dpi, bbox_inches="tight" if tight else None, format="png")
+    # an uncompressed intermediate PNG: it is decoded at once and re-encoded as a palette PNG below
+    fig.savefig(buf, dpi=dpi, bbox_inches="tight" if tight else None, format="png", pil_kwargs={"compress_level": 0})
     plt.close(fig)
     buf.seek(0)
     with Image.open(buf) as im:
