@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from pathomix.io.jpegtiles import RegionStreams
 
@@ -94,6 +93,8 @@ def decode_streams(streams: list[torch.Tensor], device: torch.device) -> list[to
 def _decode(data: torch.Tensor | list[torch.Tensor], device: torch.device):
     """``decode_jpeg`` to RGB, without torchvision 0.29's deprecation warning on every call (its image IO moves
     to TorchCodec; see the report of issue 21)."""
+    from torchvision.io import ImageReadMode, decode_jpeg  # here: importing torchvision costs ~1 s a job
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_DEPRECATION, category=DeprecationWarning)
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
