@@ -186,3 +186,37 @@ def test_stores_of_per_slide_jobs_are_up_to_date_for_a_batch(cohort: dict) -> No
     assert tile(cohort) == 0 and extract(cohort) == 0
     assert set(statuses(P.tile_batch(res, 0)).values()) == {"up to date"}
     assert set(statuses(P.feature_batch(res, "resnet18_trunc", 0)).values()) == {"up to date"}
+
+
+def tile_extract(c: dict, workers: int) -> int:
+    return main(["tile-extract", "--members", json.dumps(c["members"]), "--results", str(c["results"]), "--mag", "20x",
+                 "--target-mpp", "0.5", "--tile-params", json.dumps(TILING), "--tile-code", "c1",
+                 "--tile-out", str(P.tile_batch(c["results"], 0)), "--tile-workers", str(workers),
+                 "--encoder", "resnet18_trunc", "--params", json.dumps(FEATURES), "--code", "f1",
+                 "--out", str(P.feature_batch(c["results"], "resnet18_trunc", 0))])
+
+
+def test_tile_extract_tiles_the_next_slide_while_encoding_this_one(cohort: dict) -> None:
+    """One job per batch (GPU nodes): a background process tiles slide k+1 while slide k is encoded, each
+    slide is encoded once its tiles exist, and the stores are those the separate tile and extract jobs make."""
+    assert tile_extract(cohort, workers=1) == 0
+    tiles = pd.read_parquet(P.tile_batch(cohort["results"], 0)).set_index("slide_id")
+    feats = pd.read_parquet(P.feature_batch(cohort["results"], "resnet18_trunc", 0)).set_index("slide_id")
+    assert set(tiles.status) == set(feats.status) == {"computed"}
+    order = [m["slide_id"] for m in cohort["members"]]
+    for k, sid in enumerate(order):
+        assert tiles.ended[sid] <= feats.started[sid]  # encoded after its tiles were written
+        if k + 1 < len(order):  # the next slide's tiling began before this slide's encoding ended
+            assert tiles.started[order[k + 1]] < feats.ended[sid]
+    assert tile(cohort) == 0 and extract(cohort) == 0  # the same stamps: the separate stages have nothing to do
+    assert set(statuses(P.tile_batch(cohort["results"], 0)).values()) == {"up to date"}
+    assert set(statuses(P.feature_batch(cohort["results"], "resnet18_trunc", 0)).values()) == {"up to date"}
+
+
+def test_tile_extract_without_workers_redoes_only_stale_slides(cohort: dict) -> None:
+    assert tile_extract(cohort, workers=0) == 0
+    shutil.copy(cohort["members"][0]["path"], cohort["members"][1]["path"])  # a slide file changed
+    assert tile_extract(cohort, workers=0) == 0
+    assert statuses(P.tile_batch(cohort["results"], 0)) == {"S0": "up to date", "S1": "computed", "S2": "up to date"}
+    assert statuses(P.feature_batch(cohort["results"], "resnet18_trunc", 0)) == statuses(
+        P.tile_batch(cohort["results"], 0))
