@@ -153,6 +153,8 @@ GPUS = 0 if CLUSTER else local_gpus()
 GPU = int(CLUSTER or GPUS > 0)
 if not CLUSTER and workflow.global_resources.get("gpu") is None:
     workflow.register_resource("gpu", GPUS)
+# a batch job with extraction tiles in a background process while it encodes (slide_batches.overlap)
+OVERLAP = bool(GPU) if SLIDE_BATCHES.get("overlap", "auto") == "auto" else bool(SLIDE_BATCHES["overlap"])
 # Resource classes (mem_mb and runtime in minutes are doubled on a retry, attempt 2). cpus is the threads
 # of a job on a cluster; locally each rule keeps its own threads (sized for the machine).
 RESOURCE_CLASSES = {
@@ -340,6 +342,27 @@ def batch_members(wildcards):
     return json.dumps(batch_map()[int(wildcards.batch)])
 
 
+def batch_slide_state(wildcards):
+    """params of a batch job: a digest of its slide files' paths, sizes and mtimes. A changed, replaced or added
+    slide file changes it, which reruns the batch (its stamps then redo that slide alone). A param, not the files
+    as inputs: for 100 000 slides Snakemake would spend about 10 s of planning matching each file to the rules."""
+    return _slide_states(config["slides"], Path(config["slides"]).stat().st_mtime, int(wildcards.batch))
+
+
+@functools.lru_cache(maxsize=None)
+def _slide_states(sheet, mtime, batch):
+    h = hashlib.sha256()
+    for m in batch_map()[batch]:
+        try:
+            st = os.stat(m["path"])
+        except OSError:
+            raise WorkflowError(
+                f"slides sheet {sheet}: slide {m['slide_id']}: file {m['path']} does not exist or cannot be read"
+            ) from None
+        h.update(f"{m['path']}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def batch_channel_sheet(wildcards):
     """The mIF channel sheet as an input of a batch job with an mIF slide, else nothing."""
     sheet = config.get("mif_channels")
@@ -350,12 +373,16 @@ def tile_dependencies(slide_ids):
     """What a job reading the tile stores of `slide_ids` waits for: the stores, or their batches' markers."""
     if batch_map():
         return [str(P.tile_batch(RESULTS, b)) for b in sorted({batch_of(s) for s in slide_ids})]
-    return [str(P.tiles(RESULTS, m, s)) for s in slide_ids for m in MAGS]
+    return tile_store_paths(slide_ids)
+
+
+# tiles/{mag}/{slide}.h5 per magnification, from P.tiles once: a hundred thousand Path objects cost seconds
+TILE_TEMPLATES = [str(P.tiles(RESULTS, m, "\0")) for m in MAGS]
 
 
 def tile_store_paths(slide_ids):
     """The tile stores of `slide_ids` (per-slide files in either mode)."""
-    return [str(P.tiles(RESULTS, m, s)) for s in slide_ids for m in MAGS]
+    return [t.replace("\0", s) for s in slide_ids for t in TILE_TEMPLATES]
 
 
 def slide_row(wildcards):

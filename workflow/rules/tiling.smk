@@ -49,7 +49,6 @@ rule tile:
 
 rule tile_batch:
     input:
-        slides=lambda w: [m["path"] for m in batch_map()[int(w.batch)]],
         channels=batch_channel_sheet,
     output:
         str(P.tile_batch(RESULTS, "{batch}")),
@@ -65,6 +64,7 @@ rule tile_batch:
     params:
         **TILING_PARAMS,
         members=batch_members,
+        slides=batch_slide_state,
         results=lambda w, output: str(Path(output[0]).parents[2]),  # from the output: not a rerun trigger
         channels=channels_flag,
     shell:
