@@ -372,7 +372,8 @@ def batch_channel_sheet(wildcards):
 def tile_dependencies(slide_ids):
     """What a job reading the tile stores of `slide_ids` waits for: the stores, or their batches' markers."""
     if batch_map():
-        return [str(P.tile_batch(RESULTS, b)) for b in sorted({batch_of(s) for s in slide_ids})]
+        batches = _batch_tables()[1]
+        return [str(P.tile_batch(RESULTS, b)) for b in sorted({batches[s] for s in slide_ids})]
     return tile_store_paths(slide_ids)
 
 
@@ -707,6 +708,12 @@ def subspace_model_checkpoints(wildcards=None):
 
 
 # ---- slide heatmaps (heatmaps.smk) --------------------------------------------------------------------
+def heatmap_slides(wildcards):
+    """The slide files of the heatmaps job: none in batch mode, where the tile batches it waits for carry their
+    state (batch_slide_state; 100 000 files as one job's inputs would cost Snakemake seconds to plan)."""
+    return [] if batch_map() else list(drawn_slides().path)
+
+
 def drawn_slides():
     """The slides the heatmaps may draw: H&E slides for H&E models, mIF images for mIF models."""
     wanted = {slide_modality(m, VARIANTS) for m in tile_models()}
