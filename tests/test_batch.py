@@ -115,12 +115,40 @@ def test_large_cohorts_are_planned_in_batches(tmp_path: Path) -> None:
     spec.loader.exec_module(dag_scale)
     n = 60
     dag_scale.make_cohort(tmp_path, n, models=("abmil", "fof"))
-    per_slide = _plan(tmp_path)  # 60 slides <= slide_batches.above
-    assert per_slide["tile"] == per_slide["extract"] == n and "tile_batch" not in per_slide
+    per_slide = _plan(tmp_path, "slide_batches={size: 0}")
+    assert per_slide["tile"] == per_slide["extract"] == n and "tile_extract_batch" not in per_slide
+    assert _plan(tmp_path, "slide_batches={size: 10, above: 60}") == per_slide  # at most `above`: per slide
     batched = _plan(tmp_path, "slide_batches={size: 10, above: 50}")
-    assert "tile" not in batched and "extract" not in batched
-    assert 3 <= batched["tile_batch"] == batched["extract_batch"] <= 6  # crc32 spreads 60 slides over 6 batches
+    assert not {"tile", "extract", "tile_batch", "extract_batch"} & set(batched)  # one job per batch does both
+    assert 3 <= batched["tile_extract_batch"] <= 6  # crc32 spreads 60 slides over 6 batches
     assert batched["train"] == per_slide["train"] and batched["manifest"] == 1
+    auto = _plan(tmp_path)  # size: auto, no GPU: at least 2 batches per core (60 slides alone would make 2)
+    assert 2 <= auto["tile_extract_batch"] <= min(2 * (os.cpu_count() or 1), n)
+    assert _plan(tmp_path, "gpus=0")["tile_extract_batch"] == auto["tile_extract_batch"]  # no GPU, as here
+
+
+@pytest.mark.parametrize(("n", "size", "above", "minimum", "batches"), [
+    (36, "auto", 500, 4, 4),  # the demo on 2 cores: 4 jobs of about 9 slides
+    (36, "auto", 500, 1, 1),  # ... on one GPU: one job (tiling overlaps inside it)
+    (3, "auto", 500, 4, 3),  # never more batches than slides
+    (101, "auto", 500, 1, 4),  # ceil(101 / 50) = 3 → 4: a power of two, so added slides rarely move
+    (10_000, "auto", 500, 4, 256),
+    (100_000, "auto", 500, 4, 1024),  # at most 1024 jobs: the batches grow instead
+    (400, 50, 500, 4, 0), (600, 50, 500, 4, 12), (600, 0, 0, 4, 0), (0, "auto", 500, 4, 0),
+])
+def test_batch_policy(n: int, size: int | str, above: int, minimum: int, batches: int) -> None:
+    from pathomix.batch.policy import batch_count
+
+    assert batch_count(n, size, above, minimum) == batches
+
+
+def test_a_slide_keeps_its_batch_while_the_cohort_grows_within_a_power_of_two() -> None:
+    from pathomix.batch.policy import assign, batch_count
+
+    ids = [f"S{i:05d}" for i in range(130)]
+    before = assign(ids[:101], batch_count(101, "auto", 500, 1))
+    after = assign(ids, batch_count(130, "auto", 500, 1))
+    assert all(after[s] == b for s, b in before.items())
 
 
 @pytest.mark.slow

@@ -16,8 +16,12 @@ _NULL = {"null", "none", "~", ""}
 
 
 def _types(schema: dict[str, Any]) -> list[str]:
+    """The JSON types a schema allows, its oneOf/anyOf alternatives' included (``size: auto | integer``)."""
     t = schema.get("type", [])
-    return [t] if isinstance(t, str) else list(t)
+    types = [t] if isinstance(t, str) else list(t)
+    for alternative in [*schema.get("oneOf", []), *schema.get("anyOf", [])]:
+        types += _types(alternative)
+    return types
 
 
 def _coerce_scalar(value: str, schema: dict[str, Any]) -> Any:

@@ -386,6 +386,14 @@ def tile_store_paths(slide_ids):
     return [t.replace("\0", s) for s in slide_ids for t in TILE_TEMPLATES]
 
 
+def slide_tile_inputs(wildcards):
+    """What a per-slide extraction (an import's fallback in batch mode) waits for: its tile stores, made by a
+    per-slide tile job, or where the run tiles every slide in batches anyway, its batch's marker (one writer)."""
+    if needs_tiles():
+        return tile_dependencies([wildcards.slide_id])
+    return tile_store_paths([wildcards.slide_id])
+
+
 def slide_row(wildcards):
     """One slide as a dict: slide_id, patient_id, path, modality, mpp, mpp_flag, cohort."""
     return _sheet()[1][wildcards.slide_id]
@@ -540,9 +548,11 @@ def report_targets():
 
 def all_targets(wildcards):
     targets = [str(P.metrics(RESULTS)), str(P.summary(RESULTS)), *report_targets()]
+    if not needs_tiles():
+        return targets
     if batches := batch_map():  # the batch jobs write the QC images next to the stores
         targets += [str(P.tile_batch(RESULTS, b)) for b in sorted(batches)]
-    elif needs_tiles():
+    else:
         targets += [str(P.tile_qc(RESULTS, m, s)) for s in slides().slide_id for m in MAGS]
     return targets
 

@@ -16,7 +16,7 @@ rule extract:
     input:
         slide=lambda w: slide_row(w)["path"],
         channels=channel_sheet,
-        tiles=[str(P.tiles(RESULTS, m, "{slide_id}")) for m in MAGS],
+        tiles=slide_tile_inputs,
     output:
         [str(P.features(RESULTS, "{encoder}", m, "{slide_id}")) for m in MAGS],
     log:
@@ -35,9 +35,10 @@ rule extract:
         cfg=lambda w: extract_cfg(w.encoder),
         on_bad_tile=config["features"]["on_bad_tile"],
         code=EXTRACT_CODE,
+        tiles=lambda w: " ".join(shlex.quote(t) for t in tile_store_paths([w.slide_id])),
     shell:
         "python -m pathomix.features --slide-id={wildcards.slide_id:q} --path={input.slide:q} "
-        "--modality {params.modality} {params.mpp} {params.channels} --tiles {input.tiles:q} "
+        "--modality {params.modality} {params.mpp} {params.channels} --tiles {params.tiles} "
         "--out {output:q} --params {params.cfg:q} --on-bad-tile {params.on_bad_tile} --threads {threads} "
         "--code {params.code} > {log:q} 2>&1"
 
