@@ -248,3 +248,43 @@ def test_tile_extract_without_workers_redoes_only_stale_slides(cohort: dict) -> 
     assert statuses(P.tile_batch(cohort["results"], 0)) == {"S0": "up to date", "S1": "computed", "S2": "up to date"}
     assert statuses(P.feature_batch(cohort["results"], "resnet18_trunc", 0)) == statuses(
         P.tile_batch(cohort["results"], 0))
+
+
+@pytest.mark.slow
+def test_two_faked_gpus_run_two_batch_jobs_at_once_each_on_its_own_device(cohort: dict) -> None:
+    """Through Snakemake with PATHOMIX_GPUS=2 (no real GPU: the jobs fall back to CPU after pinning): the run-wide
+    gpu resource is 2, the 3 slides make 2 tile_extract_batch jobs (one per GPU), which run side by side, each
+    pinned to its own device, tiling ahead in a background process (overlap: auto on a GPU node)."""
+    import re
+    import subprocess
+
+    import yaml
+
+    root, work = Path(__file__).resolve().parents[1], cohort["root"]
+    # crc32 mod 2: S0, S1 → batch 0; S4 → batch 1
+    members = [{**m, "slide_id": sid} for m, sid in zip(cohort["members"], ("S0", "S1", "S4"), strict=True)]
+    pd.DataFrame([{**m, "patient_id": f"P{m['slide_id']}", "mpp": ""} for m in members]).to_csv(
+        work / "slides.tsv", sep="\t", index=False)
+    pd.DataFrame({"patient_id": [f"P{m['slide_id']}" for m in members], "idh": "wt"}).to_csv(
+        work / "clinical.tsv", sep="\t", index=False)
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    cfg.update(slides="slides.tsv", clinical="clinical.tsv", genes=None, mif_channels=None, demo={"enabled": False})
+    cfg["tiling"]["magnifications"] = {"20x": 0.5}
+    cfg["features"].update(num_workers=0, batch_size=32)
+    cfg["train"]["models"] = ["abmil"]
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    env = workflow_env(PYTHONPATH=str(root / "src"), PATHOMIX_GPUS="2", PATHOMIX_GPU_LOCKS=str(work / "locks"))
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    proc = subprocess.run([*snakemake_cmd(), "-s", str(root / "Snakefile"), "-d", str(work), "--cores", "8",
+                           str(P.manifest("results", "resnet18_trunc"))], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    logs = sorted((work / "results" / "logs" / "tile_extract" / "resnet18_trunc").glob("batch*.log"))
+    assert len(logs) == 2
+    devices = {re.search(r"pinned to GPU (\d)", log.read_text()).group(1) for log in logs}
+    assert devices == {"0", "1"}
+    spans = [pd.read_parquet(m) for m in sorted((work / "results" / "features" / "resnet18_trunc" / "batches")
+                                                 .glob("*.parquet"))]
+    tiles = [pd.read_parquet(m) for m in sorted((work / "results" / "tiles" / "batches").glob("*.parquet"))]
+    (a, b) = [(min(t.started.min(), f.started.min()), f.ended.max()) for t, f in zip(tiles, spans, strict=True)]
+    assert a[0] < b[1] and b[0] < a[1]  # the two batch jobs overlapped in time
