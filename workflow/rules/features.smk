@@ -1,5 +1,5 @@
-# Feature extraction: one job per slide and encoder, every magnification, one encoder load; large cohorts: one
-# job per batch of slides (see tiling.smk). Every encoder of features.encoders has its own folder,
+# Feature extraction: one job per batch of slides (tile_extract_batch: tiling and the first extracted encoder;
+# extract_batch: further encoders), or with slide_batches.size: 0 one job per slide and encoder (extract). Every encoder of features.encoders has its own folder,
 # features/{encoder}/, and jobs (the {encoder} wildcard, constrained to the configured names); its job's params
 # name only its encoder (extract_cfg), so adding an encoder reruns nothing of another. Imported stores
 # (features.import) are converted by import_features, one light job per slide, with no tiling or extraction.

@@ -1,11 +1,14 @@
-"""``python -m pathomix.batch tile|extract``: tile or encode a batch of slides in one job.
+"""``python -m pathomix.batch tile|extract|tile-extract``: tile and/or encode a batch of slides in one job.
 
-Cohorts with more than ``slide_batches.above`` slides are tiled and extracted in jobs of about
-``slide_batches.size`` slides (a slide's batch is ``crc32(slide_id) mod n_batches``), so Snakemake plans
-hundreds of jobs instead of tens of thousands. The outputs are the same per-slide stores as with one job
-per slide (``tiles/{mag}/{slide}.h5`` + QC images, ``features/{encoder}/{mag}/{slide}.h5``); each batch
-job also writes a marker, ``tiles/batches/{batch}.parquet`` or ``features/{encoder}/batches/{batch}.parquet``
-(slide_id, mag, path, status, seconds), which the downstream rules depend on.
+Slides are tiled and extracted in jobs of several slides (:mod:`pathomix.batch.policy` sizes them;
+``slide_batches`` in config.yaml), so a job's start-up (interpreter, imports, CUDA context, encoder) is paid
+once per batch and Snakemake plans hundreds of jobs instead of tens of thousands. The outputs are the same
+per-slide stores as with one job per slide (``tiles/{mag}/{slide}.h5`` + QC images,
+``features/{encoder}/{mag}/{slide}.h5``); each batch job also writes a marker, ``tiles/batches/{batch}.parquet``
+or ``features/{encoder}/batches/{batch}.parquet`` (slide_id, mag, path, status, seconds, started, ended), which
+the downstream rules depend on. ``tile-extract`` does both in one job and writes both markers; with
+``--tile-workers N`` its slides are tiled ahead in N background processes, so slide k+1 is tiled while slide k
+is encoded (:func:`tile_extract`).
 
 A batch job that reruns (a slide added to the batch, a slide file or the stage's config or code
 changed) redoes only the slides whose outputs are missing or stale: every store carries a stamp of what
