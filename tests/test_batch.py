@@ -93,16 +93,18 @@ def test_a_bad_slide_fails_the_batch_after_the_others(cohort: dict, caplog) -> N
     assert not P.tile_batch(cohort["results"], 0).exists()  # no marker: nothing downstream runs on it
 
 
-def _plan(work: Path, *config: str) -> dict[str, int]:
+def _plan(work: Path, *config: str, printed: bool = False, **env: str) -> dict[str, int] | str:
+    """Jobs per rule of a dry run (`printed`: its whole output, with each job's command and resources)."""
     import re
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
-    env = workflow_env()
-    proc = subprocess.run([*snakemake_cmd(), "-s", str(root / "Snakefile"), "-d", str(work), "-n",
-                           "--quiet", "rules", "--cores", "1", "--config", *config], env=env, capture_output=True,
-                          text=True, timeout=300)
+    show = ["-p", "--cores", "16"] if printed else ["--quiet", "rules", "--cores", "1"]
+    proc = subprocess.run([*snakemake_cmd(), "-s", str(root / "Snakefile"), "-d", str(work), "-n", *show,
+                           "--config", *config], env=workflow_env(**env), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    if printed:
+        return proc.stdout
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", proc.stdout, re.M)}
 
 
@@ -125,6 +127,22 @@ def test_large_cohorts_are_planned_in_batches(tmp_path: Path) -> None:
     auto = _plan(tmp_path)  # size: auto, no GPU: at least 2 batches per core (60 slides alone would make 2)
     assert 2 <= auto["tile_extract_batch"] <= min(2 * (os.cpu_count() or 1), n)
     assert _plan(tmp_path, "gpus=0")["tile_extract_batch"] == auto["tile_extract_batch"]  # no GPU, as here
+
+
+def test_a_node_with_two_gpus_gets_a_batch_per_gpu_that_tiles_ahead(tmp_path: Path) -> None:
+    """PATHOMIX_GPUS=2 (as nvidia-smi -L would say): 60 slides in 2 batch jobs, each claiming one GPU and one
+    thread more than extraction for its background tiling process (slide_batches.overlap: auto)."""
+    import importlib.util
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "dag_scale.py"
+    spec = importlib.util.spec_from_file_location("dag_scale", bench)
+    dag_scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dag_scale)
+    dag_scale.make_cohort(tmp_path, 60)
+    out = _plan(tmp_path, printed=True, PATHOMIX_GPUS="2")  # features.num_workers: 2 → threads 2 + 2 + 1
+    jobs = [j for j in out.split("\n\n") if "rule tile_extract_batch:" in j]
+    assert len(jobs) == 2
+    assert all("--tile-workers 1 " in j and "gpu=1" in j and "threads: 5" in j for j in jobs)
 
 
 @pytest.mark.parametrize(("n", "size", "above", "minimum", "batches"), [
