@@ -160,6 +160,15 @@ def test_batch_policy(n: int, size: int | str, above: int, minimum: int, batches
     assert batch_count(n, size, above, minimum) == batches
 
 
+def test_the_fewest_batches_keep_every_cpu_core_or_gpu_busy() -> None:
+    from pathomix.batch.policy import min_batches
+
+    assert min_batches(36, gpus=0, cpus=2, cluster=False) == 4  # the demo: 2 per core
+    assert min_batches(36, gpus=0, cpus=16, cluster=False) == 9  # but batches of at least 4 slides
+    assert min_batches(3, gpus=2, cpus=16, cluster=False) == 2  # one per GPU
+    assert min_batches(36, gpus=0, cpus=16, cluster=True) == 1
+
+
 def test_a_slide_keeps_its_batch_while_the_cohort_grows_within_a_power_of_two() -> None:
     from pathomix.batch.policy import assign, batch_count
 

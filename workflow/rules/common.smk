@@ -311,7 +311,7 @@ def _batches(path, mtime, n_batches):
 
 def n_batches(n_slides):
     """How many batch jobs tile and extract `n_slides` slides (pathomix.batch.policy; 0 = one job per slide)."""
-    minimum = policy.min_batches(GPUS, os.cpu_count() or 1, CLUSTER)
+    minimum = policy.min_batches(n_slides, GPUS, os.cpu_count() or 1, CLUSTER)
     return policy.batch_count(n_slides, SLIDE_BATCHES.get("size", "auto"), SLIDE_BATCHES.get("above", 500), minimum)
 
 

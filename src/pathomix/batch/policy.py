@@ -6,9 +6,9 @@
   CUDA context, encoder: about 4 s on a GPU node, 3 s on a laptop) is paid once per batch, not per slide.
   The number of batches is ``ceil(N / SLIDES_PER_BATCH)`` rounded up to a power of two (adding slides
   changes it only when the cohort doubles, so slides keep their batch), at least ``min_batches`` (locally on
-  CPU: 2 × the machine's cores, so every core stays busy with room for uneven batches; on GPU: one per GPU;
-  on a cluster: 1), at most ``MAX_BATCHES`` (the batches grow instead: Snakemake plans 100 000 slides in
-  about 2 000 batch jobs) and at most ``N``.
+  CPU: 2 × the machine's cores, so every core stays busy with room for uneven batches, but batches of at least
+  4 slides; on GPU: one per GPU; on a cluster: 1), at most ``MAX_BATCHES`` (the batches grow instead:
+  100 000 slides are 1 024 jobs of about 98) and at most ``N``.
 - an integer ``size`` > 0: cohorts of more than ``above`` slides in batches of about ``size`` slides (at most
   ``MAX_BATCHES``), smaller ones one job per slide.
 - ``0``: one job per slide at every size.
@@ -24,13 +24,17 @@ from collections.abc import Iterable
 
 SLIDES_PER_BATCH = 50  # size: auto — keeps a GPU busy for minutes per job (~1 900 slides/h on an H100)
 MAX_BATCHES = 1024  # planning: Snakemake's DAG grows with the jobs, not with the slides
+MIN_CPU_BATCH = 4  # slides: below this a CPU batch is mostly start-up
 
 
-def min_batches(gpus: int, cpus: int, cluster: bool) -> int:
-    """The fewest batches of ``size: auto``: one per GPU, 2 per CPU core without one, 1 on a cluster."""
+def min_batches(n_slides: int, gpus: int, cpus: int, cluster: bool) -> int:
+    """The fewest batches of ``size: auto``: one per GPU; without one, 2 per CPU core as long as a batch keeps
+    ``MIN_CPU_BATCH`` slides (a job's start-up costs about what encoding 2 slides does on CPU); 1 on a cluster."""
     if cluster:
         return 1
-    return max(1, gpus) if gpus else max(1, 2 * cpus)
+    if gpus:
+        return gpus
+    return max(1, min(2 * cpus, n_slides // MIN_CPU_BATCH))
 
 
 def batch_count(n_slides: int, size: int | str, above: int, minimum: int = 1) -> int:
