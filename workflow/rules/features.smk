@@ -35,7 +35,8 @@ rule extract:
         cfg=lambda w: extract_cfg(w.encoder),
         on_bad_tile=config["features"]["on_bad_tile"],
         code=EXTRACT_CODE,
-        tiles=lambda w: " ".join(shlex.quote(t) for t in tile_store_paths([w.slide_id])),
+        # the stores (the input may be their batch's marker); `output`: evaluated at run time, not a rerun trigger
+        tiles=lambda w, output: " ".join(shlex.quote(t) for t in tile_store_paths([w.slide_id])),
     shell:
         "python -m pathomix.features --slide-id={wildcards.slide_id:q} --path={input.slide:q} "
         "--modality {params.modality} {params.mpp} {params.channels} --tiles {params.tiles} "
