@@ -1,6 +1,6 @@
 """How fast Snakemake plans the workflow for large cohorts (dry run, no slide is opened).
 
-    python benchmarks/dag_scale.py [N ...] [--per-slide]      (default: 1000 10000)
+    python benchmarks/dag_scale.py [N ...] [--per-slide] [--root CHECKOUT]     (default: 1000 10000)
 
 ``--per-slide`` also plans the same cohort with one job per slide (``slide_batches.size: 0``), side by
 side with the batch jobs that cohorts above ``slide_batches.above`` get.
@@ -9,13 +9,17 @@ For each N: a temporary cohort of N slides (empty stub files; N/2 patients), a c
 next to it, then ``snakemake -n`` timed end to end; also the sheet validation alone
 (``pathomix.io.sheets.read_slides`` + ``pathomix.config.validate_table``, as the Snakefile does).
 Cohorts above ``slide_batches.above`` (500) are planned in batch jobs (config.yaml).
-Prints seconds and jobs/s. Target: under 15 s for 10 000 slides on 2 cores.
+Prints wall seconds, the CPU seconds of the snakemake process (user + sys: what a shared machine's load
+does not inflate) and the load average before each run. Targets: 10 000 slides in under 15 s, 100 000 in
+under 30 s on 2 cores. ``--root`` plans with another checkout's Snakefile (e.g. main, for a before/after;
+set PYTHONPATH to its src too).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -26,6 +30,7 @@ import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+SNAKEFILE_ROOT = ROOT  # --root: the checkout whose Snakefile is planned
 
 
 def make_cohort(work: Path, n: int, per_slide: bool = False, models: tuple[str, ...] = ("abmil",)) -> None:
@@ -38,7 +43,7 @@ def make_cohort(work: Path, n: int, per_slide: bool = False, models: tuple[str, 
         .to_csv(work / "slides.tsv", sep="\t", index=False)
     pd.DataFrame({"patient_id": [f"P{i:05d}" for i in range((n + 1) // 2)], "idh": "wt"}) \
         .to_csv(work / "clinical.tsv", sep="\t", index=False)
-    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg = yaml.safe_load((SNAKEFILE_ROOT / "config.yaml").read_text())
     cfg.update(slides="slides.tsv", clinical="clinical.tsv", genes=None, mif_channels=None, demo={"enabled": False})
     cfg["train"]["models"] = list(models)
     if per_slide:
@@ -55,22 +60,33 @@ def time_validation(work: Path) -> float:
                  .stdout.split()[-1])
 
 
-def time_dry_run(work: Path) -> tuple[float, int]:
+def child_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_dry_run(work: Path) -> tuple[float, float, int]:
+    """``snakemake -n`` of the cohort in ``work`` → (wall s, CPU s, jobs)."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work),
+    start, cpu = time.perf_counter(), child_cpu()
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE_ROOT / "Snakefile"), "-d", str(work),
                            "-n", "--quiet", "rules", "--cores", "2"], capture_output=True, text=True, env=env)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, child_cpu() - cpu
     if proc.returncode:
         sys.exit(proc.stderr[-3000:])
     total = re.search(r"^total\s+(\d+)", proc.stdout, re.M)
-    return seconds, int(total.group(1)) if total else 0
+    return seconds, cpu, int(total.group(1)) if total else 0
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a != "--per-slide"]
-    sizes = [int(a) for a in args] or [1000, 10000]
-    modes = [False, True] if "--per-slide" in sys.argv else [False]
+    global SNAKEFILE_ROOT
+    args = sys.argv[1:]
+    if "--root" in args:
+        i = args.index("--root")
+        SNAKEFILE_ROOT = Path(args[i + 1]).resolve()
+        del args[i:i + 2]
+    sizes = [int(a) for a in args if a != "--per-slide"] or [1000, 10000]
+    modes = [False, True] if "--per-slide" in args else [False]
     for n in sizes:
         seconds = {}
         for per_slide in modes:
@@ -78,11 +94,13 @@ def main() -> None:
                 work = Path(tmp)
                 make_cohort(work, n, per_slide)
                 v = time_validation(work)
-                s, jobs = time_dry_run(work)
+                load = os.getloadavg()[0]
+                s, cpu, jobs = time_dry_run(work)
                 seconds[per_slide] = s
-                mode = "one job per slide" if per_slide else "default (batches above slide_batches.above)"
+                mode = "one job per slide" if per_slide else "default batching"
                 print(f"N = {n:6d} slides, {mode}: sheet read + schema validation {v:6.2f} s; "
-                      f"snakemake -n {s:6.2f} s for {jobs} jobs ({jobs / s:,.0f} jobs/s)")
+                      f"snakemake -n {s:6.2f} s wall, {cpu:6.2f} s CPU for {jobs} jobs ({jobs / s:,.0f} jobs/s; "
+                      f"load average {load:.1f} before)", flush=True)
         if len(seconds) == 2:
             print(f"N = {n:6d}: per-slide / default planning time = {seconds[True] / seconds[False]:.1f}x")
 

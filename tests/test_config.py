@@ -110,3 +110,16 @@ def test_sheet_validation_names_the_column_value_and_row():
         validate_table(good.assign(modality=["HE", "mif"]), schema, "slides.tsv")
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['path'\]"):
         validate_table(good.drop(columns="path"), schema, "slides.tsv")
+
+
+def test_nested_command_line_values_are_coerced_through_one_of() -> None:
+    """`--config slide_batches={size: 0}` arrives as the string '0': `size` is `auto` or an integer."""
+    import yaml
+
+    from pathomix.config import coerce_to_schema
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    cfg = coerce_to_schema({"slide_batches": {"size": "0", "overlap": "true"}, "gpus": "2",
+                            "features": {"batch_size": "32"}}, schema)
+    assert cfg == {"slide_batches": {"size": 0, "overlap": True}, "gpus": 2, "features": {"batch_size": 32}}
+    assert coerce_to_schema({"slide_batches": {"size": "auto"}}, schema) == {"slide_batches": {"size": "auto"}}

@@ -180,14 +180,14 @@ def test_model_source_edit_reruns_only_training(demo_run):
 
 def test_tile_size_change_reruns_from_tiling(demo_run):
     rules = planned_rules(demo_run, "--config", "tiling={tile_px: 128}")
-    assert {"tile", "extract", "manifest", "train", "evaluate"} <= rules
+    assert {"tile_extract_batch", "manifest", "train", "evaluate"} <= rules  # the demo's batch jobs (size: auto)
     assert "hvg" not in rules and "splits" not in rules
 
 
 def test_gene_config_change_reruns_genes_and_training_only(demo_run):
     rules = planned_rules(demo_run, "--config", "genes_params={hvg_fraction: 0.2}")
     assert "hvg" in rules and "train" in rules and "evaluate" in rules
-    assert not rules & {"tile", "extract", "manifest", "splits", "demo"}
+    assert not rules & {"tile_extract_batch", "tile", "extract", "manifest", "splits", "demo"}
 
 
 def test_new_slide_is_the_only_one_tiled_and_extracted(demo_run):
@@ -201,7 +201,7 @@ def test_new_slide_is_the_only_one_tiled_and_extracted(demo_run):
         pd.concat([slides, new]).to_csv(sheet, sep="\t", index=False)
         out = snakemake(demo_run, "-n", "--quiet", "rules").stdout
         counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M)}
-        assert counts.get("tile") == 1 and counts.get("extract") == 1, counts
+        assert counts.get("tile_extract_batch") == 1 and "tile" not in counts, counts  # the new slide's batch
         assert counts.get("manifest") == 1 and counts.get("train", 0) > 0
     finally:
         sheet.write_text(original)

@@ -47,6 +47,7 @@ def bad_cohort(tmp_path_factory, shared_data):
                results_dir=str(work / "results"), demo={"enabled": False})
     cfg["tiling"].update(magnifications={"5x": 2.0}, tile_px=64)
     cfg["features"].update(encoder="resnet18_trunc", num_workers=0)
+    cfg["slide_batches"] = {"size": 0}  # one job per slide (tests/test_batch.py: a bad slide in a batch job)
     # histology only (this cohort has no gene table), at the one magnification tiled here
     cfg["train"].update(models=["abmil"], variants={"abmil": {"mags": ["5x"]}})
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))

@@ -4,10 +4,9 @@ import ast
 import functools
 import hashlib
 import json
+import os
 import re
 import shlex
-import shutil
-import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +17,9 @@ from snakemake.exceptions import WorkflowError
 import pathomix
 from pathomix import catalog
 from pathomix import paths as P
+from pathomix.batch import policy
 from pathomix.config import validate_table
+from pathomix.devices import count_gpus
 from pathomix.evaluate import layout as L
 from pathomix.catalog import (
     is_joint,
@@ -134,9 +135,26 @@ def site_setting(name):
 
 GPU_PARTITION = site_setting("gpu_partition")
 CLUSTER = GPU_PARTITION is not None  # planned for a cluster whose profile names its GPU partition
-# GPU rules claim resources gpu=1: on a cluster always, locally only where a GPU exists (profiles/default
-# caps the run at gpu=1, so local GPU jobs run one at a time).
-GPU = int(CLUSTER or (shutil.which("nvidia-smi") is not None and config["features"]["device"] != "cpu"))
+
+
+def local_gpus():
+    """The GPUs local jobs share: config `gpus` (a number), else those of this node (`auto`: nvidia-smi -L,
+    CUDA_VISIBLE_DEVICES or PATHOMIX_GPUS; pathomix.devices.count_gpus); 0 with features.device: cpu."""
+    if config["features"]["device"] == "cpu":
+        return 0
+    wanted = config.get("gpus", "auto")
+    return count_gpus() if wanted == "auto" else int(wanted)
+
+
+GPUS = 0 if CLUSTER else local_gpus()
+# GPU rules claim resources gpu=1: on a cluster always, locally only where a GPU exists. Locally the run-wide
+# `gpu` resource (unless --resources or a profile sets it) is the GPUs there are, so that many GPU jobs run at
+# once, each pinned to its own device by pathomix.devices.pin_gpu (Snakemake names no slot).
+GPU = int(CLUSTER or GPUS > 0)
+if not CLUSTER and workflow.global_resources.get("gpu") is None:
+    workflow.register_resource("gpu", GPUS)
+# a batch job with extraction tiles in a background process while it encodes (slide_batches.overlap)
+OVERLAP = bool(GPU) if SLIDE_BATCHES.get("overlap", "auto") == "auto" else bool(SLIDE_BATCHES["overlap"])
 # Resource classes (mem_mb and runtime in minutes are doubled on a retry, attempt 2). cpus is the threads
 # of a job on a cluster; locally each rule keeps its own threads (sized for the machine).
 RESOURCE_CLASSES = {
@@ -219,6 +237,12 @@ def demo_pending():
     return bool(demo.get("enabled")) and sheet and Path(sheet).parent == Path(demo.get("dir", ""))
 
 
+def _mpp(mpp):
+    """A sheet's mpp as a float or None (mpp_value) and as the flag of the per-slide jobs (mpp_flag)."""
+    missing = mpp is None or mpp != mpp  # NaN
+    return {"mpp_value": None if missing else float(mpp), "mpp_flag": "" if missing else f"--mpp {mpp}"}
+
+
 @functools.lru_cache(maxsize=4)
 def _read_sheet(path, mtime):
     df = read_slides(path, check_files=False, unique_files=True)
@@ -227,10 +251,7 @@ def _read_sheet(path, mtime):
     except ValueError as err:
         raise WorkflowError(str(err)) from None
     # plain dicts: the scheduler re-evaluates params often, pandas lookups would cost seconds
-    rows = {
-        r["slide_id"]: {**r, "mpp_flag": "" if pd.isna(r["mpp"]) else f"--mpp {r['mpp']}"}
-        for r in df.to_dict("records")
-    }
+    rows = {r["slide_id"]: {**r, **_mpp(r["mpp"])} for r in df.to_dict("records")}
     return df, rows
 
 
@@ -275,36 +296,30 @@ def slides():
 
 
 @functools.lru_cache(maxsize=4)
-def _batches(path, mtime, size, above):
-    """→ (batch → its slides, slide → its batch); both empty below the threshold."""
+def _batches(path, mtime, n_batches):
+    """→ (batch → its slides, slide → its batch); both empty with 0 batches (one job per slide)."""
     rows = _read_sheet(path, mtime)[1]
-    if not size or len(rows) <= above:
-        return {}, {}
-    n = -(-len(rows) // size)
-    members, batch_of = {}, {}
-    for sid, r in rows.items():  # a slide keeps its batch while the number of batches stays
-        batch_of[sid] = zlib.crc32(sid.encode()) % n
-        members.setdefault(batch_of[sid], []).append(
-            {
-                "slide_id": sid,
-                "path": r["path"],
-                "modality": r["modality"],
-                "mpp": None if pd.isna(r["mpp"]) else float(r["mpp"]),
-            }
+    batch_of = policy.assign(rows, n_batches)
+    members = {}
+    for sid, b in batch_of.items():
+        r = rows[sid]
+        members.setdefault(b, []).append(
+            {"slide_id": sid, "path": r["path"], "modality": r["modality"], "mpp": r["mpp_value"]}
         )
     return members, batch_of
+
+
+def n_batches(n_slides):
+    """How many batch jobs tile and extract `n_slides` slides (pathomix.batch.policy; 0 = one job per slide)."""
+    minimum = policy.min_batches(n_slides, GPUS, os.cpu_count() or 1, CLUSTER)
+    return policy.batch_count(n_slides, SLIDE_BATCHES.get("size", "auto"), SLIDE_BATCHES.get("above", 500), minimum)
 
 
 def _batch_tables():
     if not config.get("slides"):
         return {}, {}
-    _sheet()  # the demo's sheet is generated first
-    return _batches(
-        config["slides"],
-        Path(config["slides"]).stat().st_mtime,
-        SLIDE_BATCHES.get("size", 0),
-        SLIDE_BATCHES.get("above", 500),
-    )
+    rows = _sheet()[1]  # the demo's sheet is generated first
+    return _batches(config["slides"], Path(config["slides"]).stat().st_mtime, n_batches(len(rows)))
 
 
 def batch_map():
@@ -327,6 +342,27 @@ def batch_members(wildcards):
     return json.dumps(batch_map()[int(wildcards.batch)])
 
 
+def batch_slide_state(wildcards):
+    """params of a batch job: a digest of its slide files' paths, sizes and mtimes. A changed, replaced or added
+    slide file changes it, which reruns the batch (its stamps then redo that slide alone). A param, not the files
+    as inputs: for 100 000 slides Snakemake would spend about 10 s of planning matching each file to the rules."""
+    return _slide_states(config["slides"], Path(config["slides"]).stat().st_mtime, int(wildcards.batch))
+
+
+@functools.lru_cache(maxsize=None)
+def _slide_states(sheet, mtime, batch):
+    h = hashlib.sha256()
+    for m in batch_map()[batch]:
+        try:
+            st = os.stat(m["path"])
+        except OSError:
+            raise WorkflowError(
+                f"slides sheet {sheet}: slide {m['slide_id']}: file {m['path']} does not exist or cannot be read"
+            ) from None
+        h.update(f"{m['path']}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def batch_channel_sheet(wildcards):
     """The mIF channel sheet as an input of a batch job with an mIF slide, else nothing."""
     sheet = config.get("mif_channels")
@@ -336,13 +372,26 @@ def batch_channel_sheet(wildcards):
 def tile_dependencies(slide_ids):
     """What a job reading the tile stores of `slide_ids` waits for: the stores, or their batches' markers."""
     if batch_map():
-        return [str(P.tile_batch(RESULTS, b)) for b in sorted({batch_of(s) for s in slide_ids})]
-    return [str(P.tiles(RESULTS, m, s)) for s in slide_ids for m in MAGS]
+        batches = _batch_tables()[1]
+        return [str(P.tile_batch(RESULTS, b)) for b in sorted({batches[s] for s in slide_ids})]
+    return tile_store_paths(slide_ids)
+
+
+# tiles/{mag}/{slide}.h5 per magnification, from P.tiles once: a hundred thousand Path objects cost seconds
+TILE_TEMPLATES = [str(P.tiles(RESULTS, m, "\0")) for m in MAGS]
 
 
 def tile_store_paths(slide_ids):
     """The tile stores of `slide_ids` (per-slide files in either mode)."""
-    return [str(P.tiles(RESULTS, m, s)) for s in slide_ids for m in MAGS]
+    return [t.replace("\0", s) for s in slide_ids for t in TILE_TEMPLATES]
+
+
+def slide_tile_inputs(wildcards):
+    """What a per-slide extraction (an import's fallback in batch mode) waits for: its tile stores, made by a
+    per-slide tile job, or where the run tiles every slide in batches anyway, its batch's marker (one writer)."""
+    if needs_tiles():
+        return tile_dependencies([wildcards.slide_id])
+    return tile_store_paths([wildcards.slide_id])
 
 
 def slide_row(wildcards):
@@ -499,9 +548,11 @@ def report_targets():
 
 def all_targets(wildcards):
     targets = [str(P.metrics(RESULTS)), str(P.summary(RESULTS)), *report_targets()]
+    if not needs_tiles():
+        return targets
     if batches := batch_map():  # the batch jobs write the QC images next to the stores
         targets += [str(P.tile_batch(RESULTS, b)) for b in sorted(batches)]
-    elif needs_tiles():
+    else:
         targets += [str(P.tile_qc(RESULTS, m, s)) for s in slides().slide_id for m in MAGS]
     return targets
 
@@ -700,6 +751,12 @@ def subspace_model_checkpoints(wildcards=None):
 
 
 # ---- slide heatmaps (heatmaps.smk) --------------------------------------------------------------------
+def heatmap_slides(wildcards):
+    """The slide files of the heatmaps job: none in batch mode, where the tile batches it waits for carry their
+    state (batch_slide_state; 100 000 files as one job's inputs would cost Snakemake seconds to plan)."""
+    return [] if batch_map() else list(drawn_slides().path)
+
+
 def drawn_slides():
     """The slides the heatmaps may draw: H&E slides for H&E models, mIF images for mIF models."""
     wanted = {slide_modality(m, VARIANTS) for m in tile_models()}

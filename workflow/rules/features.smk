@@ -1,5 +1,5 @@
-# Feature extraction: one job per slide and encoder, every magnification, one encoder load; large cohorts: one
-# job per batch of slides (see tiling.smk). Every encoder of features.encoders has its own folder,
+# Feature extraction: one job per batch of slides (tile_extract_batch: tiling and the first extracted encoder;
+# extract_batch: further encoders), or with slide_batches.size: 0 one job per slide and encoder (extract). Every encoder of features.encoders has its own folder,
 # features/{encoder}/, and jobs (the {encoder} wildcard, constrained to the configured names); its job's params
 # name only its encoder (extract_cfg), so adding an encoder reruns nothing of another. Imported stores
 # (features.import) are converted by import_features, one light job per slide, with no tiling or extraction.
@@ -7,13 +7,16 @@
 EXTRACT_CODE = code_hash("features")
 # GPU: the DataLoader workers plus the main process (slides one after another); CPU: slides side by side
 EXTRACT_THREADS = class_threads("gpu_io", local=config["features"]["num_workers"] + 2 if GPU else 1)
+# background tiling processes of a tile_extract_batch job (slide_batches.overlap): one tiles a slide in
+# ~0.9 s, faster than a GPU encodes it (~1.9 s); on CPU none, the two would only share the same cores
+TILE_WORKERS = int(OVERLAP)
 
 
 rule extract:
     input:
         slide=lambda w: slide_row(w)["path"],
         channels=channel_sheet,
-        tiles=[str(P.tiles(RESULTS, m, "{slide_id}")) for m in MAGS],
+        tiles=slide_tile_inputs,
     output:
         [str(P.features(RESULTS, "{encoder}", m, "{slide_id}")) for m in MAGS],
     log:
@@ -32,9 +35,11 @@ rule extract:
         cfg=lambda w: extract_cfg(w.encoder),
         on_bad_tile=config["features"]["on_bad_tile"],
         code=EXTRACT_CODE,
+        # the stores (the input may be their batch's marker); `output`: evaluated at run time, not a rerun trigger
+        tiles=lambda w, output: " ".join(shlex.quote(t) for t in tile_store_paths([w.slide_id])),
     shell:
         "python -m pathomix.features --slide-id={wildcards.slide_id:q} --path={input.slide:q} "
-        "--modality {params.modality} {params.mpp} {params.channels} --tiles {input.tiles:q} "
+        "--modality {params.modality} {params.mpp} {params.channels} --tiles {params.tiles} "
         "--out {output:q} --params {params.cfg:q} --on-bad-tile {params.on_bad_tile} --threads {threads} "
         "--code {params.code} > {log:q} 2>&1"
 
@@ -69,6 +74,52 @@ rule extract_batch:
         "python -m pathomix.batch extract --members {params.members:q} --results {params.results:q} --mag {params.mags} "
         "--encoder {params.encoder} --params {params.cfg:q} --code {params.code} --on-bad-tile {params.on_bad_tile} "
         "{params.channels} --threads {threads} --out {output:q} > {log:q} 2>&1"
+
+
+if EXTRACT_ENCODERS:
+
+    ruleorder: tile_extract_batch > extract_batch
+    ruleorder: tile_extract_batch > tile_batch
+
+    # A batch of slides, tiled and encoded with the first extracted encoder in one job: one start-up, and with
+    # TILE_WORKERS (slide_batches.overlap: on GPU nodes) tiling runs ahead in a background process, so slide
+    # k+1 tiles while slide k is encoded. Other encoders' extract_batch jobs read the tiles it writes.
+    rule tile_extract_batch:
+        input:
+                channels=batch_channel_sheet,
+        output:
+            tiles=str(P.tile_batch(RESULTS, "{batch}")),
+            features=str(P.feature_batch(RESULTS, EXTRACT_ENCODERS[0], "{batch}")),
+        log:
+            f"{LOGS}/tile_extract/{EXTRACT_ENCODERS[0]}/batch{{batch}}.log",
+        benchmark:
+            f"{BENCH}/tile_extract/{EXTRACT_ENCODERS[0]}/batch{{batch}}.tsv"
+        wildcard_constraints:
+            batch=r"\d+",
+        threads: EXTRACT_THREADS + TILE_WORKERS
+        resources:
+            **class_resources("gpu_io", runtime=120),
+        params:
+            members=batch_members,
+            slides=batch_slide_state,
+            results=lambda w, output: str(Path(output.tiles).parents[2]),
+            mags=TILING_PARAMS["mags"],
+            target_mpp=TILING_PARAMS["target_mpp"],
+            tile_cfg=TILING_PARAMS["cfg"],
+            tile_code=TILING_PARAMS["code"],
+            channels=channels_flag,
+            cfg=extract_cfg(EXTRACT_ENCODERS[0]),
+            on_bad_tile=config["features"]["on_bad_tile"],
+            code=EXTRACT_CODE,
+        shell:
+            shell_command(
+                "python -m pathomix.batch tile-extract --members {params.members:q} --results {params.results:q}",
+                "--mag {params.mags} --target-mpp {params.target_mpp} --tile-params {params.tile_cfg:q}",
+                f"--tile-code {{params.tile_code}} --tile-workers {TILE_WORKERS} --tile-out {{output.tiles:q}}",
+                f"--encoder {EXTRACT_ENCODERS[0]} --params {{params.cfg:q}} --code {{params.code}}",
+                "--on-bad-tile {params.on_bad_tile} {params.channels} --threads {threads}",
+                "--out {output.features:q} > {log:q} 2>&1",
+            )
 
 
 rule manifest:

@@ -9,7 +9,7 @@ rule heatmaps:
     input:
         predictions=model_outputs(P.PREDICTIONS, models=tile_models()),
         sheet=config["slides"] or [],
-        slides=lambda w: list(drawn_slides().path),
+        slides=heatmap_slides,
         tiles=lambda w: heatmap_coords(drawn_slides().slide_id, inputs=True),
     output:
         grids=report(

@@ -1,6 +1,7 @@
-# Tiling: one job per slide, every magnification (coords h5 + QC thumbnail per magnification).
-# Large cohorts (more than slide_batches.above slides): one job per batch of slides, same stores
-# (python -m pathomix.batch; a rerun redoes only the slides whose stores are missing or stale).
+# Tiling: batches of slides (slide_batches, pathomix.batch.policy) are tiled by tile_extract_batch (features.smk),
+# together with their extraction; tile_batch tiles a batch where nothing is extracted (models reading tile images
+# of imported stores' slides). slide_batches.size: 0: rule tile, one job per slide, every magnification (coords
+# h5 + QC thumbnail per magnification). Same stores either way; a batch rerun redoes only stale slides.
 # What both rules share is written once: TILING_PARAMS, TILING_ARGS, the log/benchmark folders, resources.
 TILING_PARAMS = {
     "mags": " ".join(MAGS),
@@ -49,7 +50,6 @@ rule tile:
 
 rule tile_batch:
     input:
-        slides=lambda w: [m["path"] for m in batch_map()[int(w.batch)]],
         channels=batch_channel_sheet,
     output:
         str(P.tile_batch(RESULTS, "{batch}")),
@@ -65,6 +65,7 @@ rule tile_batch:
     params:
         **TILING_PARAMS,
         members=batch_members,
+        slides=batch_slide_state,
         results=lambda w, output: str(Path(output[0]).parents[2]),  # from the output: not a rerun trigger
         channels=channels_flag,
     shell:

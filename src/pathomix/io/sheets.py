@@ -68,10 +68,11 @@ def _require(df: pd.DataFrame, cols: tuple[str, ...], path: Path, what: str) -> 
         )
 
 
-def _refuse_shared_files(df: pd.DataFrame, sheet: Path) -> None:
+def _refuse_shared_files(df: pd.DataFrame, sheet: Path, real: list[str]) -> None:
     """One file (or mIF folder) under two slide ids is a copy-paste error, and a leak between patients when the
-    ids belong to different ones (the same pixels in a training and a test fold): refuse it, naming both."""
-    real = pd.Series([os.path.realpath(p) for p in df.path], index=df.index)
+    ids belong to different ones (the same pixels in a training and a test fold): refuse it, naming both.
+    ``real``: the rows' paths with every symbolic link resolved."""
+    real = pd.Series(real, index=df.index)
     shared = real[real.duplicated(keep=False)]
     if len(shared):
         first = shared[shared == shared.iloc[0]].index
@@ -99,7 +100,10 @@ def read_slides(path: str | Path, check_files: bool = True, unique_files: bool =
             f"slides sheet {path}: slide {row.slide_id} has modality {row.modality!r}; "
             f"allowed: {list(MODALITIES)}"
         )
-    df["path"] = [str(p if Path(p).is_absolute() else (path.parent / p).resolve()) for p in df.path]
+    # relative to the sheet, resolved (one realpath per row: it also finds a file listed under two spellings)
+    base = str(path.parent)
+    real = [os.path.realpath(os.path.join(base, p)) for p in df.path]  # noqa: PTH118 (pathlib: 5x slower)
+    df["path"] = [p if os.path.isabs(p) else r for p, r in zip(df.path, real, strict=True)]  # noqa: PTH117
     if check_files:
         for row in df.itertuples():
             if not Path(row.path).exists():
@@ -108,7 +112,7 @@ def read_slides(path: str | Path, check_files: bool = True, unique_files: bool =
                     f"{row.path}, which does not exist; fix the `path` column"
                 )
     if unique_files:
-        _refuse_shared_files(df, path)
+        _refuse_shared_files(df, path, real)
     df["mpp"] = pd.to_numeric(df["mpp"], errors="raise") if "mpp" in df.columns else np.nan
     df["cohort"] = df["cohort"].fillna("main").astype(str) if "cohort" in df.columns else "main"
     return df.set_index("slide_id", drop=False)
