@@ -158,7 +158,8 @@ def test_report_is_built(demo_run):
     snakemake(demo_run, "--report", str(report))
     html = report.read_text(errors="ignore")
     assert report.stat().st_size > 50_000
-    for needle in ("summary.csv", "summary.png", "RANDOM-INIT", "comparison.html", "provenance.html", "Slide heatmaps"):
+    for needle in ("summary.csv", "summary.png", "RANDOM-INIT", "comparison.html", "provenance.html", "Slide heatmaps",
+                   "Tiling QC", "20x_DEMO-001-A.png"):  # batch runs' QC images, gathered by tiling_qc
         assert needle in html, needle
 
 
@@ -172,21 +173,22 @@ def test_model_source_edit_reruns_only_training(demo_run):
     original = src.read_text()
     try:
         src.write_text(original + "\n# an edit\n")
-        assert planned_rules(demo_run) == {"train", "train_joint_umeml", "evaluate", "heatmaps", "gene_view",
-                                           "provenance", "all"}
+        assert planned_rules(demo_run) == {"train", "train_folds", "train_joint_umeml", "evaluate", "heatmaps",
+                                           "gene_view", "provenance", "all"}
     finally:
         src.write_text(original)
 
 
 def test_tile_size_change_reruns_from_tiling(demo_run):
     rules = planned_rules(demo_run, "--config", "tiling={tile_px: 128}")
-    assert {"tile_extract_batch", "manifest", "train", "evaluate"} <= rules  # the demo's batch jobs (size: auto)
+    # the demo's batch jobs (size: auto); fof trains per fold, the other models every fold in one job
+    assert {"tile_extract_batch", "tiling_qc", "manifest", "train", "train_folds", "evaluate"} <= rules
     assert "hvg" not in rules and "splits" not in rules
 
 
 def test_gene_config_change_reruns_genes_and_training_only(demo_run):
     rules = planned_rules(demo_run, "--config", "genes_params={hvg_fraction: 0.2}")
-    assert "hvg" in rules and "train" in rules and "evaluate" in rules
+    assert "hvg" in rules and "train_folds" in rules and "evaluate" in rules
     assert not rules & {"tile_extract_batch", "tile", "extract", "manifest", "splits", "demo"}
 
 

@@ -20,7 +20,7 @@ from pathomix.io.corrupt import scan
 pytestmark = pytest.mark.slow
 
 # stage → a job log that exists once a job of that stage has started
-STAGES = {"extraction": "logs/extract/**/*.log", "training": "logs/train/**/fold*.log",
+STAGES = {"extraction": "logs/*extract/**/*.log", "training": "logs/train/**/fold*.log",
           "evaluation": "logs/evaluate.log"}
 
 

@@ -550,8 +550,8 @@ def all_targets(wildcards):
     targets = [str(P.metrics(RESULTS)), str(P.summary(RESULTS)), *report_targets()]
     if not needs_tiles():
         return targets
-    if batches := batch_map():  # the batch jobs write the QC images next to the stores
-        targets += [str(P.tile_batch(RESULTS, b)) for b in sorted(batches)]
+    if batches := batch_map():  # the batch jobs write the QC images next to the stores; tiling_qc gathers them
+        targets += [str(P.tile_batch(RESULTS, b)) for b in sorted(batches)] + [f"{RESULTS}/tiles/qc_report"]
     else:
         targets += [str(P.tile_qc(RESULTS, m, s)) for s in slides().slide_id for m in MAGS]
     return targets

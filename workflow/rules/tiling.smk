@@ -74,3 +74,27 @@ rule tile_batch:
             TILING_ARGS,
             "--code {params.code} {params.channels} --out {output:q} > {log:q} 2>&1",
         )
+
+
+rule tiling_qc:  # batch runs: the QC images the batch jobs wrote, gathered for the report (one light job)
+    input:
+        markers=lambda w: [str(P.tile_batch(RESULTS, b)) for b in sorted(batch_map())],
+    output:
+        report(
+            directory(f"{RESULTS}/tiles/qc_report"),
+            patterns=["{name}.png"],
+            category="Tiling QC",
+            caption="../report/tiling.rst",
+        ),
+    log:
+        f"{LOGS}/tile/qc_report.log",
+    benchmark:
+        f"{BENCH}/tile/qc_report.tsv"
+    threads: 1
+    resources:
+        **class_resources("light"),
+    params:
+        results=RESULTS,
+    shell:
+        "python -m pathomix.batch.qc_report --markers {input.markers:q} --results {params.results:q} "
+        "--out {output:q} > {log:q} 2>&1"
