@@ -138,6 +138,13 @@ def test_heatmaps_draw_mif_models_on_mif_images(tmp_path):
     # highest and lowest risk among the mIF patients: M2 and M0, 2 tasks × 20x
     assert {n.split("__")[0] for n in mif} == {"M0", "M2"} and len(mif) == 4
     assert {n.split("__")[0] for n in exported if "__abmil__" in n} == {"S0", "S3"}
+    # the workflow passes the tiles folder ({mag}/{slide}.h5 below it), not one path per store: same figures
+    by_folder = tmp_path / "eval" / "by_folder"
+    folder = str(tmp_path / "results" / "tiles")
+    assert heatmaps.main(["--predictions", *preds, "--slides", str(sheet), "--tiles", folder, "--params",
+                          json.dumps({"top_k": 1, "slides": []}),
+                          "--out", str(by_folder / "grids"), "--export", str(by_folder / "export")]) == 0
+    assert sorted(p.name for p in (by_folder / "export").iterdir()) == exported
 
 
 def test_mif_composite_colours_markers_not_autofluorescence():

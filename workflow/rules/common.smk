@@ -485,6 +485,12 @@ def heatmap_coords(slide_ids, inputs=False):
     return tile_dependencies(slide_ids) if inputs else tile_store_paths(slide_ids)
 
 
+def heatmap_store_folder():
+    """The folder of the coords stores heatmap_coords lists ({mag}/{slide}.h5 below it): the heatmaps job gets
+    it instead of one path per store (200 000 paths at 100 000 slides would not fit on a command line)."""
+    return str(Path(RESULTS) / "features" / ENCODER) if ENCODER in IMPORTS else str(Path(RESULTS) / "tiles")
+
+
 def needs_tiles():
     """Whether the run tiles the slides: an extracted encoder, or a model that reads tile images."""
     return bool(config.get("slides")) and (

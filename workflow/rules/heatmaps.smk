@@ -29,7 +29,7 @@ rule heatmaps:
     resources:
         **class_resources("cpu"),
     params:
-        tiles=lambda w: " ".join(shlex.quote(t) for t in heatmap_coords(drawn_slides().slide_id)),
+        tiles=lambda w: shlex.quote(heatmap_store_folder()),
         cfg=json.dumps(config["evaluate"].get("heatmaps") or {}, sort_keys=True),
         code=code_hash("evaluate"),
     shell:

@@ -122,6 +122,25 @@ def thumbnail(row: pd.Series) -> np.ndarray:
         return thumb
 
 
+class StoreIndex:
+    """(mag, slide_id) → its coords store, from ``--tiles``: store paths ``…/{mag}/{slide_id}.h5``, or folders
+    holding ``{mag}/{slide_id}.h5`` (the tiles folder, or an imported encoder's ``features/{encoder}``: what the
+    workflow passes, so that a cohort of 100 000 slides does not put 200 000 paths on one command line)."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.files = {(Path(t).parent.name, Path(t).stem): t for t in paths if not Path(t).is_dir()}
+        self.folders = [Path(t) for t in paths if Path(t).is_dir()]
+
+    def __getitem__(self, key: tuple[str, str]) -> str:
+        if key in self.files:
+            return self.files[key]
+        mag, slide_id = key
+        for folder in self.folders:
+            if (store := folder / mag / f"{slide_id}.h5").exists():
+                return str(store)
+        raise KeyError(f"no coords store for slide {slide_id} at {mag} in --tiles")
+
+
 def run(pred_paths: list[str], sheet: str, tile_stores: list[str], params: HeatmapParams, out: str,
         export: str) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -131,7 +150,7 @@ def run(pred_paths: list[str], sheet: str, tile_stores: list[str], params: Heatm
     unknown = sorted(set(params.slides) - set(att.slide_id))
     if unknown:
         log.warning("evaluate.heatmaps.slides: %s have no attention rows; left out", unknown)
-    stores = {(Path(t).parent.name, Path(t).stem): t for t in tile_stores}  # tiles/{mag}/{slide_id}.h5
+    stores = StoreIndex(tile_stores)
     modality = att.slide_id.map(slides.modality)
     for mod in ("he", "mif"):  # H&E models on H&E slides, mIF models on mIF images
         group = att[modality == mod]
@@ -147,7 +166,7 @@ def run(pred_paths: list[str], sheet: str, tile_stores: list[str], params: Heatm
         log.warning("no attention.parquet next to any predictions: no heatmaps")
 
 
-def _draw(att: pd.DataFrame, chosen: pd.DataFrame, slides: pd.DataFrame, stores: dict[tuple[str, str], str],
+def _draw(att: pd.DataFrame, chosen: pd.DataFrame, slides: pd.DataFrame, stores: StoreIndex,
           out: str, export: str) -> None:
     """One grid figure per model × head over the ``chosen`` slides, and one overlay per panel."""
     thumbs = {s: thumbnail(slides.loc[s]) for s in chosen.slide_id}
@@ -177,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pathomix.evaluate.heatmaps", description=__doc__)
     p.add_argument("--predictions", nargs="+", required=True, help="predictions.parquet of the tile models")
     p.add_argument("--slides", required=True, help="slides.tsv (thumbnail paths)")
-    p.add_argument("--tiles", nargs="+", required=True, help="coords stores tiles/{mag}/{slide_id}.h5")
+    p.add_argument("--tiles", nargs="+", required=True,
+                   help="coords stores tiles/{mag}/{slide_id}.h5, or folders holding {mag}/{slide_id}.h5")
     p.add_argument("--params", default="{}", help="JSON of evaluate.heatmaps")
     p.add_argument("--out", required=True, help="folder of the grid figures")
     p.add_argument("--export", required=True, help="folder of the per-slide overlays")
