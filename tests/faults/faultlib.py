@@ -59,6 +59,8 @@ def assert_same_outputs(want_dir: Path, got_dir: Path) -> None:
     assert set(want) == set(got), set(want) ^ set(got)
     for name in want:  # file hashes differ with the folder (stores are stamped with their inputs' paths)
         cols = [c for c in want[name].columns if c not in ("seconds", "time_s", "wall_s", "sha256")]
+        if "/batches/" in name:  # a batch job's marker is its run's log (paths, status, times): which slides
+            cols = ["slide_id", "mag"]
         pd.testing.assert_frame_equal(want[name][cols], got[name][cols], obj=name)
     stores = sorted(p.relative_to(want_dir) for p in want_dir.rglob("*.h5"))
     assert stores == sorted(p.relative_to(got_dir) for p in got_dir.rglob("*.h5"))
