@@ -86,7 +86,7 @@ if EXTRACT_ENCODERS:
     # k+1 tiles while slide k is encoded. Other encoders' extract_batch jobs read the tiles it writes.
     rule tile_extract_batch:
         input:
-                channels=batch_channel_sheet,
+            channels=batch_channel_sheet,
         output:
             tiles=str(P.tile_batch(RESULTS, "{batch}")),
             features=str(P.feature_batch(RESULTS, EXTRACT_ENCODERS[0], "{batch}")),
