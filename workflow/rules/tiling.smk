@@ -94,7 +94,7 @@ rule tiling_qc:  # batch runs: the QC images the batch jobs wrote, gathered for 
     resources:
         **class_resources("light"),
     params:
-        results=RESULTS,
+        results=lambda w, output: str(Path(output[0]).parents[1]),  # from the output: not a rerun trigger
     shell:
         "python -m pathomix.batch.qc_report --markers {input.markers:q} --results {params.results:q} "
         "--out {output:q} > {log:q} 2>&1"
