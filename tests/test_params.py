@@ -303,6 +303,8 @@ def test_flipping_on_bad_tile_plans_extraction_but_not_tiling(shared_data: Path,
     cfg["tiling"]["magnifications"] = {"20x": 0.5}
     cfg["features"].update(num_workers=0, device="cpu")
     cfg["train"]["models"] = ["abmil"]
+    # one job per slide: the rules say what reruns (a batch job tiles and extracts, its stamps skip what is current)
+    cfg["slide_batches"] = {"size": 0}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     target = "results/features/resnet18_trunc/20x/S0.h5"
 
