@@ -20,6 +20,7 @@ import tifffile
 import torch
 import yaml
 from PIL import Image
+from shared_files import need
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from pathomix.errors import PathomixInputError
@@ -38,16 +39,6 @@ MEAN_TOL, MAX_TOL = 1.5, 12
 CPU = torch.device("cpu")
 
 
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared test data {path} is absent (see shared/data/MANIFEST.md)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def cmu_pixels() -> np.ndarray:
-    with open_slide(need(CMU)) as s:
-        return s.read_region(0, 0, 0, *s.dimensions)
 
 
 def write_pyramid(path: Path, img: np.ndarray, compression: str | None = "jpeg", tile: int = 256,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from shared_files import need
 
 from pathomix.errors import PathomixInputError
 from pathomix.features.tiles import SlideRef, TileDataset
@@ -21,11 +22,6 @@ from pathomix.tiling.stage import tile_slide
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 IMC = DATA / "mif" / "ometiff" / "imcRtools_20210305_NE_mockData1_1.ome.tiff"
 
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared test data {path} is absent (see shared/data/MANIFEST.md)")
-    return path
 
 
 def write_sheet(path: Path, markers: list[str], af: list[int], files: list[str] | None = None) -> Path:

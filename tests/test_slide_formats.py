@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from shared_files import need
 
 from pathomix.errors import PathomixInputError
 from pathomix.io.formats import detect_format
@@ -24,16 +25,6 @@ SAME_ATTRS = ("patch_size", "patch_size_level0", "target_magnification", "overla
               "target_mpp", "level0_mpp", "modality")
 
 
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared test data {path} is absent (see shared/data/MANIFEST.md)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def cmu_pixels() -> np.ndarray:
-    with open_slide(need(CMU)) as s:
-        return s.read_region(0, 0, 0, *s.dimensions)
 
 
 def write_ome_he(path: Path, img: np.ndarray, size_x: float = 0.499, unit: str = "µm",

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from shared_files import need
 
 from pathomix.errors import PathomixInputError
 from pathomix.io.mif import is_autofluorescence, read_channel_sheet
@@ -17,12 +18,6 @@ MIBI = DATA / "mif" / "mibi" / "fov8_RowNumber0_Depth_Profile0-MassCorrected-Fil
 MIBI_DIR = DATA / "mif" / "mibi" / "fov8_single_channel"
 MIBI_MPP = 0.390625
 
-
-def need(path: Path) -> Path:
-    """Skip the test when a shared test file is absent."""
-    if not path.exists():
-        pytest.skip(f"shared test data {path} is absent (see shared/data/MANIFEST.md)")
-    return path
 
 
 def write_sheet(path: Path, markers: list[str], af: list[int]) -> Path:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 from scipy import ndimage as ndi
+from shared_files import need
 from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk
@@ -36,12 +37,6 @@ MIBI = DATA / "mif" / "mibi" / "fov8_RowNumber0_Depth_Profile0-MassCorrected-Fil
 PARAMS = json.dumps({"tile_px": 256, "overlap_px": 0, "mask_mpp": 8.0, "min_tissue_fraction": 0.5,
                      "min_region_um2": 20000, "magnifications": {"20x": 0.5}})
 
-
-def need(path: Path) -> Path:
-    """Skip the test when a shared test file is absent."""
-    if not path.exists():
-        pytest.skip(f"shared test data {path} is absent (see shared/data/MANIFEST.md)")
-    return path
 
 
 def run(tmp: Path, slide: Path, slide_id: str, *extra: str, modality: str = "he",
